@@ -1,0 +1,40 @@
+"""What every jscc-* command shares: --log-level and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli"]
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit code 2."""
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="logging verbosity (default: info)")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
+            prog: str = "jscc") -> int:
+    """Run ``main``; user errors become one line on stderr and exit 2, Ctrl-C exits 130."""
+    from jscc_stream.models.zoo import CodecLoadError
+    from jscc_stream.netem.loss import LossSpecError
+
+    try:
+        return int(main(argv) or 0)
+    except (UserError, LossSpecError, CodecLoadError, FileNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

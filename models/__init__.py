@@ -1,0 +1,1 @@
+"""jscc_stream.models"""

@@ -1,0 +1,195 @@
+"""The erasure-aware JSCC codec (paper 000) with mask-conditional aggregation (paper 001).
+
+The encoder maps an RGB frame to ``K*alpha`` channels at ``H/s x W/s`` with values in [0, 1];
+channels ``[i*alpha, (i+1)*alpha)`` form block ``i`` (block 0 most important).  The decoder gets
+the latent with every erased element set to -1 (paper 000, eq. 1 / Remark III.2) together with
+the element-wise erasure mask (1 = received), which the MCA module turns into features.
+
+Following CompressAI, ``forward`` is the training path (erasures applied inside, differentiable),
+``encode``/``decode`` are the inference path.  Frames of any size are padded to the latent
+stride inside and cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CodecConfig", "JSCCCodec", "ERASED"]
+
+ERASED = -1.0  # placeholder value of an erased latent element
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Architecture hyper-parameters; stored in every model card."""
+
+    blocks: int = 8  # K
+    alpha: int = 2  # channels per block
+    widths: tuple[int, ...] = (32, 64, 96, 128)  # features at s/8, s/4, s/2, s (stride 16)
+    enc_res: tuple[int, ...] = (0, 0, 1, 1)  # residual blocks per encoder stage
+    dec_res: tuple[int, ...] = (0, 1, 1, 2)  # residual blocks per decoder stage
+    mca: bool = True  # mask conditional aggregation (else the mask is ignored)
+    mca_width: int = 32
+    scr: bool = True  # wire order of block bytes (see scr.py)
+    arch: str = "jscc-res-ps"
+
+    @property
+    def latent_channels(self) -> int:
+        return self.blocks * self.alpha
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.widths)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodecConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
+        d = dict(d)
+        for key in ("widths", "enc_res", "dec_res"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with a skip: the cheapest capacity a CPU convolution buys."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.c2 = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.c2(F.leaky_relu(self.c1(x), 0.1))
+
+
+def _act() -> nn.Module:
+    return nn.LeakyReLU(0.1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        w = cfg.widths
+        layers: list[nn.Module] = [nn.PixelUnshuffle(2), nn.Conv2d(12, w[0], 3, padding=1), _act()]
+        for _ in range(cfg.enc_res[0]):
+            layers.append(ResBlock(w[0]))
+        for i in range(1, len(w)):
+            layers += [nn.Conv2d(w[i - 1], w[i], 3, stride=2, padding=1), _act()]
+            layers += [ResBlock(w[i]) for _ in range(cfg.enc_res[i])]
+        layers.append(nn.Conv2d(w[-1], cfg.latent_channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(x))
+
+
+class MaskConditionalAggregation(nn.Module):
+    """Paper 001, section 3.3: two conv+GELU layers model the mask, concatenated with the
+    latent, one more conv+GELU fuses them into the decoder's first features."""
+
+    def __init__(self, latent_ch: int, hidden: int, out_ch: int) -> None:
+        super().__init__()
+        self.mask_net = nn.Sequential(
+            nn.Conv2d(latent_ch, hidden, 3, padding=1), nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1), nn.GELU(),
+        )
+        self.fuse = nn.Sequential(nn.Conv2d(latent_ch + hidden, out_ch, 3, padding=1), nn.GELU())
+
+    def forward(self, y: Tensor, mask: Tensor) -> Tensor:
+        return self.fuse(torch.cat([y, self.mask_net(mask)], dim=1))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        w = cfg.widths[::-1]
+        res = cfg.dec_res[::-1]
+        if cfg.mca:
+            self.head: nn.Module = MaskConditionalAggregation(cfg.latent_channels, cfg.mca_width, w[0])
+        else:
+            self.head = nn.Sequential(nn.Conv2d(cfg.latent_channels, w[0], 3, padding=1), _act())
+        self.use_mask = cfg.mca
+        layers: list[nn.Module] = [ResBlock(w[0]) for _ in range(res[0])]
+        for i in range(1, len(w)):
+            layers += [nn.Conv2d(w[i - 1], w[i] * 4, 3, padding=1), nn.PixelShuffle(2), _act()]
+            layers += [ResBlock(w[i]) for _ in range(res[i])]
+        layers += [nn.Conv2d(w[-1], 12, 3, padding=1), nn.PixelShuffle(2)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, y: Tensor, mask: Tensor) -> Tensor:
+        h = self.head(y, mask) if self.use_mask else self.head(y)
+        return self.body(h)
+
+
+class JSCCCodec(nn.Module):
+    """Encoder + decoder.  Images are float tensors ``(N, 3, H, W)`` in [0, 1]."""
+
+    def __init__(self, cfg: CodecConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or CodecConfig()
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+
+    # -- shapes ---------------------------------------------------------------------------
+    def latent_hw(self, height: int, width: int) -> tuple[int, int]:
+        s = self.cfg.stride
+        return -(-height // s), -(-width // s)
+
+    def _pad(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        lh, lw = self.latent_hw(h, w)
+        s = self.cfg.stride
+        ph, pw = lh * s - h, lw * s - w
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+    # -- inference ------------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Tensor:
+        """Frames -> latent ``(N, K*alpha, ceil(H/s), ceil(W/s))`` in [0, 1]."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
+        return self.encoder(self._pad(x))
+
+    def decode(self, latent: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
+        """Latent (erased elements anywhere) + mask (1 = received) -> frames cropped to size.
+
+        Elements whose mask is 0 are replaced by the -1 placeholder here, so callers may pass
+        any value there."""
+        if latent.dim() != 4 or latent.shape[1] != self.cfg.latent_channels:
+            raise ValueError(
+                f"expected latent (N, {self.cfg.latent_channels}, h, w), got {tuple(latent.shape)}")
+        if mask is None:
+            mask = torch.ones_like(latent)
+        if mask.shape != latent.shape:
+            raise ValueError(f"mask shape {tuple(mask.shape)} != latent shape {tuple(latent.shape)}")
+        mask = mask.to(latent.dtype)
+        y = mask * latent + (1 - mask) * ERASED
+        out = self.decoder(y, mask)
+        return out[..., : size[0], : size[1]]
+
+    # -- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor, keep: Tensor | None = None, noise: float = 0.0) -> Tensor:
+        """Training path.  ``keep`` is the element-wise mask (1 = received) over the latent;
+        erasure is ``r*(B+1)-1`` (Remark III.2).  ``noise`` adds uniform quantization noise of
+        that step size (0 = the paper's real-valued training)."""
+        y = self.encode(x)
+        if noise > 0:
+            y = (y + (torch.rand_like(y) - 0.5) * noise).clamp(0, 1)
+        if keep is None:
+            keep = torch.ones_like(y)
+        y_tilde = keep * (y + 1) - 1
+        out = self.decoder(y_tilde, keep)
+        return out[..., : x.shape[-2], : x.shape[-1]]
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())

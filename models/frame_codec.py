@@ -1,0 +1,118 @@
+"""Frame-level codec used by the streaming path: BGR frames <-> per-block wire bytes.
+
+``encode`` gives a ``(K, L)`` uint8 array: row i is block i's ``L = alpha*h*w`` quantized
+elements in wire order (SCR applied when the model says so).  ``decode`` takes the same shape
+plus a ``(K, L)`` bool array of which bytes arrived, so a receiver can hand over exactly what
+its packets carried: erased elements become the -1 placeholder with mask 0 inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .codec import JSCCCodec
+from .quant import check_bits, dequantize, quantize
+from .scr import from_wire, to_wire
+
+__all__ = ["LatentLayout", "FrameCodec", "pick_device"]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but is not available (use --device cpu or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Shape of one encoded frame on the wire."""
+
+    width: int
+    height: int
+    blocks: int
+    alpha: int
+    h: int
+    w: int
+    bits: int
+    scr: bool
+
+    @property
+    def block_bytes(self) -> int:
+        return self.alpha * self.h * self.w
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.blocks * self.block_bytes
+
+
+class FrameCodec:
+    """Wraps a :class:`JSCCCodec` with quantization, SCR and numpy frames."""
+
+    def __init__(self, model: JSCCCodec, card: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu", bits: int = 8) -> None:
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.model = model.to(self.device).eval()
+        self.card = card or {}
+        self.bits = check_bits(bits)
+        self.name = self.card.get("name", "unnamed")
+        self.sha256 = self.card.get("sha256", "")
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = "uniform", device: str = "auto", bits: int = 8) -> "FrameCodec":
+        from .zoo import load_codec
+
+        dev = pick_device(device)
+        model, card = load_codec(name_or_path, device=dev)
+        return cls(model, card, dev, bits)
+
+    def layout(self, width: int, height: int) -> LatentLayout:
+        if width <= 0 or height <= 0:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        h, w = self.model.latent_hw(height, width)
+        cfg = self.model.cfg
+        return LatentLayout(width, height, cfg.blocks, cfg.alpha, h, w, self.bits, cfg.scr)
+
+    def _frame_tensor(self, frame_bgr: np.ndarray) -> torch.Tensor:
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+
+    @torch.inference_mode()
+    def encode(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """BGR frame -> ``(K, L)`` uint8 wire bytes, block 0 (most important) first."""
+        lay = self.layout(frame_bgr.shape[1], frame_bgr.shape[0])
+        codes = quantize(self.model.encode(self._frame_tensor(frame_bgr)), self.bits)[0]
+        blocks = codes.reshape(lay.blocks, lay.alpha, lay.h, lay.w)
+        return np.ascontiguousarray(to_wire(blocks, lay.scr))
+
+    @torch.inference_mode()
+    def decode(self, wire: np.ndarray, received: np.ndarray | None, width: int, height: int) -> np.ndarray:
+        """``(K, L)`` wire bytes + ``(K, L)`` bool received -> BGR uint8 frame."""
+        lay = self.layout(width, height)
+        shape = (lay.blocks, lay.block_bytes)
+        if wire.shape != shape:
+            raise ValueError(f"wire array must be {shape} for {width}x{height}, got {wire.shape}")
+        if received is None:
+            received = np.ones(shape, dtype=bool)
+        if received.shape != shape:
+            raise ValueError(f"received mask must be {shape}, got {received.shape}")
+        codes = np.where(received, wire, 0).astype(np.uint8)
+        values = dequantize(from_wire(codes, lay.alpha, lay.h, lay.w, lay.scr), self.bits)
+        mask = from_wire(received.astype(np.float32), lay.alpha, lay.h, lay.w, lay.scr)
+        c = lay.blocks * lay.alpha
+        latent = torch.from_numpy(values.reshape(1, c, lay.h, lay.w)).to(self.device)
+        m = torch.from_numpy(mask.reshape(1, c, lay.h, lay.w)).to(self.device)
+        out = self.model.decode(latent, m, (height, width))[0]
+        rgb = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

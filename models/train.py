@@ -1,0 +1,256 @@
+"""``jscc-train``: train the erasure-aware codec on folders of photographs.
+
+CPU or CUDA automatically (mixed precision on CUDA), several GPUs through ``torchrun``
+(DistributedDataParallel), checkpoints with ``--resume``, a fixed seed, a progress bar with ETA
+and periodic validation PSNR.  Writes safetensors weights and a JSON model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.netem.loss import LossProcess, NoLoss, parse_loss_spec
+
+from .codec import CodecConfig, JSCCCodec
+from .data import CropSampler, fit_to, list_images, load_rgb, to_tensor
+from .erasure import keep_mask, packet_losses
+from .zoo import load_codec, save_codec
+
+log = logging.getLogger("jscc.train")
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    mse = F.mse_loss(x.clamp(0, 1), y, reduction="none").flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def _fragment_choices(spec: str) -> tuple[list[int], list[float]]:
+    """'1,2,3' -> fragments per block drawn uniformly from those values."""
+    try:
+        vals = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--fragments expects comma-separated integers, got {spec!r}") from None
+    if not vals or min(vals) < 1:
+        raise UserError("--fragments values must be >= 1")
+    return vals, [1 / len(vals)] * len(vals)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jscc-train",
+        description="Train the erasure-aware JSCC codec. The loss process (--loss) is what the "
+                    "codec learns to survive: uniform:P (random loss), ladder/steep/eps:... "
+                    "(per-block importance), ge:p,r,h,k (bursty), taildrop (progressive).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", action="append", required=True, metavar="DIR",
+                   help="folder of training photographs (repeatable); see scripts/fetch_training_data.sh")
+    p.add_argument("--val-count", type=int, default=2,
+                   help="images held out of --data for validation (the last ones by name)")
+    p.add_argument("--name", required=True, help="model name (weights NAME-HASH.safetensors)")
+    p.add_argument("--out", default="runs", help="output folder for weights, card and checkpoint")
+    p.add_argument("--loss", default="uniform:0.1", help="training erasure process")
+    p.add_argument("--fragments", default="1,1,2,3",
+                   help="packets per block to simulate, drawn per batch from this list")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--quant-noise", type=float, default=0.0,
+                   help="uniform noise step added to the latent in training (0 = real-valued as "
+                        "paper 000; 1/255 simulates 8-bit quantization)")
+    p.add_argument("--init", default=None, help="start from these weights (name or path)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.ckpt")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    p.add_argument("--widths", default=None, help="override encoder/decoder widths, e.g. 32,64,96,128")
+    p.add_argument("--no-mca", action="store_true", help="ablation: decoder ignores the mask")
+    p.add_argument("--no-scr", action="store_true", help="ablation: natural byte order in packets")
+    add_common_args(p)
+    return p
+
+
+def _ddp_setup() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def validation_set(files: list[Path]) -> torch.Tensor:
+    return torch.cat([to_tensor(fit_to(load_rgb(f), 320, 240)) for f in files])
+
+
+@torch.no_grad()
+def validate(model: JSCCCodec, val: torch.Tensor, loss: LossProcess, device: torch.device,
+             seed: int = 1234) -> dict[str, float]:
+    model.eval()
+    x = val.to(device)
+    h, w = model.latent_hw(*x.shape[-2:])
+    clean = psnr(model(x), x).mean().item()
+    rng = np.random.default_rng(seed)
+    lost = packet_losses(loss, x.shape[0] * 4, model.cfg.blocks, 1, rng)
+    keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
+    lossy = psnr(model(x.repeat(4, 1, 1, 1), keep), x.repeat(4, 1, 1, 1)).mean().item()
+    model.train()
+    return {"psnr_all_blocks": round(clean, 3), "psnr_train_loss": round(lossy, 3)}
+
+
+def train(args: argparse.Namespace) -> Path | None:
+    rank, world, local_rank = _ddp_setup()
+    if args.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but CUDA is not available")
+    else:
+        device = torch.device(args.device if args.device == "cpu" else f"cuda:{local_rank}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed + rank)
+    rng = np.random.default_rng(args.seed + 7919 * rank)
+    loss = parse_loss_spec(args.loss)
+    frag_vals, frag_p = _fragment_choices(args.fragments)
+
+    files: list[Path] = []
+    for d in args.data:
+        files += list_images(d)
+    files = sorted(set(files))
+    if len(files) <= args.val_count:
+        raise UserError(f"need more than {args.val_count} images, found {len(files)}")
+    val_files, train_files = files[-args.val_count:], files[: -args.val_count]
+    sampler = CropSampler.from_files(train_files, crop=args.crop)
+    val = validation_set(val_files)
+
+    if args.init:
+        model, init_card = load_codec(args.init)
+        init_from = init_card.get("name", str(args.init))
+    else:
+        kw = {}
+        if args.widths:
+            kw["widths"] = tuple(int(v) for v in args.widths.split(","))
+        model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=not args.no_scr, **kw)), None
+    if args.no_scr and model.cfg.scr or args.no_mca and model.cfg.mca:
+        raise UserError("--no-scr/--no-mca cannot change a model loaded with --init")
+    model = model.to(device).train()
+    net: torch.nn.Module = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / f"{args.name}.ckpt"
+    step, wall_before, history = 0, 0.0, []
+    if args.resume:
+        if not ckpt_path.exists():
+            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        step, wall_before = int(ck["step"]), float(ck["wall"])
+        history = json.loads(ck["history"])
+        rng = np.random.default_rng([args.seed + 7919 * rank, step])
+        torch.manual_seed(args.seed + rank + step)
+        log.info("resumed %s at step %d", args.name, step)
+
+    h, w = model.latent_hw(args.crop, args.crop)
+    t0 = time.time()
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.steps, initial=step, desc=args.name, disable=rank != 0,
+               dynamic_ncols=True, mininterval=5)
+
+    def save_ckpt() -> None:
+        if rank == 0:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "step": step, "wall": wall_before + time.time() - t0,
+                        "history": json.dumps(history)}, tmp)
+            tmp.replace(ckpt_path)
+
+    while step < args.steps:
+        x = sampler.batch(args.batch, rng).to(device, non_blocking=True)
+        frags = int(rng.choice(frag_vals, p=frag_p))
+        frags = min(frags, args.crop // model.cfg.stride)  # at least one row of elements each
+        lost = packet_losses(loss, args.batch, model.cfg.blocks, frags, rng)
+        keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
+        with torch.autocast(device.type, enabled=use_amp):
+            x_hat = net(x, keep, noise=args.quant_noise)
+            mse = F.mse_loss(x_hat.float(), x)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(mse).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            bar.set_postfix(psnr=f"{-10 * math.log10(max(mse.item(), 1e-10)):.2f}")
+        if rank == 0 and (step % args.val_every == 0 or step == args.steps):
+            metrics = {"step": step, **validate(model, val, loss, device)}
+            history.append(metrics)
+            bar.write(f"[{args.name}] step {step}: val PSNR all blocks {metrics['psnr_all_blocks']:.2f} dB, "
+                      f"under {loss} {metrics['psnr_train_loss']:.2f} dB")
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save_ckpt()
+    bar.close()
+    if rank != 0:
+        return None
+    card = {
+        "architecture": model.cfg.arch,
+        "blocks": model.cfg.blocks,
+        "alpha": model.cfg.alpha,
+        "stride": model.cfg.stride,
+        "training_loss": str(loss),
+        "training_fragments": args.fragments,
+        "quant_noise": args.quant_noise,
+        "init_from": init_from,
+        "training_data": [f.name for f in train_files],
+        "validation_data": [f.name for f in val_files],
+        "steps": step, "batch": args.batch, "crop": args.crop, "lr": args.lr, "seed": args.seed,
+        "device": device.type, "world_size": world,
+        "wall_time_s": round(wall_before + time.time() - t0, 1),
+        "validation": history[-1] if history else {},
+        "validation_history": history,
+        "parameters": model.param_count(),
+    }
+    path = save_codec(model, out, args.name, card)
+    log.info("wrote %s", path)
+    return path
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    train(args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="jscc-train")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
