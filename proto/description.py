@@ -1,0 +1,90 @@
+"""The stream description (protobuf) <-> what the receiver needs to reassemble and decode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from .packet import WIRE_VERSION, WireError
+
+__all__ = ["StreamInfo", "make_description", "parse_description", "MAX_FRAME_BYTES"]
+
+#: Reject descriptions whose frames would need more memory than this (bounded receivers).
+MAX_FRAME_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A validated stream description."""
+
+    ssrc: int
+    revision: int
+    codec_name: str
+    codec_sha256: str
+    blocks: int
+    alpha: int
+    latent_h: int
+    latent_w: int
+    quant_bits: int
+    scr: bool
+    width: int
+    height: int
+    fps: float
+    block_levels: tuple[int, ...]
+    dscp_map: dict[int, int]
+    clock_epoch_unix_us: int
+    mtu: int
+
+    @property
+    def block_bytes(self) -> int:
+        return self.alpha * self.latent_h * self.latent_w
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.blocks * self.block_bytes
+
+
+def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256: str, layout,
+                     fps: float, block_levels: list[int], dscp_map: dict[int, int] | None,
+                     clock_epoch_unix_us: int, mtu: int) -> bytes:
+    """Serialize a description for a :class:`~jscc_stream.models.frame_codec.LatentLayout`."""
+    from .stream_pb2 import StreamDescription
+
+    msg = StreamDescription(
+        version=WIRE_VERSION, ssrc=ssrc, revision=revision, codec_name=codec_name,
+        codec_sha256=codec_sha256, blocks=layout.blocks, alpha=layout.alpha, latent_h=layout.h,
+        latent_w=layout.w, quant_bits=layout.bits, scr=layout.scr, width=layout.width,
+        height=layout.height, fps=fps, block_level=block_levels, clock_epoch_unix_us=clock_epoch_unix_us,
+        mtu=mtu)
+    for level, dscp in sorted((dscp_map or {}).items()):
+        msg.dscp_map.add(level=level, dscp=dscp)
+    return msg.SerializeToString()
+
+
+def parse_description(body: bytes) -> StreamInfo:
+    """Bytes of a PT 97 payload -> :class:`StreamInfo`, or :class:`WireError`."""
+    from .stream_pb2 import StreamDescription
+
+    msg = StreamDescription()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise WireError(f"bad stream description: {exc}") from None
+    if msg.version != WIRE_VERSION:
+        raise WireError(f"stream description version {msg.version}, this receiver speaks {WIRE_VERSION}")
+    dims = (msg.blocks, msg.alpha, msg.latent_h, msg.latent_w, msg.width, msg.height)
+    if min(dims) <= 0 or msg.blocks > 255:
+        raise WireError(f"stream description has invalid sizes {dims}")
+    if msg.blocks * msg.alpha * msg.latent_h * msg.latent_w > MAX_FRAME_BYTES:
+        raise WireError("stream description frame too large")
+    if len(msg.block_level) != msg.blocks:
+        raise WireError(f"{len(msg.block_level)} importance levels for {msg.blocks} blocks")
+    if not 1 <= msg.quant_bits <= 8:
+        raise WireError(f"quantization bits {msg.quant_bits} out of range")
+    return StreamInfo(
+        ssrc=msg.ssrc, revision=msg.revision, codec_name=msg.codec_name, codec_sha256=msg.codec_sha256,
+        blocks=msg.blocks, alpha=msg.alpha, latent_h=msg.latent_h, latent_w=msg.latent_w,
+        quant_bits=msg.quant_bits, scr=msg.scr, width=msg.width, height=msg.height, fps=msg.fps,
+        block_levels=tuple(msg.block_level), dscp_map={r.level: r.dscp for r in msg.dscp_map},
+        clock_epoch_unix_us=msg.clock_epoch_unix_us, mtu=msg.mtu)

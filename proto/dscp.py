@@ -1,0 +1,72 @@
+"""Importance level -> DSCP code point maps (RFC 8837 interactive video by default)."""
+
+from __future__ import annotations
+
+__all__ = ["DSCP_NAMES", "DscpMapError", "default_dscp_map", "parse_dscp_map", "tos_byte"]
+
+#: The code points a stream may use, by their RFC names.
+DSCP_NAMES: dict[str, int] = {
+    "CS0": 0, "BE": 0, "LE": 1, "CS1": 8,
+    "AF11": 10, "AF12": 12, "AF13": 14, "AF21": 18, "AF22": 20, "AF23": 22,
+    "AF31": 26, "AF32": 28, "AF33": 30, "AF41": 34, "AF42": 36, "AF43": 38,
+    "CS4": 32, "CS5": 40, "EF": 46,
+}
+
+
+class DscpMapError(ValueError):
+    """A --dscp-map the user wrote is not valid (message is user-facing)."""
+
+
+def default_dscp_map(levels: int) -> dict[int, int]:
+    """RFC 8837 interactive video: one AF4 class (no reordering inside the flow), LE last.
+
+    Levels are split into four groups, most important first: AF41, AF42, AF43, LE.
+    With 8 levels: 0-1 AF41, 2-3 AF42, 4-5 AF43, 6-7 LE.
+    """
+    if levels <= 0:
+        return {}
+    order = [34, 36, 38, 1]
+    return {lv: order[min(3, lv * 4 // levels)] for lv in range(levels)}
+
+
+def _code(text: str) -> int:
+    t = text.strip().upper()
+    if t in DSCP_NAMES:
+        return DSCP_NAMES[t]
+    try:
+        v = int(t, 0)
+    except ValueError:
+        raise DscpMapError(f"unknown DSCP {text!r} (use a name like AF41/LE or a number 0-63)") from None
+    if not 0 <= v <= 63:
+        raise DscpMapError(f"DSCP must be 0-63, got {v}")
+    return v
+
+
+def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
+    """``"0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE"`` -> ``{level: dscp}``; every level must be covered."""
+    out: dict[int, int] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" not in part:
+            raise DscpMapError(f"bad DSCP map entry {part!r} (expected LEVELS:DSCP, e.g. 0-1:AF41)")
+        rng, code = part.split(":", 1)
+        try:
+            lo, _, hi = rng.partition("-")
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise DscpMapError(f"bad level range {rng!r} in DSCP map") from None
+        if first < 0 or last < first:
+            raise DscpMapError(f"bad level range {rng!r} in DSCP map")
+        for lv in range(first, last + 1):
+            out[lv] = _code(code)
+    missing = [lv for lv in range(levels) if lv not in out]
+    if missing:
+        raise DscpMapError(f"DSCP map does not cover importance levels {missing}")
+    return {lv: out[lv] for lv in range(levels)}
+
+
+def tos_byte(dscp: int) -> int:
+    """The IPv4 TOS / IPv6 traffic-class byte for a DSCP (ECN bits left 0)."""
+    return (dscp & 0x3F) << 2

@@ -1,0 +1,80 @@
+"""Blocks -> datagrams no larger than the MTU, most important block first."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .packet import (JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, build_description,
+                     build_media)
+
+__all__ = ["Datagram", "Packetizer", "fragment_bounds", "MIN_MTU"]
+
+MIN_MTU = RTP_HEADER_BYTES + JSCC_HEADER_BYTES + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    data: bytes
+    level: int  # importance level, -1 for control (stream description)
+    block: int
+
+
+def fragment_bounds(block_bytes: int, max_payload: int) -> list[tuple[int, int]]:
+    """Split ``block_bytes`` into the fewest fragments of at most ``max_payload`` bytes, evenly
+    sized (so a lost fragment erases about the same share of any block)."""
+    if block_bytes <= 0:
+        raise ValueError("block size must be positive")
+    if max_payload <= 0:
+        raise ValueError("no room for payload in a datagram")
+    n = math.ceil(block_bytes / max_payload)
+    if n > 255:
+        raise ValueError(f"a block of {block_bytes} bytes needs {n} fragments (max 255): raise the MTU")
+    cuts = [i * block_bytes // n for i in range(n + 1)]
+    return [(cuts[i], cuts[i + 1] - cuts[i]) for i in range(n)]
+
+
+class Packetizer:
+    """Stateful per-SSRC packetizer: owns the RTP sequence counter."""
+
+    def __init__(self, ssrc: int, block_levels: list[int], mtu: int = 900, first_seq: int = 0) -> None:
+        if mtu < MIN_MTU:
+            raise ValueError(f"MTU must be at least {MIN_MTU} bytes, got {mtu}")
+        self.ssrc = ssrc & 0xFFFFFFFF
+        self.block_levels = list(block_levels)
+        self.mtu = mtu
+        self.seq = first_seq & 0xFFFF
+        self.max_payload = mtu - RTP_HEADER_BYTES - JSCC_HEADER_BYTES
+
+    def _next_seq(self) -> int:
+        s = self.seq
+        self.seq = (self.seq + 1) & 0xFFFF
+        return s
+
+    def packetize(self, frame_id: int, timestamp: int, wire: np.ndarray, revision: int = 0) -> list[Datagram]:
+        """``(K, L)`` uint8 wire bytes -> datagrams, block 0 first; the last carries the marker."""
+        if wire.ndim != 2 or wire.dtype != np.uint8:
+            raise ValueError(f"wire must be a (K, L) uint8 array, got {wire.shape} {wire.dtype}")
+        k, length = wire.shape
+        if k != len(self.block_levels):
+            raise ValueError(f"{k} blocks but {len(self.block_levels)} importance levels")
+        bounds = fragment_bounds(length, self.max_payload)
+        out: list[Datagram] = []
+        total = k * len(bounds)
+        for b in range(k):
+            row = wire[b]
+            level = self.block_levels[b]
+            for fi, (off, n) in enumerate(bounds):
+                hdr = FragmentHeader(frame_id, b, level, fi, len(bounds), revision, off)
+                data = build_media(self.ssrc, self._next_seq(), timestamp, len(out) == total - 1, hdr,
+                                   row[off:off + n].tobytes())
+                out.append(Datagram(data, level, b))
+        return out
+
+    def description(self, timestamp: int, body: bytes) -> Datagram:
+        data = build_description(self.ssrc, self._next_seq(), timestamp, body)
+        if len(data) > self.mtu:
+            raise ValueError(f"stream description needs {len(data)} bytes, more than the MTU {self.mtu}")
+        return Datagram(data, -1, -1)

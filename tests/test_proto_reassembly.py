@@ -1,0 +1,195 @@
+"""Reassembly with an injected clock: subsets, reordering, duplicates, wrap, restarts, garbage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jscc_stream.models.frame_codec import LatentLayout
+from jscc_stream.proto.description import make_description, parse_description
+from jscc_stream.proto.packet import WireError
+from jscc_stream.proto.packetizer import Packetizer
+from jscc_stream.proto.reassembly import Reassembler
+
+
+def _setup(ssrc=11, k=4, alpha=2, h=3, w=50, mtu=120, first_seq=0, revision=0):
+    lay = LatentLayout(64, 48, k, alpha, h, w, 8, True)
+    pk = Packetizer(ssrc, list(range(k)), mtu=mtu, first_seq=first_seq)
+    body = make_description(ssrc=ssrc, revision=revision, codec_name="t", codec_sha256="", layout=lay, fps=30,
+                            block_levels=list(range(k)), dscp_map=None, clock_epoch_unix_us=0, mtu=mtu)
+    return lay, pk, Packetizer(ssrc, list(range(k))).description(0, body).data  # any MTU for control
+
+
+def _frame(pk, lay, fid, seed=0):
+    wire = np.random.default_rng(seed + fid).integers(0, 256, (lay.blocks, lay.block_bytes), dtype=np.uint8)
+    return wire, pk.packetize(fid, fid * 3000, wire)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_any_subset_gives_exactly_those_bytes(data):
+    lay, pk, desc = _setup(mtu=data.draw(st.integers(40, 400)), first_seq=data.draw(st.integers(0, 65535)))
+    wire, grams = _frame(pk, lay, 5)
+    keep = data.draw(st.lists(st.booleans(), min_size=len(grams), max_size=len(grams)))
+    order = data.draw(st.permutations(range(len(grams))))
+    r = Reassembler(latency=0.05)
+    r.push(desc, 0.0)
+    out = []
+    for i in order:
+        if keep[i]:
+            out += r.push(grams[i].data, 0.001)
+    out += r.pop_due(1.0)
+    if not any(keep):
+        assert out == []
+        return
+    (slot,) = out
+    expect = np.zeros(wire.shape, bool)
+    from jscc_stream.proto.packet import parse_datagram
+    for g, k in zip(grams, keep):
+        if k:
+            p = parse_datagram(g.data)
+            expect[p.header.block, p.header.offset:p.header.offset + len(p.data)] = True
+    assert (slot.received == expect).all()
+    assert (slot.wire[expect] == wire[expect]).all() and (slot.wire[~expect] == 0).all()
+    assert slot.complete == all(keep)
+    assert slot.bytes_received == int(expect.sum())
+    for b, off, n in slot.missing_ranges():
+        assert not expect[b, off:off + n].any()
+    assert sum(n for _, _, n in slot.missing_ranges()) == int((~expect).sum())
+
+
+def test_complete_frame_released_at_once_and_duplicates_late_counted():
+    lay, pk, desc = _setup()
+    r = Reassembler(latency=0.05)
+    r.push(desc, 0.0)
+    _, grams = _frame(pk, lay, 0)
+    out = []
+    for g in grams[:-1]:
+        out += r.push(g.data, 0.01)
+    assert out == [] and r.next_deadline() == pytest.approx(0.06)
+    assert r.push(grams[0].data, 0.01) == [] and r.counters.duplicates == 1
+    (slot,) = r.push(grams[-1].data, 0.02)
+    assert slot.reason == "complete" and slot.complete
+    r.push(grams[0].data, 0.03)
+    assert r.counters.late == 1 and r.next_deadline() is None
+
+
+def test_deadline_and_marker_grace_and_superseding():
+    lay, pk, desc = _setup()
+    r = Reassembler(latency=0.05, reorder_grace=0.005)
+    r.push(desc, 0.0)
+    _, g0 = _frame(pk, lay, 0)
+    _, g1 = _frame(pk, lay, 1)
+    _, g2 = _frame(pk, lay, 2)
+    r.push(g0[0].data, 0.0)  # frame 0: only the first packet
+    assert r.pop_due(0.049) == []
+    (s0,) = r.pop_due(0.05)
+    assert s0.reason == "deadline" and not s0.complete
+    r.push(g1[0].data, 0.1)
+    r.push(g1[-1].data, 0.101)  # marker seen: deadline shortened to the grace
+    assert r.next_deadline() == pytest.approx(0.106)
+    r.push(g2[0].data, 0.102)
+    out = []
+    for g in g2[1:]:
+        out += r.push(g.data, 0.103)  # frame 2 completes and pushes incomplete frame 1 out first
+    assert [s.frame_id for s in out] == [1, 2] and [s.reason for s in out] == ["superseded", "complete"]
+    r.push(g1[1].data, 0.2)
+    assert r.counters.late == 1
+
+
+def test_sequence_wrap_and_reordering_across_frames():
+    lay, pk, desc = _setup(first_seq=65530)
+    r = Reassembler(latency=0.05)
+    r.push(desc, 0.0)
+    frames = [_frame(pk, lay, f) for f in range(3)]
+    grams = [g for _, gs in frames for g in gs]
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(grams[: len(frames[0][1])]))  # shuffle inside frame 0
+    out = []
+    for i in perm:
+        out += r.push(grams[i].data, 0.01)
+    for g in grams[len(frames[0][1]):]:
+        out += r.push(g.data, 0.02)
+    assert [s.frame_id for s in out] == [0, 1, 2] and all(s.complete for s in out)
+    for (wire, _), s in zip(frames, out):
+        assert (s.wire == wire).all()
+
+
+def test_media_before_description_is_undecodable_then_decodes():
+    lay, pk, desc = _setup()
+    r = Reassembler(latency=0.05)
+    _, g0 = _frame(pk, lay, 0)
+    for g in g0:
+        assert r.push(g.data, 0.0) == []
+    assert r.counters.undecodable_frames == 1 and r.counters.no_description == len(g0)
+    r.push(desc, 0.01)
+    _, g1 = _frame(pk, lay, 1)
+    out = []
+    for g in g1:
+        out += r.push(g.data, 0.02)
+    assert [s.frame_id for s in out] == [1]
+
+
+def test_restarted_sender_new_ssrc_and_frame_ids():
+    lay, pk, desc = _setup(ssrc=1)
+    r = Reassembler(latency=0.05)
+    r.push(desc, 0.0)
+    for f in (100, 101):
+        _, gs = _frame(pk, lay, f)
+        for g in gs:
+            r.push(g.data, 0.0)
+    lay2, pk2, desc2 = _setup(ssrc=2, k=2, w=20)  # restarted with another layout, ids from 0
+    r.push(desc2, 1.0)
+    _, gs = _frame(pk2, lay2, 0)
+    out = []
+    for g in gs:
+        out += r.push(g.data, 1.0)
+    assert [(s.ssrc, s.frame_id, s.wire.shape) for s in out] == [(2, 0, (2, lay2.block_bytes))]
+    assert r.counters.ssrc_changes == 1 and r.counters.late == 0
+
+
+def test_revision_mismatch_waits_for_new_description():
+    lay, pk, desc = _setup(revision=1)
+    r = Reassembler()
+    r.push(desc, 0.0)
+    wire = np.zeros((lay.blocks, lay.block_bytes), np.uint8)
+    for g in pk.packetize(0, 0, wire, revision=2):
+        r.push(g.data, 0.0)
+    assert r.counters.no_description > 0 and not r.slots
+
+
+def test_garbage_never_raises_and_memory_is_bounded():
+    lay, pk, desc = _setup()
+    r = Reassembler(latency=10.0, max_frames=8)
+    r.push(desc, 0.0)
+    rng = np.random.default_rng(3)
+    for i in range(2000):
+        n = int(rng.integers(0, 200))
+        junk = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        if n >= 2 and i % 2:
+            junk[0] = 0x80  # looks like RTP v2
+            junk[1] = 96 if i % 4 == 1 else 97
+        r.push(bytes(junk), 0.0)
+    assert r.counters.invalid + r.counters.no_description > 1900
+    for f in range(100):  # many partial frames: never more than max_frames pending
+        _, gs = _frame(pk, lay, f)
+        r.push(gs[0].data, 0.0)
+        assert len(r.slots) <= 8
+    # a media packet that claims bytes beyond its block is rejected
+    from jscc_stream.proto.packet import FragmentHeader, build_media
+    bad = build_media(11, 1, 0, False, FragmentHeader(500, 0, 0, 0, 1, 0, lay.block_bytes - 1), b"ab")
+    before = r.counters.invalid
+    r.push(bad, 0.0)
+    assert r.counters.invalid == before + 1
+
+
+def test_bad_descriptions_rejected():
+    with pytest.raises(WireError):
+        parse_description(b"\xff\xff")
+    lay = LatentLayout(64, 48, 4, 2, 3, 50, 8, True)
+    body = make_description(ssrc=1, revision=0, codec_name="t", codec_sha256="", layout=lay, fps=30,
+                            block_levels=[0, 1], dscp_map=None, clock_epoch_unix_us=0, mtu=900)
+    with pytest.raises(WireError):
+        parse_description(body)
