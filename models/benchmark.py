@@ -1,0 +1,95 @@
+"""Codec speed benchmark (``jscc-bench codec``): encoder and decoder milliseconds per frame.
+
+Reported as medians over repeated single-frame calls after a warm-up, on CPU with a fixed
+number of threads and on CUDA when present; with parameter count and bytes per frame.  A
+baseline measured in the same run (OpenCV JPEG encode/decode of the same frame) gives ratios
+that stay meaningful when the machine is busy.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .frame_codec import FrameCodec
+
+__all__ = ["time_call", "bench_codec"]
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3, sync: Callable[[], None] | None = None
+              ) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    if sync:
+        sync()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def _frame(width: int, height: int) -> np.ndarray:
+    import skimage.data
+
+    from .data import fit_to
+
+    return cv2.cvtColor(fit_to(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
+
+
+def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480)),
+                threads: int = 2, repeats: int = 30, out: Path | None = None) -> dict:
+    torch.set_num_threads(threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict = {"codec": codec_name, "threads": threads, "repeats": repeats,
+                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                     "torch": torch.__version__, "rows": []}
+    for dev in devices:
+        fc = FrameCodec.load(codec_name, device=dev)
+        sync = torch.cuda.synchronize if dev == "cuda" else None
+        results["parameters"] = fc.model.param_count()
+        results["encoder_parameters"] = sum(p.numel() for p in fc.model.encoder.parameters())
+        results["decoder_parameters"] = sum(p.numel() for p in fc.model.decoder.parameters())
+        for w, h in sizes:
+            frame = _frame(w, h)
+            wire = fc.encode(frame)
+            received = np.ones_like(wire, dtype=bool)
+            received[3:] = False  # decode cost does not depend on what was lost; show it anyway
+            enc = time_call(lambda: fc.encode(frame), repeats, sync=sync)
+            dec = time_call(lambda: fc.decode(wire, received, w, h), repeats, sync=sync)
+            _, jpeg_bytes = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75])
+            jenc = time_call(lambda: cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75]), repeats)
+            jdec = time_call(lambda: cv2.imdecode(jpeg_bytes, cv2.IMREAD_COLOR), repeats)
+            row = {"device": dev, "size": f"{w}x{h}", "bytes_per_frame": fc.layout(w, h).frame_bytes,
+                   "encode_ms_median": statistics.median(enc), "decode_ms_median": statistics.median(dec),
+                   "encode_ms_p90": float(np.percentile(enc, 90)), "decode_ms_p90": float(np.percentile(dec, 90)),
+                   "jpeg_encode_ms_median": statistics.median(jenc), "jpeg_decode_ms_median": statistics.median(jdec)}
+            row["encode_vs_jpeg"] = row["encode_ms_median"] / row["jpeg_encode_ms_median"]
+            row["decode_vs_jpeg"] = row["decode_ms_median"] / row["jpeg_decode_ms_median"]
+            results["rows"].append(row)
+    lines = [f"codec {codec_name}: {results['parameters']:,} parameters "
+             f"(encoder {results['encoder_parameters']:,}, decoder {results['decoder_parameters']:,}); "
+             f"CPU threads {threads}; medians of {repeats}",
+             "| device | size | bytes/frame | encode ms | decode ms | JPEG enc ms | JPEG dec ms | enc/JPEG | dec/JPEG |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["rows"]:
+        lines.append(f"| {r['device']} | {r['size']} | {r['bytes_per_frame']} | {r['encode_ms_median']:.1f} | "
+                     f"{r['decode_ms_median']:.1f} | {r['jpeg_encode_ms_median']:.2f} | "
+                     f"{r['jpeg_decode_ms_median']:.2f} | {r['encode_vs_jpeg']:.1f}x | {r['decode_vs_jpeg']:.1f}x |")
+    results["markdown"] = "\n".join(lines)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "codec_bench.json").write_text(json.dumps(results, indent=1))
+        (out / "codec_bench.md").write_text(results["markdown"] + "\n")
+    return results

@@ -1,0 +1,184 @@
+"""Codec semantics: SCR is an exact permutation, placeholders and masks, quantization, shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jscc_stream.models.codec import ERASED, CodecConfig, JSCCCodec
+from jscc_stream.models.erasure import block_keep_mask, fragment_of_element, keep_mask, packet_losses
+from jscc_stream.models.quant import dequantize, quantize
+from jscc_stream.models.scr import from_wire, golden_stride, to_wire, wire_order
+from jscc_stream.netem.loss import GE_10, LADDER, TailDrop
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 40), st.booleans())
+def test_scr_inverse_is_exact(alpha: int, h: int, w: int, scr: bool) -> None:
+    rng = np.random.default_rng(alpha * 1000 + h * 40 + w)
+    block = rng.integers(0, 256, size=(3, alpha, h, w), dtype=np.uint8)
+    wire = to_wire(block, scr)
+    assert wire.shape == (3, alpha * h * w)
+    assert np.array_equal(from_wire(wire, alpha, h, w, scr), block)
+    order = wire_order(alpha, h, w, scr)
+    assert np.array_equal(np.sort(order), np.arange(alpha * h * w))  # a permutation
+
+
+def test_scr_spreads_a_lost_packet() -> None:
+    """A contiguous third of a 2x30x40 block (one of 3 packets at 640x480) must touch both
+    channels and rows all over the latent, unlike the natural order (one channel's top rows)."""
+    alpha, h, w = 2, 30, 40
+    n = alpha * h * w
+    lost = np.zeros(n, bool)
+    lost[: n // 3] = True
+    for scr, expect_spread in ((True, True), (False, False)):
+        mask = from_wire(lost[None].astype(np.uint8), alpha, h, w, scr)[0].astype(bool)
+        rows_hit = np.flatnonzero(mask.any(axis=(0, 2)))
+        chans_hit = np.flatnonzero(mask.any(axis=(1, 2)))
+        spread = len(chans_hit) == alpha and rows_hit.min() == 0 and rows_hit.max() == h - 1
+        assert spread == expect_spread
+
+
+def test_golden_stride_is_coprime() -> None:
+    import math
+    for n in (1, 2, 3, 300, 1200, 4800, 97):
+        s = golden_stride(n)
+        assert math.gcd(s, n) == 1 or n <= 2
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantization_round_trip(bits: int) -> None:
+    levels = (1 << bits) - 1
+    x = torch.rand(2, 16, 5, 7)
+    codes = quantize(x, bits)
+    assert codes.dtype == np.uint8 and int(codes.max()) <= levels
+    back = dequantize(codes, bits)
+    assert np.abs(back - x.numpy()).max() <= 0.5 / levels + 1e-6
+    assert np.array_equal(quantize(torch.from_numpy(back), bits), codes)  # idempotent
+
+
+@pytest.mark.parametrize("bad", [1, 9, 0, 3.5])
+def test_quantization_rejects_bad_bits(bad) -> None:
+    with pytest.raises(ValueError):
+        quantize(torch.rand(1), bad)
+
+
+def test_dequantize_rejects_out_of_range_codes() -> None:
+    with pytest.raises(ValueError):
+        dequantize(np.array([200], np.uint8), 4)
+
+
+def _small() -> JSCCCodec:
+    torch.manual_seed(0)
+    return JSCCCodec(CodecConfig(widths=(8, 8, 16, 16), enc_res=(0, 0, 0, 1), dec_res=(0, 0, 0, 1),
+                                 mca_width=8)).eval()
+
+
+@pytest.mark.parametrize("hw", [(240, 320), (100, 130), (16, 16), (33, 65)])
+def test_any_frame_size_round_trips_shape(hw) -> None:
+    m = _small()
+    x = torch.rand(1, 3, *hw)
+    y = m.encode(x)
+    assert y.shape == (1, 16, -(-hw[0] // 16), -(-hw[1] // 16))
+    assert float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    assert m.decode(y, None, hw).shape == (1, 3, *hw)
+
+
+def test_decoder_sees_placeholder_and_mask() -> None:
+    """Whatever value an erased element holds, the decoder sees -1 there (eq. 1) and the
+    result equals the training path's r*(B+1)-1 form."""
+    m = _small()
+    x = torch.rand(1, 3, 64, 64)
+    y = m.encode(x)
+    keep = torch.ones_like(y)
+    keep[:, 4:6] = 0
+    keep[:, 0, 1, 2] = 0  # a single element of block 0
+    with torch.no_grad():
+        a = m.decode(y, keep, (64, 64))
+        b = m.decode(torch.where(keep.bool(), y, torch.full_like(y, 0.77)), keep, (64, 64))
+        c = m(x, keep)
+        seen = {}
+
+        def grab(mod, args) -> None:
+            seen["y"] = args[0].clone()
+
+        hook = m.decoder.register_forward_pre_hook(grab)
+        m.decode(y, keep, (64, 64))
+        hook.remove()
+    assert torch.allclose(a, b) and torch.allclose(a, c, atol=1e-6)
+    assert torch.all(seen["y"][keep == 0] == ERASED)
+    assert torch.all(seen["y"][keep == 1] >= 0)
+
+
+def test_mask_changes_output_only_through_mca() -> None:
+    m = _small()
+    y = torch.rand(1, 16, 4, 4)
+    keep = torch.ones_like(y)
+    keep[:, 2:4] = 0
+    with torch.no_grad():
+        full = m.decode(y, None, (64, 64))
+        erased = m.decode(y, keep, (64, 64))
+    assert not torch.allclose(full, erased)
+
+
+def test_decode_rejects_bad_shapes() -> None:
+    m = _small()
+    with pytest.raises(ValueError):
+        m.decode(torch.rand(1, 15, 4, 4), None, (64, 64))
+    with pytest.raises(ValueError):
+        m.decode(torch.rand(1, 16, 4, 4), torch.ones(1, 16, 4, 5), (64, 64))
+    with pytest.raises(ValueError):
+        m.encode(torch.rand(1, 4, 64, 64))
+
+
+def test_fragment_loss_erases_exactly_its_bytes() -> None:
+    alpha, h, w, frags = 2, 6, 5, 3
+    lost = np.zeros((1, 8, frags), bool)
+    lost[0, 2, 1] = True  # block 2, middle fragment
+    keep = keep_mask(lost, alpha, h, w, scr=True)[0].numpy()
+    assert keep.shape == (16, h, w)
+    erased = keep == 0
+    assert erased[[c for c in range(16) if c not in (4, 5)]].sum() == 0
+    n = alpha * h * w
+    assert erased[4:6].sum() == n // 3
+    # the erased elements are exactly those whose wire bytes fall in the middle third
+    frag = fragment_of_element(alpha, h, w, frags, True).reshape(alpha, h, w)
+    assert np.array_equal(erased[4:6], frag == 1)
+
+
+def test_packet_losses_shapes_and_profiles() -> None:
+    rng = np.random.default_rng(0)
+    assert packet_losses(GE_10, 5, 8, 3, rng).shape == (5, 8, 3)
+    lad = packet_losses(LADDER, 50_000, 8, 2, rng)
+    assert lad[:, 0].sum() == 0 and lad[:, 7].mean() == pytest.approx(0.07, abs=0.005)
+    td = packet_losses(TailDrop(), 100, 8, 2, rng)
+    assert (td[:, :, 0] == td[:, :, 1]).all()  # whole blocks
+
+
+def test_block_keep_mask() -> None:
+    rec = torch.tensor([[1, 0, 1, 1, 1, 1, 1, 0]])
+    m = block_keep_mask(rec, 2, 3, 4)
+    assert m.shape == (1, 16, 3, 4)
+    assert m[0, 2:4].sum() == 0 and m[0, 14:16].sum() == 0 and m[0, :2].all()
+
+
+def test_frame_codec_round_trip_with_erasure(tiny_codec) -> None:
+    frame = (np.random.default_rng(0).random((240, 320, 3)) * 255).astype(np.uint8)
+    wire = tiny_codec.encode(frame)
+    lay = tiny_codec.layout(320, 240)
+    assert wire.shape == (8, 600) and lay.frame_bytes == 4800
+    rec = np.ones_like(wire, bool)
+    rec[5, 100:300] = False
+    out = tiny_codec.decode(wire, rec, 320, 240)
+    assert out.shape == frame.shape and out.dtype == np.uint8
+    # erased bytes' contents do not matter
+    wire2 = wire.copy()
+    wire2[5, 100:300] = 7
+    assert np.array_equal(tiny_codec.decode(wire2, rec, 320, 240), out)
+    with pytest.raises(ValueError):
+        tiny_codec.decode(wire[:, :10], None, 320, 240)
+    with pytest.raises(ValueError):
+        tiny_codec.encode(frame[..., 0])
