@@ -1,0 +1,331 @@
+"""The shim's impairment model for one direction, free of sockets and clocks.
+
+A datagram's path through a :class:`Link` is what a congested access link does to it:
+
+    loss process  ->  bottleneck buffer + token bucket  ->  propagation delay (+ jitter)  ->  out
+
+Time is a number the caller passes in (``now``, seconds on any monotonic clock), so tests drive
+it with a simulated clock and the asyncio shim with ``loop.time()``.  The buffer holds one FIFO
+per DSCP priority class: with ``priority`` it serves them strictly by rank and a full buffer
+makes room for an arrival by pushing out the newest packet of the least important class below
+it; without, it is one drop-tail FIFO (the class FIFOs then only keep the counters apart).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jscc_stream.netem.dscp import PRIORITY_CLASSES, class_rank, dscp_of_tos
+from jscc_stream.netem.loss import LossProcess, NoLoss, PacketDropper
+
+__all__ = ["Packet", "ClassCounters", "LinkConfig", "PacketQueues", "TokenBucket", "Link"]
+
+N_CLASSES = len(PRIORITY_CLASSES)
+
+
+@dataclass(slots=True)
+class Packet:
+    """One datagram in flight: payload, TOS byte it arrived with, and where it goes."""
+
+    data: bytes
+    tos: int = 0
+    dest: Any = None
+    size: int = 0  # bytes the bottleneck charges (payload + IP/UDP overhead)
+    rank: int = 3
+
+    @classmethod
+    def make(cls, data: bytes, tos: int = 0, dest: Any = None, overhead: int = 28) -> "Packet":
+        return cls(data, tos, dest, len(data) + overhead, class_rank(dscp_of_tos(tos)))
+
+
+@dataclass
+class ClassCounters:
+    """Per-class fate of datagrams: in = arrived, lost = loss process, dropped = buffer full
+    (evicted counts the push-outs among them), out = delivered."""
+
+    in_: int = 0
+    out: int = 0
+    lost: int = 0
+    dropped: int = 0
+    evicted: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        d = asdict(self)
+        d["in"] = d.pop("in_")
+        return d
+
+
+@dataclass
+class LinkConfig:
+    """What one direction does to traffic.  ``rate_bps=None`` means no bottleneck."""
+
+    loss: LossProcess = field(default_factory=NoLoss)
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    rate_bps: float | None = None
+    burst_bytes: int | None = None
+    queue_packets: int = 64
+    queue_bytes: int | None = None
+    priority: bool = False
+    overhead: int = 28
+
+    def __post_init__(self) -> None:
+        if self.delay_s < 0 or self.jitter_s < 0:
+            raise ValueError("delay and jitter must be >= 0")
+        if self.rate_bps is not None and not self.rate_bps > 0:
+            raise ValueError("rate must be positive")
+        if self.queue_packets < 1:
+            raise ValueError("queue must hold at least one packet")
+        if self.queue_bytes is not None and self.queue_bytes < 1:
+            raise ValueError("queue bytes must be positive")
+
+
+class PacketQueues:
+    """The bottleneck buffer: per-class FIFOs sharing one capacity (packets, and bytes if set)."""
+
+    def __init__(self, capacity_packets: int, capacity_bytes: int | None, priority: bool) -> None:
+        self.capacity_packets = capacity_packets
+        self.capacity_bytes = capacity_bytes
+        self.priority = priority
+        self._q: list[deque[Packet]] = [deque() for _ in range(N_CLASSES)]
+        self._fifo: deque[Packet] = deque()  # arrival order in drop-tail mode
+        self._bytes = [0] * N_CLASSES
+        self.packets = 0
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return self.packets
+
+    def _fits(self, extra_packets: int, extra_bytes: int) -> bool:
+        if self.packets + extra_packets > self.capacity_packets:
+            return False
+        return self.capacity_bytes is None or self.bytes + extra_bytes <= self.capacity_bytes
+
+    def push(self, pkt: Packet) -> tuple[bool, list[Packet]]:
+        """Queue ``pkt``; return (accepted, packets evicted to make room)."""
+        if self._fits(1, pkt.size):
+            self._append(pkt)
+            return True, []
+        if not self.priority:
+            return False, []
+        # Push-out: only if evicting every less important packet would make room.
+        lower_pkts = sum(len(self._q[r]) for r in range(pkt.rank + 1, N_CLASSES))
+        lower_bytes = sum(self._bytes[r] for r in range(pkt.rank + 1, N_CLASSES))
+        if self.packets - lower_pkts + 1 > self.capacity_packets or (
+                self.capacity_bytes is not None
+                and self.bytes - lower_bytes + pkt.size > self.capacity_bytes):
+            return False, []
+        evicted: list[Packet] = []
+        rank = N_CLASSES - 1
+        while not self._fits(1, pkt.size):
+            while not self._q[rank]:
+                rank -= 1
+            victim = self._q[rank].pop()  # the newest of the least important class
+            self._account(victim, -1)
+            evicted.append(victim)
+        self._append(pkt)
+        return True, evicted
+
+    def _append(self, pkt: Packet) -> None:
+        (self._q[pkt.rank] if self.priority else self._fifo).append(pkt)
+        self._account(pkt, +1)
+
+    def _account(self, pkt: Packet, sign: int) -> None:
+        self.packets += sign
+        self.bytes += sign * pkt.size
+        self._bytes[pkt.rank] += sign * pkt.size
+
+    def peek(self) -> Packet | None:
+        if not self.priority:
+            return self._fifo[0] if self._fifo else None
+        for q in self._q:
+            if q:
+                return q[0]
+        return None
+
+    def pop(self) -> Packet:
+        if self.priority:
+            for q in self._q:
+                if q:
+                    pkt = q.popleft()
+                    break
+            else:
+                raise IndexError("pop from empty queues")
+        else:
+            pkt = self._fifo.popleft()
+        self._account(pkt, -1)
+        return pkt
+
+    def clear(self) -> list[Packet]:
+        out = [p for q in self._q for p in q] + list(self._fifo)
+        for q in self._q:
+            q.clear()
+        self._fifo.clear()
+        self._bytes = [0] * N_CLASSES
+        self.packets = self.bytes = 0
+        return out
+
+
+class TokenBucket:
+    """Bytes of credit filling at ``rate_bps / 8`` up to ``burst``; a packet leaves when the
+    credit covers it (or covers a full burst, for packets larger than the burst)."""
+
+    def __init__(self, rate_bps: float, burst_bytes: int, now: float = 0.0) -> None:
+        self.rate = rate_bps / 8.0  # bytes per second
+        self.burst = float(burst_bytes)
+        self.tokens = self.burst
+        self.t = now
+
+    def advance(self, now: float) -> None:
+        if now > self.t:
+            self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+            self.t = now
+
+    def ready_at(self, size: int) -> float:
+        """Earliest time at which a packet of ``size`` bytes may leave."""
+        need = min(float(size), self.burst) - self.tokens
+        return self.t if need <= 0 else self.t + need / self.rate
+
+    def take(self, size: int) -> None:
+        self.tokens -= size
+
+
+def default_burst(rate_bps: float) -> int:
+    """Two full-size datagrams or 5 ms of traffic, whichever is larger."""
+    return int(max(2 * 1500, rate_bps / 8 * 0.005))
+
+
+class Link:
+    """One direction of the shim: loss, bottleneck, delay.  Pure: ``now`` is passed in."""
+
+    def __init__(self, config: LinkConfig, rng: np.random.Generator, now: float = 0.0) -> None:
+        self.config = config
+        self._rng = rng
+        self._dropper: PacketDropper = config.loss.stream(rng)
+        self.counters = [ClassCounters() for _ in range(N_CLASSES)]
+        self.queues = PacketQueues(config.queue_packets, config.queue_bytes, config.priority)
+        self._bucket: TokenBucket | None = None
+        self._set_bucket(config.rate_bps, config.burst_bytes, now)
+        self._delayed: list[tuple[float, int, Packet]] = []
+        self._seq = 0
+        self._last_release = -float("inf")
+        self._ready: list[Packet] = []
+
+    # --- control hooks (runtime changes, e.g. from an HTTP control API) -----------------------
+    def set_loss(self, loss: LossProcess) -> None:
+        """Switch the loss process; the new one starts from its stationary state."""
+        self.config.loss = loss
+        self._dropper = loss.stream(self._rng)
+
+    def set_rate(self, rate_bps: float | None, now: float, burst_bytes: int | None = None) -> None:
+        """Change (or remove, with None) the bottleneck; queued packets keep their places."""
+        if rate_bps is not None and not rate_bps > 0:
+            raise ValueError("rate must be positive")
+        self.config.rate_bps = rate_bps
+        self.config.burst_bytes = burst_bytes
+        self._serve(now)
+        self._set_bucket(rate_bps, burst_bytes, now)
+        self._serve(now)
+
+    def set_delay(self, delay_s: float, jitter_s: float = 0.0) -> None:
+        if delay_s < 0 or jitter_s < 0:
+            raise ValueError("delay and jitter must be >= 0")
+        self.config.delay_s, self.config.jitter_s = delay_s, jitter_s
+
+    def _set_bucket(self, rate_bps: float | None, burst: int | None, now: float) -> None:
+        self._bucket = None if rate_bps is None else TokenBucket(
+            rate_bps, burst or default_burst(rate_bps), now)
+
+    # --- data path ----------------------------------------------------------------------------
+    def arrive(self, pkt: Packet, now: float) -> None:
+        """A datagram enters the link at ``now`` (call in time order)."""
+        c = self.counters[pkt.rank]
+        c.in_ += 1
+        c.bytes_in += len(pkt.data)
+        self._serve(now)
+        if self._dropper.lost():
+            c.lost += 1
+            return
+        if self._bucket is None:
+            self._depart(pkt, now)
+            return
+        accepted, evicted = self.queues.push(pkt)
+        for v in evicted:
+            vc = self.counters[v.rank]
+            vc.dropped += 1
+            vc.evicted += 1
+        if not accepted:
+            c.dropped += 1
+        self._serve(now)
+
+    def due(self, now: float) -> list[Packet]:
+        """Every datagram whose time to leave the link has come, in order."""
+        self._serve(now)
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(self._delayed)[2])
+        out, self._ready = self._ready, []
+        for p in out:
+            c = self.counters[p.rank]
+            c.out += 1
+            c.bytes_out += len(p.data)
+        return out
+
+    def next_event(self) -> float | None:
+        """When ``due`` next has something to do (None: nothing pending)."""
+        times = []
+        if self._ready:
+            return -float("inf")
+        if self._delayed:
+            times.append(self._delayed[0][0])
+        head = self.queues.peek()
+        if head is not None and self._bucket is not None:
+            times.append(self._bucket.ready_at(head.size))
+        return min(times) if times else None
+
+    def _serve(self, now: float) -> None:
+        """Let the bottleneck transmit every packet it could have sent by ``now``."""
+        b = self._bucket
+        if b is None:
+            while self.queues:  # the bottleneck was removed at runtime
+                self._depart(self.queues.pop(), now)
+            return
+        while self.queues:
+            head = self.queues.peek()
+            assert head is not None
+            t = b.ready_at(head.size)
+            if t > now:
+                break
+            b.advance(t)
+            b.take(head.size)
+            self._depart(self.queues.pop(), t)
+        b.advance(now)
+
+    def _depart(self, pkt: Packet, t: float) -> None:
+        cfg = self.config
+        if cfg.delay_s == 0 and cfg.jitter_s == 0:
+            self._ready.append(pkt)
+            return
+        release = t + cfg.delay_s
+        if cfg.jitter_s:
+            release += float(self._rng.uniform(-cfg.jitter_s, cfg.jitter_s))
+        # Never reorder: a packet leaves no earlier than the one before it.
+        release = max(release, t, self._last_release)
+        self._last_release = release
+        self._seq += 1
+        heapq.heappush(self._delayed, (release, self._seq, pkt))
+
+    # --- reporting ------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        per_class = {c.name: self.counters[c.rank].as_dict() for c in PRIORITY_CLASSES}
+        total = {k: sum(d[k] for d in per_class.values()) for k in next(iter(per_class.values()))}
+        return {"classes": per_class, "total": total, "queued_packets": len(self.queues),
+                "queued_bytes": self.queues.bytes, "in_delay": len(self._delayed),
+                "loss": str(self.config.loss), "rate_bps": self.config.rate_bps,
+                "priority": self.config.priority}

@@ -1,0 +1,396 @@
+"""The userspace network shim: a UDP relay that impairs what it forwards.
+
+Senders talk to ``listen``; each sender (client address) gets its own upstream socket towards
+``forward``, so whatever the receiver sends back to that socket (RTCP) is relayed to that
+sender.  The impairments live in two pure :class:`~jscc_stream.netem.link.Link` objects, one
+per direction; this module only moves bytes between sockets and the links and keeps the DSCP:
+it reads each datagram's TOS/traffic class (``IP_RECVTOS``/``IPV6_RECVTCLASS`` + ``recvmsg``)
+and sets it on the outgoing socket before sending that datagram on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import socket
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from jscc_stream.netem.link import Link, LinkConfig, Packet
+from jscc_stream.netem.loss import LossProcess, parse_loss_spec
+from jscc_stream.netem.rates import parse_rate
+
+__all__ = ["ShimConfig", "Shim", "parse_hostport", "resolve", "read_tos", "run_shim"]
+
+log = logging.getLogger("jscc_stream.netem.shim")
+
+_IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
+_IPV6_RECVTCLASS = getattr(socket, "IPV6_RECVTCLASS", 66)
+_IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
+_MAX_DGRAM = 65535
+_ANC_SIZE = socket.CMSG_SPACE(4) * 2
+
+
+def parse_hostport(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+        if not sep:
+            raise ValueError(f"bad address {text!r}: missing ']'")
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"bad address {text!r}: write HOST:PORT or [IPV6]:PORT")
+        if ":" in host:
+            raise ValueError(f"bad address {text!r}: put an IPv6 address in brackets, [::1]:5004")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"bad port in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range in {text!r}")
+    return (host or default_host), port
+
+
+def resolve(host: str, port: int, passive: bool = False) -> tuple[int, tuple]:
+    """(address family, sockaddr) of a UDP endpoint."""
+    try:
+        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0,
+                                   socket.AI_PASSIVE if passive else 0)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def enable_tos_reception(sock: socket.socket) -> None:
+    """Ask the kernel to hand us each datagram's TOS / traffic class byte."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVTCLASS, 1)
+        try:  # IPv4-mapped arrivals on a dual-stack socket report IP_TOS
+            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVTOS, 1)
+        except OSError:
+            pass
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_RECVTOS, 1)
+
+
+def read_tos(ancdata: list[tuple[int, int, bytes]]) -> int:
+    """The TOS / traffic-class byte from ``recvmsg`` ancillary data (0 when absent)."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind in (socket.IP_TOS, _IP_RECVTOS) and data:
+            return data[0]
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_TCLASS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder) & 0xFF
+    return 0
+
+
+class _TosSetter:
+    """Sets the outgoing TOS only when it changes (one setsockopt per change, not per packet)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.current = -1
+
+    def set(self, tos: int) -> None:
+        if tos == self.current:
+            return
+        if self.sock.family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_TCLASS, tos)
+            try:  # for IPv4-mapped destinations
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+            except OSError:
+                pass
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        self.current = tos
+
+
+@dataclass
+class ShimConfig:
+    listen: tuple[str, int]
+    forward: tuple[str, int]
+    forward_link: LinkConfig = field(default_factory=LinkConfig)
+    reverse_link: LinkConfig = field(default_factory=LinkConfig)
+    seed: int | None = None
+    stats_interval: float = 5.0
+    max_clients: int = 16
+    recv_batch: int = 256
+    rcvbuf: int = 4 << 20
+
+
+@dataclass
+class _Client:
+    addr: tuple
+    sock: socket.socket
+    tos: _TosSetter
+    last_seen: float
+
+
+class Shim:
+    """The relay.  ``await start()``, then it runs on the loop until ``close()``."""
+
+    def __init__(self, config: ShimConfig) -> None:
+        self.config = config
+        ss = np.random.SeedSequence(config.seed)
+        fwd_seed, rev_seed = ss.spawn(2)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fwd_rng = np.random.default_rng(fwd_seed)
+        self._rev_rng = np.random.default_rng(rev_seed)
+        self.forward_link: Link | None = None
+        self.reverse_link: Link | None = None
+        self._listen: socket.socket | None = None
+        self._listen_tos: _TosSetter | None = None
+        self._fwd_family = socket.AF_INET
+        self._fwd_addr: tuple = ()
+        self._clients: OrderedDict[tuple, _Client] = OrderedDict()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._stats_task: asyncio.Task | None = None
+        self.errors = {"recv": 0, "send": 0, "clients_evicted": 0}
+        self.started_at = 0.0
+        self.closed = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> tuple:
+        """Bind the sockets; returns the listening address (with the real port if 0 was asked)."""
+        loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.forward_link = Link(self.config.forward_link, self._fwd_rng, now)
+        self.reverse_link = Link(self.config.reverse_link, self._rev_rng, now)
+        self._fwd_family, self._fwd_addr = resolve(*self.config.forward)
+        family, addr = resolve(*self.config.listen, passive=True)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6 and ipaddress.ip_address(addr[0].split("%")[0]).is_unspecified:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
+            enable_tos_reception(sock)
+            sock.setblocking(False)
+            sock.bind(addr)
+        except OSError as exc:
+            sock.close()
+            raise ValueError(f"cannot listen on {self.config.listen[0]}:{self.config.listen[1]}: "
+                             f"{exc.strerror}") from None
+        self._listen = sock
+        self._listen_tos = _TosSetter(sock)
+        loop.add_reader(sock.fileno(), self._on_listen_readable)
+        self.started_at = time.time()
+        if self.config.stats_interval > 0:
+            self._stats_task = loop.create_task(self._log_stats_forever())
+        log.info("listening on %s, forwarding to %s; forward: %s", self.listen_address,
+                 self._fwd_addr[:2], _describe(self.config.forward_link))
+        return self.listen_address
+
+    @property
+    def listen_address(self) -> tuple:
+        assert self._listen is not None, "start() first"
+        return self._listen.getsockname()
+
+    def upstream_addresses(self) -> list[tuple]:
+        """Local addresses of the per-sender sockets facing the receiver."""
+        return [c.sock.getsockname() for c in self._clients.values()]
+
+    def close(self) -> None:
+        if self._loop is None or self.closed.is_set():
+            return
+        if self._timer:
+            self._timer.cancel()
+        if self._stats_task:
+            self._stats_task.cancel()
+        for c in list(self._clients.values()):
+            self._drop_client(c)
+        if self._listen is not None:
+            self._loop.remove_reader(self._listen.fileno())
+            self._listen.close()
+        self.closed.set()
+
+    # --- control hooks (for a later HTTP control API) -------------------------------------------
+    def set_loss(self, loss: str | LossProcess, direction: str = "forward") -> None:
+        """Swap the loss process (``"ge10"``, ``"uniform:0.05"``, or a LossProcess)."""
+        proc = parse_loss_spec(loss) if isinstance(loss, str) else loss
+        self._link(direction).set_loss(proc)
+        log.info("%s loss now %s", direction, proc)
+
+    def set_rate(self, rate: str | float | None, direction: str = "forward") -> None:
+        """Change the bottleneck rate (``"2mbit"``, bits/s, or None to remove it)."""
+        bps = parse_rate(rate) if isinstance(rate, str) else rate
+        assert self._loop is not None
+        self._link(direction).set_rate(bps, self._loop.time())
+        self._pump()
+        log.info("%s rate now %s", direction, "unlimited" if bps is None else f"{bps:g} bit/s")
+
+    def set_delay(self, delay_ms: float, jitter_ms: float = 0.0, direction: str = "forward") -> None:
+        self._link(direction).set_delay(delay_ms / 1000.0, jitter_ms / 1000.0)
+
+    def _link(self, direction: str) -> Link:
+        link = {"forward": self.forward_link, "reverse": self.reverse_link}.get(direction)
+        if link is None:
+            raise ValueError(f"direction must be 'forward' or 'reverse', got {direction!r}")
+        return link
+
+    def stats(self) -> dict[str, Any]:
+        assert self.forward_link is not None and self.reverse_link is not None
+        return {"forward": self.forward_link.stats(), "reverse": self.reverse_link.stats(),
+                "clients": len(self._clients), "errors": dict(self.errors),
+                "uptime_s": round(time.time() - self.started_at, 3)}
+
+    # --- socket side ----------------------------------------------------------------------------
+    def _client_for(self, addr: tuple, now: float) -> _Client:
+        c = self._clients.get(addr)
+        if c is not None:
+            c.last_seen = now
+            self._clients.move_to_end(addr)
+            return c
+        if len(self._clients) >= self.config.max_clients:
+            _, oldest = self._clients.popitem(last=False)
+            self._drop_client(oldest)
+            self.errors["clients_evicted"] += 1
+        sock = socket.socket(self._fwd_family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
+        enable_tos_reception(sock)
+        sock.setblocking(False)
+        sock.bind(("::", 0) if self._fwd_family == socket.AF_INET6 else ("0.0.0.0", 0))
+        c = _Client(addr, sock, _TosSetter(sock), now)
+        self._clients[addr] = c
+        assert self._loop is not None
+        self._loop.add_reader(sock.fileno(), self._on_upstream_readable, c)
+        log.info("new sender %s -> upstream port %d", addr[:2], sock.getsockname()[1])
+        return c
+
+    def _drop_client(self, c: _Client) -> None:
+        self._clients.pop(c.addr, None)
+        assert self._loop is not None
+        self._loop.remove_reader(c.sock.fileno())
+        c.sock.close()
+
+    def _drain(self, sock: socket.socket, on_packet: Callable[[bytes, int, tuple, float], None]) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        for _ in range(self.config.recv_batch):
+            try:
+                data, anc, _flags, addr = sock.recvmsg(_MAX_DGRAM, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. an ICMP error queued on the socket
+                self.errors["recv"] += 1
+                log.debug("recv error: %s", exc)
+                continue
+            on_packet(data, read_tos(anc) & 0xFC, addr, now)
+        self._pump()
+
+    def _on_listen_readable(self) -> None:
+        assert self._listen is not None and self.forward_link is not None
+        link = self.forward_link
+        overhead = link.config.overhead
+
+        def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
+            client = self._client_for(addr, now)
+            link.arrive(Packet.make(data, tos, client.addr, overhead), now)
+
+        self._drain(self._listen, on_packet)
+
+    def _on_upstream_readable(self, client: _Client) -> None:
+        assert self.reverse_link is not None
+        link = self.reverse_link
+        overhead = link.config.overhead
+
+        def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
+            link.arrive(Packet.make(data, tos, client.addr, overhead), now)
+
+        if client.sock.fileno() >= 0:
+            self._drain(client.sock, on_packet)
+
+    def _pump(self) -> None:
+        """Send whatever the links release now and wake up again when they next will."""
+        assert self._loop is not None and self.forward_link and self.reverse_link
+        self._timer_at = float("inf")
+        now = self._loop.time()
+        for pkt in self.forward_link.due(now):
+            c = self._clients.get(pkt.dest)
+            if c is not None:
+                self._send(c.sock, c.tos, pkt, self._fwd_addr)
+        for pkt in self.reverse_link.due(now):
+            assert self._listen is not None and self._listen_tos is not None
+            self._send(self._listen, self._listen_tos, pkt, pkt.dest)
+        nxt = [t for t in (self.forward_link.next_event(), self.reverse_link.next_event())
+               if t is not None]
+        if nxt:
+            at = min(nxt)
+            if at < self._timer_at:
+                if self._timer:
+                    self._timer.cancel()
+                self._timer_at = at
+                self._timer = self._loop.call_at(max(at, now), self._pump)
+
+    def _send(self, sock: socket.socket, tos: _TosSetter, pkt: Packet, addr: tuple) -> None:
+        try:
+            tos.set(pkt.tos)
+            sock.sendto(pkt.data, addr)
+        except OSError as exc:  # full socket buffer, unreachable peer: the datagram is gone
+            self.errors["send"] += 1
+            log.debug("send to %s failed: %s", addr[:2], exc)
+
+    async def _log_stats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval)
+            assert self.forward_link is not None
+            st = self.forward_link.stats()
+            parts = [f"{name} in={c['in']} out={c['out']} lost={c['lost']} dropped={c['dropped']}"
+                     for name, c in st["classes"].items() if c["in"]]
+            log.info("forward: %s | queued=%d | reverse out=%d",
+                     "; ".join(parts) or "idle", st["queued_packets"],
+                     self.reverse_link.stats()["total"]["out"] if self.reverse_link else 0)
+
+
+def _describe(cfg: LinkConfig) -> str:
+    parts = [f"loss={cfg.loss}"]
+    if cfg.delay_s or cfg.jitter_s:
+        parts.append(f"delay={cfg.delay_s * 1e3:g}ms±{cfg.jitter_s * 1e3:g}ms")
+    if cfg.rate_bps:
+        parts.append(f"rate={cfg.rate_bps:g}bit/s queue={cfg.queue_packets}p"
+                     + (f"/{cfg.queue_bytes}B" if cfg.queue_bytes else "")
+                     + (" priority" if cfg.priority else " drop-tail"))
+    return " ".join(parts)
+
+
+async def run_shim(config: ShimConfig, stats_json: Path | None = None,
+                   on_ready: Callable[[Shim], None] | None = None) -> dict[str, Any]:
+    """Run until SIGINT/SIGTERM; write the final counters to ``stats_json``."""
+    import signal
+
+    shim = Shim(config)
+    await shim.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if on_ready:
+        on_ready(shim)
+    try:
+        await stop.wait()
+    finally:
+        stats = shim.stats()
+        shim.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+    log.info("stopped; forward totals %s", stats["forward"]["total"])
+    if stats_json is not None:
+        stats_json.write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
