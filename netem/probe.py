@@ -26,9 +26,9 @@ _HDR = struct.Struct("!4sIB")
 
 @dataclass
 class ProbeResult:
-    by_dscp: dict[int, int]
-    by_tos_dscp: dict[int, int]
-    other: int
+    by_dscp: dict[int, int]  # probe datagrams by the DSCP their sender meant
+    by_tos_dscp: dict[int, int]  # all datagrams by the DSCP in their IP header
+    other: int  # datagrams that are not probes
 
     def as_dict(self) -> dict:
         return {"by_dscp": {str(k): v for k, v in sorted(self.by_dscp.items())},
@@ -80,10 +80,9 @@ def recv_probe(sock: socket.socket, idle_s: float, max_s: float) -> ProbeResult:
         except socket.timeout:
             break
         got_any = True
+        by_tos[dscp_of_tos(read_tos(anc))] += 1  # every datagram, probe or not (e.g. jscc-send)
         if len(data) >= _HDR.size and data[:4] == MAGIC:
-            _, _, d = _HDR.unpack_from(data)
-            by_dscp[d] += 1
-            by_tos[dscp_of_tos(read_tos(anc))] += 1
+            by_dscp[_HDR.unpack_from(data)[2]] += 1
         else:
             other += 1
     return ProbeResult(dict(by_dscp), dict(by_tos), other)

@@ -89,15 +89,19 @@ class TcConfig:
 
 @dataclass(frozen=True)
 class TcPlan:
-    """Commands in order: ``ip`` commands first (ifb), then the ``tc -batch`` lines."""
+    """Commands in order: ``ip`` commands first (ifb), then the ``tc -batch`` lines (or the
+    other way round with ``ip_last``, as clearing does)."""
 
     dev: str
     target: str  # where the shaping qdiscs go: dev, or its ifb for --ingress
     ip: tuple[tuple[str, ...], ...]
     tc: tuple[tuple[str, ...], ...]
+    ip_last: bool = False
 
     def lines(self) -> list[str]:
-        return [" ".join(("ip",) + c) for c in self.ip] + [" ".join(("tc",) + c) for c in self.tc]
+        ip = [" ".join(("ip",) + c) for c in self.ip]
+        tc = [" ".join(("tc",) + c) for c in self.tc]
+        return tc + ip if self.ip_last else ip + tc
 
     def batch(self) -> str:
         return "".join(" ".join(c) + "\n" for c in self.tc)
@@ -199,7 +203,8 @@ def clear_plan(dev: str) -> TcPlan:
     """What ``clear`` runs (each command on its own; 'nothing to delete' is not an error)."""
     ifb = ifb_name(dev)
     return TcPlan(dev, dev, (("link", "del", ifb),),
-                  (("qdisc", "del", "dev", dev, "root"), ("qdisc", "del", "dev", dev, "ingress")))
+                  (("qdisc", "del", "dev", dev, "root"), ("qdisc", "del", "dev", dev, "ingress")),
+                  ip_last=True)
 
 
 # --- running it -----------------------------------------------------------------------------------
