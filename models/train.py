@@ -8,6 +8,7 @@ and periodic validation PSNR.  Writes safetensors weights and a JSON model card.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision: auto = fp16 on CUDA, bf16 on CPUs that support it "
+                        "(about 2x faster on AVX512-BF16), else fp32")
     p.add_argument("--widths", default=None, help="override encoder/decoder widths, e.g. 32,64,96,128")
     p.add_argument("--no-mca", action="store_true", help="ablation: decoder ignores the mask")
     p.add_argument("--no-scr", action="store_true", help="ablation: natural byte order in packets")
@@ -92,6 +96,20 @@ def _ddp_setup() -> tuple[int, int, int]:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
+        if device.type != "cuda":
+            raise UserError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
+        return torch.float16
+    bf16_ok = device.type == "cuda" or torch.backends.mkldnn.is_available() and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if precision == "bf16" and not bf16_ok:
+        raise UserError("this CPU has no fast bf16 support; use --precision fp32")
+    return torch.bfloat16 if bf16_ok else None
 
 
 def validation_set(files: list[Path]) -> torch.Tensor:
@@ -146,8 +164,10 @@ def train(args: argparse.Namespace) -> Path | None:
         if args.widths:
             kw["widths"] = tuple(int(v) for v in args.widths.split(","))
         model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=not args.no_scr, **kw)), None
-    if args.no_scr and model.cfg.scr or args.no_mca and model.cfg.mca:
-        raise UserError("--no-scr/--no-mca cannot change a model loaded with --init")
+    if args.no_mca and model.cfg.mca:
+        raise UserError("--no-mca changes the architecture; it cannot apply to a model loaded with --init")
+    if args.no_scr and model.cfg.scr:  # SCR is a byte order, not weights: fine-tuning may switch it off
+        model.cfg = dataclasses.replace(model.cfg, scr=False)
     model = model.to(device).train()
     net: torch.nn.Module = model
     if world > 1:
@@ -155,8 +175,10 @@ def train(args: argparse.Namespace) -> Path | None:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = _amp_dtype(args.precision, device)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    model.to(memory_format=torch.channels_last)  # 2x faster convolutions on CPU
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,12 +213,12 @@ def train(args: argparse.Namespace) -> Path | None:
             tmp.replace(ckpt_path)
 
     while step < args.steps:
-        x = sampler.batch(args.batch, rng).to(device, non_blocking=True)
+        x = sampler.batch(args.batch, rng).to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         frags = int(rng.choice(frag_vals, p=frag_p))
         frags = min(frags, args.crop // model.cfg.stride)  # at least one row of elements each
         lost = packet_losses(loss, args.batch, model.cfg.blocks, frags, rng)
         keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
-        with torch.autocast(device.type, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             x_hat = net(x, keep, noise=args.quant_noise)
             mse = F.mse_loss(x_hat.float(), x)
         opt.zero_grad(set_to_none=True)
@@ -230,7 +252,7 @@ def train(args: argparse.Namespace) -> Path | None:
         "training_data": [f.name for f in train_files],
         "validation_data": [f.name for f in val_files],
         "steps": step, "batch": args.batch, "crop": args.crop, "lr": args.lr, "seed": args.seed,
-        "device": device.type, "world_size": world,
+        "device": device.type, "world_size": world, "precision": str(amp_dtype or "fp32"),
         "wall_time_s": round(wall_before + time.time() - t0, 1),
         "validation": history[-1] if history else {},
         "validation_history": history,
