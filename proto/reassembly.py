@@ -122,17 +122,21 @@ class Reassembler:
         self.slots: dict[tuple[int, int], FrameSlot] = {}
         self._undescribed: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.current_ssrc: int | None = None
+        #: (ssrc, seq, timestamp) of the last datagram that parsed as RTP, for RTCP statistics.
+        self.last_rtp: tuple[int, int, int] | None = None
 
     # -- input ---------------------------------------------------------------------------
     def push(self, data: bytes, now: float, dscp: int | None = None) -> list[FrameSlot]:
         """Take one datagram; returns frames released because of it (in frame order)."""
         self.counters.datagrams += 1
         self.counters.bytes += len(data)
+        self.last_rtp = None
         try:
             pkt = parse_datagram(data)
         except WireError:
             self.counters.invalid += 1
             return []
+        self.last_rtp = (pkt.ssrc, pkt.seq, pkt.timestamp)
         if isinstance(pkt, DescriptionPacket):
             return self._on_description(pkt, now)
         return self._on_media(pkt, now, dscp)

@@ -1,0 +1,140 @@
+"""jscc-recv: receive a jscc-stream, decode every frame at its playout deadline from whatever arrived."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Sequence
+
+from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+
+__all__ = ["main", "build_parser", "CodecCache"]
+
+log = logging.getLogger("jscc.recv")
+
+
+class CodecCache:
+    """Finds the codec a stream description names (or the one forced with --codec), once."""
+
+    def __init__(self, forced: str | None, device: str) -> None:
+        self.forced = forced
+        self.device = device
+        self._cache: dict[str, object | None] = {}
+
+    def __call__(self, info):
+        from jscc_stream.models.zoo import CodecLoadError
+
+        key = self.forced or info.codec_name
+        if key not in self._cache:
+            from jscc_stream.models.frame_codec import FrameCodec
+
+            try:
+                codec = FrameCodec.load(key, device=self.device, bits=info.quant_bits)
+            except (CodecLoadError, ValueError) as exc:
+                log.error("cannot decode stream %08x: %s", info.ssrc, exc)
+                codec = None
+            if codec is not None and info.codec_sha256 and codec.sha256 and codec.sha256 != info.codec_sha256:
+                log.warning("codec %s has sha256 %s.. but the stream says %s..", key, codec.sha256[:8],
+                            info.codec_sha256[:8])
+            self._cache[key] = codec
+        codec = self._cache[key]
+        if codec is not None:
+            lay = codec.layout(info.width, info.height)
+            if (lay.blocks, lay.block_bytes) != (info.blocks, info.block_bytes):
+                return None
+        return codec
+
+
+def event_loop_factory():
+    """uvloop when installed (it is on Linux), else the default loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jscc-recv", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Receive a jscc-stream (RTP/UDP), reassemble each frame's latent blocks, and decode it at "
+                    "its playout deadline from whatever arrived (missing bytes are erasures, not stalls). "
+                    "Sends RTCP receiver reports back to the sender.")
+    p.add_argument("--listen", default="0.0.0.0:5004", help="HOST:PORT or [IPv6]:PORT to receive on")
+    p.add_argument("--latency-ms", type=float, default=50.0,
+                   help="playout deadline: a frame is decoded at most this long after its first packet arrived "
+                        "(sooner when it is complete or a newer frame completes)")
+    p.add_argument("--reorder-ms", type=float, default=10.0,
+                   help="after a frame's last packet, wait at most this long for reordered ones")
+    p.add_argument("--codec", help="force this codec (name or .safetensors path) instead of the one the stream names")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the decoder")
+    p.add_argument("--display", action="store_true", help="show frames in an OpenCV window with fps/loss overlay")
+    p.add_argument("--record", metavar="OUT.mp4", help="record the decoded frames to a video file")
+    p.add_argument("--save-frames", metavar="DIR", help="save every decoded frame as DIR/<frame id>.png")
+    p.add_argument("--stats-json", metavar="FILE", help="one JSON record per frame (JSON lines)")
+    p.add_argument("--summary-json", metavar="FILE", help="write the run's summary as JSON at exit")
+    p.add_argument("--frames", type=int, help="stop after this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    add_common_args(p)
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.latency_ms <= 0 or args.reorder_ms < 0:
+        raise UserError("--latency-ms must be positive and --reorder-ms not negative")
+    if args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
+        raise UserError("--frames and --duration must be positive")
+
+    from .outputs import Outputs
+    from .receiver import Receiver, ReceiverConfig, open_listen_socket
+
+    try:
+        sock = open_listen_socket(args.listen)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    import torch
+
+    torch.set_num_threads(args.threads)
+    codecs = CodecCache(args.codec, args.device)
+    if args.codec:
+        from jscc_stream.models.zoo import resolve_weights
+
+        resolve_weights(args.codec)  # fail early, one line, on a wrong name/path
+    outputs = Outputs(display=args.display, record=args.record, save_frames=args.save_frames,
+                      stats_json=args.stats_json)
+    cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
+                         duration=args.duration)
+    receiver = Receiver(sock, codecs, outputs, cfg)
+    log.info("listening on %s, playout deadline %.0f ms", args.listen, args.latency_ms)
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, receiver.stop_event.set)
+        return await receiver.run()
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        stats = runner.run(go())
+    sock.close()
+    summary = stats.summary(receiver.reasm.counters)
+    log.info("frames out %d (decoded %d, undecodable %d, skipped %d); latency p50 %s p95 %s ms; late packets %d, "
+             "invalid %d", stats.frames_out, stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped,
+             summary["latency_p50_ms"], summary["latency_p95_ms"], receiver.reasm.counters.late,
+             receiver.reasm.counters.invalid)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="jscc-recv")

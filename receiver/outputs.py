@@ -1,0 +1,109 @@
+"""Where decoded frames go: an OpenCV window with an overlay, an mp4 file, PNG frames, and the
+per-frame JSON-lines stats."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jscc_stream.cli import UserError
+
+__all__ = ["FrameRecord", "Outputs"]
+
+
+@dataclass
+class FrameRecord:
+    """One line of ``--stats-json``."""
+
+    frame_id: int
+    ssrc: int
+    reason: str  # complete | superseded | deadline | evicted
+    decoded: bool
+    blocks_expected: int
+    blocks_received: int  # fully received
+    blocks_partial: int
+    bytes_expected: int
+    bytes_received: int
+    missing: list[list[int]]  # [block, offset, length] runs that did not arrive
+    dscp: list[int]  # DSCP seen per block (-1: nothing arrived)
+    wait_ms: float  # first packet -> release
+    decode_ms: float
+    capture_to_display_ms: float | None
+    display_unix: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Outputs:
+    """Display, recording, frame saving and stats. Called from the decode thread only."""
+
+    def __init__(self, display: bool = False, record: str | None = None, save_frames: str | None = None,
+                 stats_json: str | None = None, window: str = "jscc-recv") -> None:
+        self.display = display
+        self.window = window
+        self.record_path = record
+        self.save_dir = Path(save_frames) if save_frames else None
+        self._writer: cv2.VideoWriter | None = None
+        self._writer_fps = 30.0
+        self._stats = open(stats_json, "w", buffering=1) if stats_json else None
+        self._shown: list[float] = []
+        if self.save_dir:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        if display:
+            try:
+                cv2.namedWindow(window, cv2.WINDOW_AUTOSIZE)
+            except cv2.error:
+                raise UserError("this OpenCV has no GUI support (opencv-python-headless?): use --record or "
+                                "--save-frames instead of --display") from None
+
+    def set_fps(self, fps: float) -> None:
+        if fps > 0:
+            self._writer_fps = fps
+
+    def _overlay(self, frame: np.ndarray, rec: FrameRecord) -> np.ndarray:
+        now = time.monotonic()
+        self._shown = [t for t in self._shown if now - t < 1.0] + [now]
+        loss = 1 - rec.bytes_received / max(1, rec.bytes_expected)
+        text = f"{len(self._shown)} fps  loss {100 * loss:.0f}%  blocks {rec.blocks_received}/{rec.blocks_expected}"
+        out = frame.copy()
+        cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        return out
+
+    def show(self, frame: np.ndarray | None, rec: FrameRecord) -> None:
+        if frame is not None:
+            if self.display:
+                cv2.imshow(self.window, self._overlay(frame, rec))
+                cv2.waitKey(1)
+            if self.record_path:
+                if self._writer is None:
+                    Path(self.record_path).parent.mkdir(parents=True, exist_ok=True)
+                    self._writer = cv2.VideoWriter(self.record_path, cv2.VideoWriter_fourcc(*"mp4v"),
+                                                   self._writer_fps, (frame.shape[1], frame.shape[0]))
+                    if not self._writer.isOpened():
+                        raise UserError(f"cannot write video {self.record_path}")
+                self._writer.write(frame)
+            if self.save_dir:
+                cv2.imwrite(str(self.save_dir / f"{rec.frame_id:08d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+
+    def log(self, rec: FrameRecord) -> None:
+        if self._stats:
+            d = asdict(rec)
+            if not d["extra"]:
+                del d["extra"]
+            self._stats.write(json.dumps(d, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        if self._stats:
+            self._stats.close()
+        if self.display:
+            try:
+                cv2.destroyWindow(self.window)
+            except cv2.error:
+                pass

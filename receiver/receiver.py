@@ -1,0 +1,280 @@
+"""The receive loop: datagrams (with their DSCP) -> reassembly -> decode at the playout deadline.
+
+Network I/O stays on the event loop (a raw non-blocking socket read with ``recvmsg`` so the
+TOS/traffic-class byte comes along as ancillary data); decoding and output run on one worker
+thread.  If decoding falls behind, the oldest waiting frames are skipped (counted) instead of
+building latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import statistics
+import struct
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jscc_stream.proto.description import StreamInfo
+from jscc_stream.proto.reassembly import FrameSlot, Reassembler
+from jscc_stream.proto.rtcp import ReceptionStats, build_report
+
+from .outputs import FrameRecord, Outputs
+
+__all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket", "read_tos"]
+
+log = logging.getLogger("jscc.recv")
+
+CodecProvider = Callable[[StreamInfo], object | None]
+
+
+def open_listen_socket(spec: str) -> socket.socket:
+    """``HOST:PORT`` / ``[V6]:PORT`` -> non-blocking UDP socket that reports each datagram's TOS."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen must be HOST:PORT or [IPv6]:PORT, got {spec!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        fam, _, _, _, addr = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc}") from None
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+        try:  # IPv4-mapped traffic on a dual-stack socket reports IP_TOS
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+        except OSError:
+            pass
+    else:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+    s.setblocking(False)
+    try:
+        s.bind(addr)
+    except OSError as exc:
+        s.close()
+        raise ValueError(f"cannot listen on {spec}: {exc.strerror}") from None
+    return s
+
+
+def read_tos(ancdata: list) -> int | None:
+    """The TOS / traffic class byte from ``recvmsg`` ancillary data, if present."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and data:
+            return data[0]
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_TCLASS and len(data) >= 4:
+            return struct.unpack("i", data[:4])[0] & 0xFF
+    return None
+
+
+@dataclass
+class ReceiverConfig:
+    latency: float = 0.05  # playout deadline after a frame's first packet (s)
+    reorder_grace: float = 0.01  # wait after a frame's last (marker) packet for reordered ones (s)
+    frames: int | None = None
+    duration: float | None = None
+    report_interval: float = 1.0
+    max_decode_queue: int = 2
+
+
+@dataclass
+class ReceiverStats:
+    frames_out: int = 0
+    frames_decoded: int = 0
+    frames_undecodable: int = 0  # released but no codec for their stream
+    frames_skipped: int = 0  # decoder behind: dropped before decoding
+    reports_sent: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+
+    def summary(self, counters) -> dict:
+        lat = sorted(self.latencies_ms)
+
+        def pct(p: float) -> float | None:
+            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
+
+        d = {k: v for k, v in self.__dict__.items() if k not in ("latencies_ms", "decode_ms")}
+        d.update(latency_p50_ms=pct(50), latency_p95_ms=pct(95), latency_p99_ms=pct(99),
+                 decode_ms_median=statistics.median(self.decode_ms) if self.decode_ms else None)
+        d["reassembly"] = dict(counters.__dict__)
+        return d
+
+
+class Receiver:
+    def __init__(self, sock: socket.socket, codec_provider: CodecProvider, outputs: Outputs,
+                 cfg: ReceiverConfig, on_frame: Callable[[FrameRecord, np.ndarray | None], None] | None = None) -> None:
+        self.sock = sock
+        self.codec_provider = codec_provider
+        self.outputs = outputs
+        self.cfg = cfg
+        self.on_frame = on_frame
+        self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace)
+        self.stats = ReceiverStats()
+        self.stop_event = asyncio.Event()
+        self.ssrc = int.from_bytes(os.urandom(4), "big")
+        self._rx: dict[int, ReceptionStats] = {}
+        self._addr: dict[int, tuple] = {}
+        self._queue: asyncio.Queue[FrameSlot] = asyncio.Queue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._lat_window: list[float] = []
+        self._block_missing = None
+        self._reported = 0
+
+    # -- network -------------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        released: list[FrameSlot] = []
+        for _ in range(256):
+            try:
+                data, anc, _, addr = self.sock.recvmsg(65535, 64)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP errors surfacing on the socket
+                log.debug("recvmsg: %s", exc)
+                break
+            now = loop.time()
+            tos = read_tos(anc)
+            released += self.reasm.push(data, now, None if tos is None else tos >> 2)
+            rtp = self.reasm.last_rtp
+            if rtp is not None:
+                ssrc, seq, ts = rtp
+                rx = self._rx.get(ssrc)
+                if rx is None:
+                    if len(self._rx) >= 8:
+                        self._rx.pop(next(iter(self._rx)))
+                    rx = self._rx[ssrc] = ReceptionStats(ssrc)
+                rx.update(seq, ts, now)
+                self._addr[ssrc] = addr
+                if len(self._addr) > 8:
+                    self._addr.pop(next(iter(self._addr)))
+        for slot in released:
+            self._enqueue(slot)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        due = self.reasm.next_deadline()
+        if due == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = None if due is None else asyncio.get_running_loop().call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        for slot in self.reasm.pop_due(asyncio.get_running_loop().time()):
+            self._enqueue(slot)
+        self._arm_timer()
+
+    def _enqueue(self, slot: FrameSlot) -> None:
+        while self._queue.qsize() >= self.cfg.max_decode_queue:
+            old = self._queue.get_nowait()
+            self.stats.frames_skipped += 1
+            log.debug("decoder behind: skipping frame %d", old.frame_id)
+        self._queue.put_nowait(slot)
+
+    # -- decode --------------------------------------------------------------------------
+    def _decode(self, slot: FrameSlot) -> tuple[FrameRecord, np.ndarray | None]:
+        info = slot.info
+        codec = self.codec_provider(info)
+        frame = None
+        t = time.perf_counter()
+        if codec is not None:
+            frame = codec.decode(slot.wire, slot.received, info.width, info.height)
+        decode_ms = (time.perf_counter() - t) * 1000
+        full = slot.received.all(axis=1)
+        rec = FrameRecord(
+            frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
+            blocks_expected=info.blocks, blocks_received=int(full.sum()),
+            blocks_partial=int((slot.received.any(axis=1) & ~full).sum()), bytes_expected=slot.received.size,
+            bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
+            dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),
+            decode_ms=round(decode_ms, 2), capture_to_display_ms=None)
+        self.outputs.show(frame, rec)
+        rec.display_unix = time.time()
+        if info.clock_epoch_unix_us:
+            rec.capture_to_display_ms = round((rec.display_unix - slot.capture_unix()) * 1000, 2)
+        self.outputs.log(rec)
+        return rec, frame
+
+    async def _decoder(self, executor: ThreadPoolExecutor, done: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            slot = await self._queue.get()
+            rec, frame = await loop.run_in_executor(executor, self._decode, slot)
+            self.stats.frames_out += 1
+            if rec.decoded:
+                self.stats.frames_decoded += 1
+                self.stats.decode_ms.append(rec.decode_ms)
+            else:
+                self.stats.frames_undecodable += 1
+            if rec.capture_to_display_ms is not None:
+                self.stats.latencies_ms.append(rec.capture_to_display_ms)
+                self._lat_window.append(rec.capture_to_display_ms)
+            if self._block_missing is None or len(self._block_missing) != rec.blocks_expected:
+                self._block_missing = np.zeros((rec.blocks_expected, 2))
+            miss = slot.received.size // rec.blocks_expected - slot.received.sum(axis=1)
+            self._block_missing[:, 0] += miss
+            self._block_missing[:, 1] += slot.received.shape[1]
+            if self.on_frame is not None:
+                self.on_frame(rec, frame)
+            if self.cfg.frames is not None and self.stats.frames_out >= self.cfg.frames:
+                done.set()
+
+    # -- feedback ------------------------------------------------------------------------
+    def _send_reports(self) -> None:
+        from jscc_stream.proto.stream_pb2 import Feedback
+
+        lat = sorted(self._lat_window)
+        self._lat_window = []
+        for ssrc, rx in list(self._rx.items()):
+            addr = self._addr.get(ssrc)
+            if addr is None or rx.received == 0:
+                continue
+            fb = Feedback(ssrc=ssrc, frames_decoded=self.stats.frames_decoded,
+                          frames_incomplete=self.reasm.counters.frames_released - self.reasm.counters.frames_complete,
+                          packets_late=self.reasm.counters.late, packets_invalid=self.reasm.counters.invalid)
+            if lat:
+                fb.latency_p50_ms = lat[len(lat) // 2]
+                fb.latency_p95_ms = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+            if self._block_missing is not None:
+                fb.block_loss.extend((self._block_missing[:, 0] / np.maximum(1, self._block_missing[:, 1])).tolist())
+            try:
+                self.sock.sendto(build_report(self.ssrc, [rx.report()], fb.SerializeToString()), addr)
+                self.stats.reports_sent += 1
+            except OSError as exc:
+                log.debug("RTCP to %s failed: %s", addr, exc)
+        self._block_missing = None
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.report_interval)
+            self._send_reports()
+
+    async def run(self) -> ReceiverStats:
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-decode")
+        done = asyncio.Event()
+        loop.add_reader(self.sock.fileno(), self._on_readable)
+        tasks = [asyncio.create_task(self._decoder(executor, done)), asyncio.create_task(self._reporter())]
+        waiters = [asyncio.create_task(self.stop_event.wait()), asyncio.create_task(done.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(self.sock.fileno())
+            if self._timer is not None:
+                self._timer.cancel()
+            for t in tasks + waiters:
+                t.cancel()
+            await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+            executor.shutdown(wait=True)
+            self.outputs.close()
+            self.stop_event.set()
+        return self.stats

@@ -1,0 +1,144 @@
+"""jscc-send: capture, encode, packetize and send a jscc-stream over RTP/UDP."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Sequence
+
+from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+
+__all__ = ["main", "build_parser", "parse_size", "event_loop_factory"]
+
+log = logging.getLogger("jscc.send")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size must be WxH, e.g. 320x240, got {text!r}") from None
+    if w <= 0 or h <= 0 or w % 16 or h % 16:
+        raise UserError(f"size must be positive multiples of 16 (the codec's stride), got {text!r}")
+    return w, h
+
+
+def event_loop_factory():
+    """uvloop when installed (it is on Linux), else the default loop."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        return asyncio.new_event_loop
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jscc-send", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Capture frames, encode them with a loss-resilient JSCC codec into K importance-ordered "
+                    "latent blocks, and send them as RTP/UDP packets (<= --mtu bytes, most important block "
+                    "first, paced across the frame interval, optionally DSCP-marked by importance).")
+    p.add_argument("--source", default="synthetic",
+                   help="synthetic[:SEED] | webcam[:INDEX] | VIDEO_FILE | IMAGE_FOLDER | 'GLOB' (slideshow)")
+    p.add_argument("--dest", action="append", metavar="HOST:PORT",
+                   help="receiver (or shim) address; repeat to fan out; IPv6 as [ADDR]:PORT (default 127.0.0.1:5004)")
+    p.add_argument("--size", default="320x240", help="frame size WxH (multiples of 16)")
+    p.add_argument("--fps", type=float, default=30.0, help="capture rate")
+    p.add_argument("--codec", default="uniform", help="shipped codec name or a .safetensors path")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads for the encoder")
+    p.add_argument("--mtu", type=int, default=900, help="largest datagram in bytes, RTP header included")
+    p.add_argument("--priority-dscp", action="store_true", help="mark each datagram's DSCP by its block's importance")
+    p.add_argument("--dscp-map", metavar="SPEC",
+                   help="importance level -> DSCP, e.g. 0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE (implies --priority-dscp; "
+                        "default: RFC 8837 interactive video, AF41/AF42/AF43 then LE)")
+    p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval")
+    p.add_argument("--frames", type=int, help="stop after sending this many frames")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
+    p.add_argument("--stats-json", metavar="FILE", help="write the sender's counters as JSON at exit")
+    add_common_args(p)
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    width, height = parse_size(args.size)
+    if args.fps <= 0 or args.fps > 240:
+        raise UserError("--fps must be in (0, 240]")
+    if args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
+        raise UserError("--frames and --duration must be positive")
+    if not 0 < args.pace <= 1:
+        raise UserError("--pace must be in (0, 1]")
+
+    from jscc_stream.proto.dscp import DscpMapError, default_dscp_map, parse_dscp_map
+    from jscc_stream.proto.packetizer import MIN_MTU
+
+    from .sender import Sender, SenderConfig, resolve_dest
+    from .sources import open_source
+
+    if args.mtu < MIN_MTU or args.mtu > 65000:
+        raise UserError(f"--mtu must be in [{MIN_MTU}, 65000]")
+    dests = args.dest or ["127.0.0.1:5004"]
+    for d in dests:
+        try:
+            resolve_dest(d)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    import torch
+
+    from jscc_stream.models.frame_codec import FrameCodec
+
+    torch.set_num_threads(args.threads)
+    try:
+        codec = FrameCodec.load(args.codec, device=args.device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    layout = codec.layout(width, height)
+    dscp_map = None
+    if args.dscp_map:
+        try:
+            dscp_map = parse_dscp_map(args.dscp_map, layout.blocks)
+        except DscpMapError as exc:
+            raise UserError(str(exc)) from None
+    elif args.priority_dscp:
+        dscp_map = default_dscp_map(layout.blocks)
+    source = open_source(args.source, width, height, args.fps, seed=args.seed)
+    cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
+                       frames=args.frames, duration=args.duration, pace_fraction=args.pace)
+    try:
+        sender = Sender(codec, source, cfg)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    log.info("sending %s %dx%d@%g fps, codec %s (K=%d, L=%d bytes), ssrc %08x -> %s%s", args.source, width, height,
+             args.fps, codec.name, layout.blocks, layout.block_bytes, sender.ssrc, ", ".join(dests),
+             f", DSCP {dscp_map}" if dscp_map else "")
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, sender.stop_event.set)
+        return await sender.run()
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        stats = runner.run(go())
+    summary = stats.summary()
+    log.info("sent %d frames (%d dropped by a busy encoder), %d packets, %d bytes; encode median %s ms",
+             stats.frames_sent, stats.frames_dropped, stats.packets_sent, stats.bytes_sent,
+             f"{summary['encode_ms_median']:.1f}" if summary["encode_ms_median"] else "-")
+    if args.stats_json:
+        with open(args.stats_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="jscc-send")

@@ -1,0 +1,302 @@
+"""The send loop: capture on a clock, encode off the event loop, packetize, pace, mark DSCP, fan out.
+
+When the encoder is still busy at a capture tick the frame is dropped (counted), so latency
+never builds up behind a slow encoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jscc_stream.proto.description import make_description
+from jscc_stream.proto.dscp import tos_byte
+from jscc_stream.proto.packet import CLOCK_RATE
+from jscc_stream.proto.packetizer import Datagram, Packetizer
+from jscc_stream.proto.rtcp import parse_report
+
+from .sources import Source
+
+__all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
+
+log = logging.getLogger("jscc.send")
+
+
+def resolve_dest(spec: str) -> tuple[int, tuple]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (family, sockaddr)."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"destination must be HOST:PORT or [IPv6]:PORT, got {spec!r}")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve {host!r}: {exc}") from None
+    fam, _, _, _, addr = infos[0]
+    return fam, addr
+
+
+@dataclass
+class SenderConfig:
+    width: int = 320
+    height: int = 240
+    fps: float = 30.0
+    mtu: int = 900
+    dests: list[str] = field(default_factory=lambda: ["127.0.0.1:5004"])
+    dscp_map: dict[int, int] | None = None  # level -> DSCP; None: no marking
+    frames: int | None = None  # stop after this many frames sent
+    duration: float | None = None  # ... or this many seconds
+    pace_fraction: float = 0.5  # spread a frame's packets over this share of the frame interval
+    description_interval: float = 1.0
+    ssrc: int | None = None
+
+
+@dataclass
+class SenderStats:
+    ticks: int = 0
+    frames_sent: int = 0
+    frames_dropped: int = 0  # encoder still busy at the capture tick
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    send_errors: int = 0
+    tos_changes: int = 0
+    descriptions_sent: int = 0
+    reports: int = 0
+    last_fraction_lost: float | None = None
+    last_jitter_ms: float | None = None
+    encode_ms: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "encode_ms"}
+        d["encode_ms_median"] = statistics.median(self.encode_ms) if self.encode_ms else None
+        return d
+
+
+class Sender:
+    def __init__(self, codec, source: Source, cfg: SenderConfig) -> None:
+        self.codec = codec
+        self.source = source
+        self.cfg = cfg
+        self.layout = codec.layout(cfg.width, cfg.height)
+        self.ssrc = cfg.ssrc if cfg.ssrc is not None else int.from_bytes(os.urandom(4), "big")
+        self.levels = list(range(self.layout.blocks))  # block i has importance level i
+        self.packetizer = Packetizer(self.ssrc, self.levels, cfg.mtu, first_seq=int.from_bytes(os.urandom(2), "big"))
+        self.stats = SenderStats()
+        self.stop_event = asyncio.Event()
+        self._dests = [resolve_dest(d) for d in cfg.dests]
+        self._socks: dict[int, socket.socket] = {}
+        self._tos: dict[int, int] = {}
+        self._revision = 0
+        self._desc_key: bytes | None = None
+        self._mono0 = time.monotonic()
+        self._epoch_us = time.time_ns() // 1000
+
+    # -- sockets -------------------------------------------------------------------------
+    def _open_sockets(self) -> None:
+        for fam, _ in self._dests:
+            if fam in self._socks:
+                continue
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            s.bind(("::", 0) if fam == socket.AF_INET6 else ("0.0.0.0", 0))
+            self._socks[fam] = s
+            self._tos[fam] = 0
+
+    def _set_tos(self, fam: int, tos: int) -> None:
+        if self._tos[fam] == tos:
+            return
+        s = self._socks[fam]
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+        self._tos[fam] = tos
+        self.stats.tos_changes += 1
+
+    def _send(self, gram: Datagram) -> None:
+        if self.cfg.dscp_map is not None:
+            level = gram.level if gram.level >= 0 else self.levels[0]
+            tos = tos_byte(self.cfg.dscp_map.get(level, 0))
+        else:
+            tos = 0
+        for fam, addr in self._dests:
+            try:
+                self._set_tos(fam, tos)
+                self._socks[fam].sendto(gram.data, addr)
+                self.stats.packets_sent += 1
+                self.stats.bytes_sent += len(gram.data)
+            except OSError as exc:  # ECONNREFUSED from an earlier ICMP, a full buffer, ...
+                self.stats.send_errors += 1
+                log.debug("send to %s failed: %s", addr, exc)
+
+    def _on_rtcp(self, sock: socket.socket) -> None:
+        from google.protobuf.message import DecodeError
+
+        from jscc_stream.proto.stream_pb2 import Feedback
+
+        while True:
+            try:
+                data, addr = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            try:
+                rrs, apps = parse_report(data)
+            except (ValueError, IndexError) as exc:
+                log.debug("ignoring a bad RTCP datagram from %s: %s", addr, exc)
+                continue
+            for rr in rrs:
+                for rep in rr.reports:
+                    if rep.ssrc != self.ssrc:
+                        continue
+                    self.stats.reports += 1
+                    self.stats.last_fraction_lost = rep.fraction_lost / 256
+                    self.stats.last_jitter_ms = rep.jitter / CLOCK_RATE * 1000
+                    log.info("RTCP RR from %s: fraction lost %.1f%%, cumulative lost %d, jitter %.1f ms",
+                             addr[0], 100 * rep.fraction_lost / 256, rep.packets_lost, self.stats.last_jitter_ms)
+            for body in apps:
+                fb = Feedback()
+                try:
+                    fb.ParseFromString(body)
+                except DecodeError:
+                    continue
+                log.info("feedback from %s: decoded %d (incomplete %d), late packets %d, latency p50 %.0f ms "
+                         "p95 %.0f ms", addr[0], fb.frames_decoded, fb.frames_incomplete, fb.packets_late,
+                         fb.latency_p50_ms, fb.latency_p95_ms)
+
+    # -- stream description --------------------------------------------------------------
+    def _description(self) -> Datagram:
+        kw = dict(ssrc=self.ssrc, codec_name=self.codec.name, codec_sha256=self.codec.sha256,
+                  layout=self.layout, fps=self.cfg.fps, block_levels=self.levels, dscp_map=self.cfg.dscp_map,
+                  clock_epoch_unix_us=self._epoch_us, mtu=self.cfg.mtu)
+        key = make_description(revision=0, **kw)
+        if self._desc_key is not None and key != self._desc_key:
+            self._revision += 1
+        self._desc_key = key
+        body = make_description(revision=self._revision, **kw)
+        return self.packetizer.description(self._timestamp(time.monotonic()), body)
+
+    def _timestamp(self, mono: float) -> int:
+        return int(round((mono - self._mono0) * CLOCK_RATE)) & 0xFFFFFFFF
+
+    async def _describe_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._send(self._description())
+            self.stats.descriptions_sent += 1
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), self.cfg.description_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- capture / encode / pace ---------------------------------------------------------
+    def _capture_encode(self, index: int) -> tuple[int, float, np.ndarray] | None:
+        frame = self.source.read(index)
+        if frame is None:
+            return None
+        mono = time.monotonic()
+        t = time.perf_counter()
+        wire = self.codec.encode(frame)
+        self.stats.encode_ms.append((time.perf_counter() - t) * 1000)
+        return index, mono, wire
+
+    async def _pacer(self, queue: asyncio.Queue) -> None:
+        window = self.cfg.pace_fraction / self.cfg.fps
+        while True:
+            grams = await queue.get()
+            if grams is None:
+                return
+            gap = window / max(1, len(grams) - 1)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            for j, g in enumerate(grams):
+                if j and queue.empty():  # a newer frame waiting: flush without pacing
+                    delay = t0 + j * gap - loop.time()
+                    if delay > 0.0005:
+                        await asyncio.sleep(delay)
+                self._send(g)
+
+    async def run(self) -> SenderStats:
+        loop = asyncio.get_running_loop()
+        self._open_sockets()
+        for s in self._socks.values():
+            loop.add_reader(s.fileno(), self._on_rtcp, s)
+        queue: asyncio.Queue = asyncio.Queue()
+        pacer = asyncio.create_task(self._pacer(queue))
+        self._send(self._description())
+        self.stats.descriptions_sent += 1
+        describer = asyncio.create_task(self._describe_after_first())
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-encode")
+        busy: asyncio.Future | None = None
+        period = 1.0 / self.cfg.fps
+        start = loop.time()
+        ended = asyncio.Event()
+
+        def done(fut: asyncio.Future) -> None:
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is not None:
+                log.error("encoding failed: %s", exc)
+                ended.set()
+                return
+            res = fut.result()
+            if res is None:
+                ended.set()
+                return
+            index, mono, wire = res
+            grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
+            if self.stats.frames_sent < 3:  # repeat the description with the first frames: it may be lost
+                grams.insert(0, self._description())
+                self.stats.descriptions_sent += 1
+            queue.put_nowait(grams)
+            self.stats.frames_sent += 1
+            if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
+                ended.set()
+
+        try:
+            index = 0
+            while not (self.stop_event.is_set() or ended.is_set()):
+                now = loop.time()
+                if self.cfg.duration is not None and now - start >= self.cfg.duration:
+                    break
+                if busy is not None and not busy.done():
+                    self.stats.frames_dropped += 1
+                else:
+                    busy = loop.run_in_executor(executor, self._capture_encode, index)
+                    busy.add_done_callback(done)
+                self.stats.ticks += 1
+                index += 1
+                target = start + index * period
+                wait = max(0.0, target - loop.time())
+                waiters = [asyncio.ensure_future(self.stop_event.wait()), asyncio.ensure_future(ended.wait())]
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+            if busy is not None and not busy.done():
+                await asyncio.wait([busy], timeout=5)
+        finally:
+            self.stop_event.set()
+            await queue.put(None)
+            await pacer
+            describer.cancel()
+            executor.shutdown(wait=False)
+            for s in self._socks.values():
+                loop.remove_reader(s.fileno())
+                s.close()
+            self.source.close()
+        return self.stats
+
+    async def _describe_after_first(self) -> None:
+        try:
+            await asyncio.wait_for(self.stop_event.wait(), self.cfg.description_interval)
+        except asyncio.TimeoutError:
+            await self._describe_loop()

@@ -1,0 +1,156 @@
+"""Frame sources for jscc-send: synthetic (deterministic, for tests), webcam, video file, and
+an image folder/glob played as a slideshow with slow camera motion.
+
+Every source returns BGR uint8 frames of exactly the requested size from ``read(index)``;
+``None`` means the source has ended.  ``synthetic`` and image sources are pure functions of the
+frame index, so a test can regenerate any frame the receiver reports.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from jscc_stream.cli import UserError
+
+__all__ = ["Source", "KenBurns", "SyntheticSource", "SlideshowSource", "CaptureSource", "open_source"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # scikit-image's bundled colour photographs
+
+
+class Source(Protocol):
+    def read(self, index: int) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class KenBurns:
+    """A slow pan/zoom over a still image: a camera-motion model for stills, pure in ``t``."""
+
+    def __init__(self, width: int, height: int, seed: int = 0, zoom: float = 0.15) -> None:
+        rng = np.random.default_rng(seed)
+        self.width, self.height = width, height
+        self.zoom = zoom
+        self.periods = rng.uniform(5.0, 13.0, 3)
+        self.phases = rng.uniform(0, 2 * math.pi, 3)
+
+    def view(self, image: np.ndarray, t: float) -> np.ndarray:
+        ih, iw = image.shape[:2]
+        w, h = self.width, self.height
+        base = max(w / iw, h / ih) * (1 + 2 * self.zoom)
+        scale = base * (1 + self.zoom * math.sin(2 * math.pi * t / self.periods[0] + self.phases[0]))
+        vw, vh = w / scale, h / scale  # visible window in image pixels
+        cx = iw / 2 + 0.45 * max(0.0, iw - vw) * math.sin(2 * math.pi * t / self.periods[1] + self.phases[1])
+        cy = ih / 2 + 0.45 * max(0.0, ih - vh) * math.sin(2 * math.pi * t / self.periods[2] + self.phases[2])
+        m = np.array([[scale, 0, w / 2 - scale * cx], [0, scale, h / 2 - scale * cy]], np.float64)
+        return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+class SyntheticSource:
+    """A bundled photograph (real texture) under a seeded pan/zoom: deterministic per index."""
+
+    def __init__(self, width: int, height: int, fps: float, seed: int = 0) -> None:
+        from skimage import data as skdata
+
+        rgb = getattr(skdata, _PHOTOS[seed % len(_PHOTOS)])()
+        self.image = np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        self.fps = fps
+        self.motion = KenBurns(width, height, seed)
+
+    def read(self, index: int) -> np.ndarray:
+        return self.motion.view(self.image, index / self.fps)
+
+    def close(self) -> None:
+        pass
+
+
+class SlideshowSource:
+    """Images from a folder or glob, each shown ``slide_seconds`` with camera motion, looping."""
+
+    def __init__(self, files: list[Path], width: int, height: int, fps: float, slide_seconds: float = 4.0,
+                 seed: int = 0) -> None:
+        if not files:
+            raise UserError("no images to show")
+        self.files = files
+        self.fps = fps
+        self.per_slide = max(1, round(slide_seconds * fps))
+        self.motion = KenBurns(width, height, seed)
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def _image(self, k: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != k:
+            img = cv2.imread(str(self.files[k]), cv2.IMREAD_COLOR)
+            if img is None:
+                raise UserError(f"cannot read image {self.files[k]}")
+            self._cache = (k, img)
+        return self._cache[1]
+
+    def read(self, index: int) -> np.ndarray:
+        k = (index // self.per_slide) % len(self.files)
+        return self.motion.view(self._image(k), (index % self.per_slide) / self.fps)
+
+    def close(self) -> None:
+        pass
+
+
+class CaptureSource:
+    """A webcam or video file through OpenCV, resized to the stream size (ends with the file)."""
+
+    def __init__(self, target: int | str, width: int, height: int) -> None:
+        self.cap = cv2.VideoCapture(target)
+        if not self.cap.isOpened():
+            what = f"webcam {target}" if isinstance(target, int) else f"video file {target}"
+            raise UserError(f"cannot open {what}")
+        if isinstance(target, int):
+            self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        self.width, self.height = width, height
+
+    def read(self, index: int) -> np.ndarray | None:
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            return None
+        if frame.shape[1] != self.width or frame.shape[0] != self.height:
+            frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return frame
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def open_source(spec: str, width: int, height: int, fps: float, seed: int = 0) -> Source:
+    """``synthetic[:SEED]`` | ``webcam[:INDEX]`` | video file | image folder | glob."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        try:
+            seed = int(spec.split(":", 1)[1]) if ":" in spec else seed
+        except ValueError:
+            raise UserError(f"bad synthetic seed in {spec!r}") from None
+        return SyntheticSource(width, height, fps, seed)
+    if spec == "webcam" or spec.startswith("webcam:"):
+        try:
+            index = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        except ValueError:
+            raise UserError(f"bad webcam index in {spec!r}") from None
+        return CaptureSource(index, width, height)
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"no images in folder {spec}")
+        return SlideshowSource(files, width, height, fps, seed=seed)
+    if any(c in spec for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"no images match {spec}")
+        return SlideshowSource(files, width, height, fps, seed=seed)
+    if path.is_file():
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            return SlideshowSource([path], width, height, fps, seed=seed)
+        return CaptureSource(str(path), width, height)
+    raise UserError(f"source {spec!r} is not synthetic, webcam[:N], a video file, an image folder or a glob")
