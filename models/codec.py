@@ -140,6 +140,8 @@ class JSCCCodec(nn.Module):
         self.cfg = cfg or CodecConfig()
         self.encoder = Encoder(self.cfg)
         self.decoder = Decoder(self.cfg)
+        # NHWC convolutions are about 2.5x faster than NCHW on CPU (oneDNN), no slower on CUDA.
+        self.to(memory_format=torch.channels_last)
 
     # -- shapes ---------------------------------------------------------------------------
     def latent_hw(self, height: int, width: int) -> tuple[int, int]:
@@ -158,7 +160,7 @@ class JSCCCodec(nn.Module):
         """Frames -> latent ``(N, K*alpha, ceil(H/s), ceil(W/s))`` in [0, 1]."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
-        return self.encoder(self._pad(x))
+        return self.encoder(self._pad(x).contiguous(memory_format=torch.channels_last))
 
     def decode(self, latent: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
         """Latent (erased elements anywhere) + mask (1 = received) -> frames cropped to size.
@@ -173,8 +175,8 @@ class JSCCCodec(nn.Module):
         if mask.shape != latent.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != latent shape {tuple(latent.shape)}")
         mask = mask.to(latent.dtype)
-        y = mask * latent + (1 - mask) * ERASED
-        out = self.decoder(y, mask)
+        y = (mask * latent + (1 - mask) * ERASED).contiguous(memory_format=torch.channels_last)
+        out = self.decoder(y, mask.contiguous(memory_format=torch.channels_last))
         return out[..., : size[0], : size[1]]
 
     # -- training -------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def load_codec(name_or_path: str | Path = "uniform", device: str | torch.device 
         raise CodecLoadError(f"{path} does not match its architecture: {str(exc)[:300]}") from None
     card["weights_file"] = path.name
     card["sha256"] = sha256_file(path) if verify_hash else card.get("sha256", "")
-    return model.to(device).eval(), card
+    return model.to(device=device, memory_format=torch.channels_last).eval(), card
 
 
 def save_codec(model: JSCCCodec, out_dir: str | Path, name: str, card: dict[str, Any]) -> Path:
