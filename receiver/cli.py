@@ -138,3 +138,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(_main, argv, prog="jscc-recv")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

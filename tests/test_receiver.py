@@ -1,0 +1,142 @@
+"""jscc-recv: garbage never kills it, RTCP goes back, the CLI writes per-frame stats."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from jscc_stream.proto.description import make_description
+from jscc_stream.proto.packet import FragmentHeader, build_media
+from jscc_stream.proto.packetizer import Packetizer
+from jscc_stream.proto.rtcp import parse_report
+from jscc_stream.receiver.cli import main as recv_main
+from jscc_stream.receiver.outputs import Outputs
+from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
+
+
+def _desc(codec, ssrc, w=320, h=240):
+    lay = codec.layout(w, h)
+    return lay, make_description(ssrc=ssrc, revision=0, codec_name="tiny", codec_sha256="", layout=lay, fps=30,
+                                 block_levels=list(range(lay.blocks)), dscp_map=None, clock_epoch_unix_us=0, mtu=900)
+
+
+async def test_random_and_malformed_datagrams_never_crash(tiny_codec, tmp_path):
+    sock = open_listen_socket("127.0.0.1:0")
+    addr = sock.getsockname()
+    got = []
+    stats_file = tmp_path / "s.jsonl"
+    receiver = Receiver(sock, lambda info: tiny_codec, Outputs(stats_json=str(stats_file)),
+                        ReceiverConfig(latency=0.03, report_interval=0.2),
+                        on_frame=lambda r, f: got.append((r, f)))
+    task = asyncio.create_task(receiver.run())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    tx.setblocking(False)
+    rng = np.random.default_rng(7)
+    lay, body = _desc(tiny_codec, 42)
+    pk = Packetizer(42, list(range(lay.blocks)))
+    sent = 0
+    for i in range(600):  # junk, RTP-looking junk, lying headers, RTCP, empty
+        n = int(rng.integers(0, 1500))
+        d = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        if n > 12 and i % 3 == 0:
+            d[0], d[1] = 0x80, int(rng.choice([96, 97, 200, 201, 0x80 | 96]))
+        if i % 50 == 0:
+            d = bytearray(build_media(42, i, 0, True, FragmentHeader(i, 200, 0, 0, 1, 0, 0), b"x" * 10))
+        if i % 61 == 0:
+            d = bytearray(pk.description(0, b"\x08\x05garbage").data)
+        tx.sendto(bytes(d), addr)
+        sent += 1
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    tx.sendto(pk.description(0, body).data, addr)
+    wire = tiny_codec.encode(np.full((240, 320, 3), 128, np.uint8))
+    for g in pk.packetize(3, 0, wire):
+        tx.sendto(g.data, addr)
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(_until(lambda: got), 10)
+        # a receiver report comes back to the sender's address
+        rtcp = await asyncio.wait_for(loop.sock_recv(tx, 2048), 5)
+        rrs, apps = parse_report(rtcp)
+        assert rrs and rrs[0].reports[0].ssrc == 42 and apps
+    finally:
+        receiver.stop_event.set()
+        await task
+        sock.close()
+        tx.close()
+    assert not task.exception()
+    (rec, frame), = got
+    assert rec.frame_id == 3 and rec.decoded and rec.reason == "complete" and frame.shape == (240, 320, 3)
+    c = receiver.reasm.counters
+    assert c.invalid + c.no_description + c.descriptions >= sent * 0.9
+    line = json.loads(stats_file.read_text().splitlines()[0])
+    assert line["frame_id"] == 3 and line["bytes_received"] == line["bytes_expected"] == wire.size
+
+
+async def _until(cond):
+    while not cond():
+        await asyncio.sleep(0.01)
+
+
+async def test_cli_receives_and_writes_stats(tiny_codec, tmp_path):
+    from jscc_stream.models.zoo import save_codec
+
+    weights = save_codec(tiny_codec.model, tmp_path, "tiny", {})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stats = tmp_path / "frames.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{port}", "--codec", str(weights),
+        "--frames", "3", "--duration", "30", "--stats-json", str(stats), "--save-frames", str(tmp_path / "png"),
+        "--record", str(tmp_path / "out.mp4"), "--threads", "1", stderr=asyncio.subprocess.PIPE)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    lay, body = _desc(tiny_codec, 9)
+    pk = Packetizer(9, list(range(lay.blocks)))
+    wire = tiny_codec.encode(np.full((240, 320, 3), 90, np.uint8))
+    fid = 0
+    try:
+        while proc.returncode is None and fid < 2000:  # until it has its 3 frames (it may start late)
+            tx.sendto(pk.description(0, body).data, ("127.0.0.1", port))
+            for g in pk.packetize(fid, fid * 3000, wire):
+                tx.sendto(g.data, ("127.0.0.1", port))
+            fid += 1
+            try:
+                await asyncio.wait_for(proc.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+    finally:
+        tx.close()
+        if proc.returncode is None:
+            proc.kill()
+    assert await proc.wait() == 0, (await proc.stderr.read()).decode()
+    recs = [json.loads(x) for x in stats.read_text().splitlines()]
+    assert len(recs) >= 3 and all(r["decoded"] for r in recs)
+    assert len(list((tmp_path / "png").glob("*.png"))) >= 3 and (tmp_path / "out.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, msg", [(["--listen", "nope"], "HOST:PORT"), (["--latency-ms", "0"], "latency"),
+                                       (["--display", "--listen", "127.0.0.1:0"], "GUI")])
+def test_cli_user_errors(argv, msg, capsys):
+    import cv2
+
+    if "--display" in argv and hasattr(cv2, "imshow") and _has_gui(cv2):
+        pytest.skip("OpenCV has a GUI here")
+    assert recv_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+
+
+def _has_gui(cv2) -> bool:
+    try:
+        cv2.namedWindow("probe")
+        cv2.destroyWindow("probe")
+        return True
+    except cv2.error:
+        return False

@@ -1,0 +1,132 @@
+"""jscc-send: sources, dropping frames behind a slow encoder, fan-out over IPv4 and IPv6, CLI errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from jscc_stream.cli import UserError
+from jscc_stream.models.frame_codec import LatentLayout
+from jscc_stream.proto.packet import DescriptionPacket, MediaPacket, parse_datagram
+from jscc_stream.sender.cli import main as send_main
+from jscc_stream.sender.sender import Sender, SenderConfig
+from jscc_stream.sender.sources import SlideshowSource, SyntheticSource, open_source
+
+
+def test_synthetic_is_deterministic_textured_and_moving():
+    a, b = SyntheticSource(320, 240, 30, seed=2), SyntheticSource(320, 240, 30, seed=2)
+    f0, f1, f30 = a.read(0), a.read(1), a.read(30)
+    assert f0.shape == (240, 320, 3) and f0.dtype == np.uint8
+    assert (b.read(30) == f30).all()
+    assert f0.std() > 20  # real texture, not a flat field
+    assert 0 < np.abs(f0.astype(int) - f1).mean() < np.abs(f0.astype(int) - f30).mean()
+
+
+def test_slideshow_folder_and_glob(tmp_path):
+    for i, color in enumerate([(0, 0, 255), (0, 255, 0)]):
+        img = np.zeros((300, 400, 3), np.uint8)
+        img[:] = color
+        cv2.rectangle(img, (50, 50), (200, 150), (255, 255, 255), -1)
+        cv2.imwrite(str(tmp_path / f"{i}.png"), img)
+    (tmp_path / "notes.txt").write_text("not an image")
+    src = open_source(str(tmp_path), 160, 128, fps=10)
+    assert isinstance(src, SlideshowSource) and len(src.files) == 2
+    first, second = src.read(0), src.read(src.per_slide)
+    assert first.shape == (128, 160, 3) and first[..., 2].mean() > first[..., 1].mean()
+    assert second[..., 1].mean() > second[..., 2].mean()
+    assert len(open_source(str(tmp_path / "*.png"), 160, 128, fps=10).files) == 2
+
+
+@pytest.mark.parametrize("spec", ["nothing/here.mp4", "synthetic:x", "webcam:z", "/tmp/*.nothing-matches"])
+def test_bad_sources_are_user_errors(spec):
+    with pytest.raises(UserError):
+        open_source(spec, 64, 48, fps=10)
+
+
+class _SlowCodec:
+    """Encodes in 'frame intervals' we control, to show the sender drops instead of queueing."""
+
+    name, sha256, bits = "slow", "", 8
+
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+        self.calls = 0
+
+    def layout(self, w, h):
+        return LatentLayout(w, h, 2, 1, 2, 5, 8, False)
+
+    def encode(self, frame):
+        self.calls += 1
+        if self.calls == 1:
+            self.release.wait(5)  # the first frame takes "forever"
+        return np.full((2, 10), self.calls, np.uint8)
+
+
+def _udp(fam, host):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.setblocking(False)
+    return s
+
+
+async def _drain(sock, until):
+    loop = asyncio.get_running_loop()
+    got = []
+    while not until():
+        try:
+            got.append(await asyncio.wait_for(loop.sock_recv(sock, 2048), 2.0))
+        except asyncio.TimeoutError:
+            break
+    return got
+
+
+async def test_busy_encoder_drops_frames_and_fans_out_v4_v6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    r4, r6 = _udp(socket.AF_INET, "127.0.0.1"), _udp(socket.AF_INET6, "::1")
+    release = threading.Event()
+    codec = _SlowCodec(release)
+    cfg = SenderConfig(width=64, height=48, fps=100, dests=[f"127.0.0.1:{r4.getsockname()[1]}",
+                                                           f"[::1]:{r6.getsockname()[1]}"], frames=4)
+    sender = Sender(codec, SyntheticSource(64, 48, 100), cfg)
+    task = asyncio.create_task(sender.run())
+    while sender.stats.frames_dropped < 5:  # ticks go by while the encoder is stuck
+        await asyncio.sleep(0.01)
+    release.set()
+    stats = await asyncio.wait_for(task, 10)
+    assert stats.frames_sent == 4 and stats.frames_dropped >= 5
+    for sock in (r4, r6):
+        pkts = [parse_datagram(d) for d in await _drain(sock, lambda: False)]
+        media = [p for p in pkts if isinstance(p, MediaPacket)]
+        assert any(isinstance(p, DescriptionPacket) for p in pkts)
+        fids = sorted({p.header.frame_id for p in media})
+        assert len(fids) == 4 and fids[0] == 0 and fids[1] > 1  # dropped ticks leave gaps in frame ids
+        assert all(p.header.block in (0, 1) for p in media)
+        sock.close()
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--size", "100x100"], "multiples of 16"),
+    (["--size", "big"], "WxH"),
+    (["--dest", "nohostport"], "HOST:PORT"),
+    (["--mtu", "10"], "--mtu"),
+    (["--codec", "/nonexistent/x.safetensors"], "does not exist"),
+    (["--fps", "0"], "--fps"),
+])
+def test_cli_user_errors_are_one_line(argv, msg, capsys):
+    assert send_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and err[0].startswith("jscc-send: error:")
+
+
+def test_cli_bad_dscp_map(tmp_path, tiny_codec, capsys):
+    from jscc_stream.models.zoo import save_codec
+
+    path = save_codec(tiny_codec.model, tmp_path, "tiny", {})
+    assert send_main(["--codec", str(path), "--dscp-map", "0-3:AF41", "--frames", "1"]) == 2
+    assert "does not cover" in capsys.readouterr().err
