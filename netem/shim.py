@@ -157,7 +157,8 @@ class Shim:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._stats_task: asyncio.Task | None = None
-        self.errors = {"recv": 0, "send": 0, "clients_evicted": 0}
+        # recv/send: socket errors; orphaned: queued packets whose sender was evicted meanwhile
+        self.errors = {"recv": 0, "send": 0, "clients_evicted": 0, "orphaned": 0}
         self.started_at = 0.0
         self.closed = asyncio.Event()
 
@@ -320,6 +321,8 @@ class Shim:
             c = self._clients.get(pkt.dest)
             if c is not None:
                 self._send(c.sock, c.tos, pkt, self._fwd_addr)
+            else:
+                self.errors["orphaned"] += 1
         for pkt in self.reverse_link.due(now):
             assert self._listen is not None and self._listen_tos is not None
             self._send(self._listen, self._listen_tos, pkt, pkt.dest)

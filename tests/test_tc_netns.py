@@ -176,6 +176,30 @@ def test_priority_bottleneck_keeps_af41_under_50pct_overload(net: NetPair):
     assert drops[AF41] <= 0.05 * (leaves[LEAF[AF41]][0] + drops[AF41]), drops
 
 
+def test_ingress_priority_bottleneck_through_ifb(net: NetPair):
+    """--ingress shapes what arrives on the receiver's side, through an ifb device."""
+    r = net.run(net.b, PY, "-c", "import sys; from jscc_stream.netem.cli import _main; "
+                "sys.exit(_main(sys.argv[1:]))", "tc", "apply", "--dev", "jv-b", "--ingress",
+                "--rate", "2mbit", "--priority-dscp")
+    if r.returncode != 0 and "module ifb" in r.stderr:
+        pytest.skip(r.stderr.strip())
+    assert r.returncode == 0, r.stderr
+    try:
+        recv = _start_receiver(net, net.b4)
+        s = net.run(net.a, PY, "-c", _SEND, "3e6", "1.2", net.b4)
+        assert s.returncode == 0, s.stderr
+        sent = {int(k): v for k, v in json.loads(s.stdout)[net.b4].items()}
+        (got,) = _finish(recv)
+    finally:
+        c = net.run(net.b, PY, "-c", "import sys; from jscc_stream.netem.cli import _main; "
+                    "sys.exit(_main(sys.argv[1:]))", "tc", "clear", "--dev", "jv-b")
+    assert c.returncode == 0 and "ifbjv-b" in c.stdout, c.stdout + c.stderr
+    g = {int(k): v for k, v in got["by_dscp"].items()}
+    ratio = {d: g.get(d, 0) / sent[d] for d in (AF41, AF42, AF43, LE)}
+    print("ingress delivered ratio per DSCP:", ratio)
+    assert ratio[AF41] >= 0.95 and ratio[LE] <= min(ratio[AF42], ratio[AF43]), ratio
+
+
 def _tiny_codec(tmp: Path) -> str:
     code = ("import sys, torch\n"
             "from jscc_stream.models.codec import CodecConfig, JSCCCodec\n"
