@@ -11,7 +11,10 @@ __all__ = ["UserError", "add_common_args", "setup_logging", "run_cli"]
 
 
 class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit code 2."""
+    """A mistake in what the user asked for: printed as one line, exit code 2.
+
+    Library errors that are the user's to fix (a bad loss spec, a corrupt weights file)
+    subclass it, so this module needs to import none of them (and no torch)."""
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +31,9 @@ def setup_logging(level: str) -> None:
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
             prog: str = "jscc") -> int:
     """Run ``main``; user errors become one line on stderr and exit 2, Ctrl-C exits 130."""
-    from jscc_stream.models.zoo import CodecLoadError
-    from jscc_stream.netem.loss import LossSpecError
-
     try:
         return int(main(argv) or 0)
-    except (UserError, LossSpecError, CodecLoadError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,10 @@ Experiments (``--experiments``, default all):
 * ``ladder``   increasing-eps codecs vs a successive-refinement stand-in with a cap on the
                blocks sent, each sent block erased at 1 % and 10 % (Fig. 6);
 * ``uep``      unequal protection: eps_test = min(a * eps_train, 1), a = 0.5..5 (Fig. 7);
+* ``bits``     all blocks received, latent quantized to 8..2 bits or kept real-valued: how much
+               inference-only quantization (paper 000, Remark III.3) costs;
+* ``scr``      SCR ablation at the largest size (blocks span several packets there): a codec
+               trained and tested with SCR vs one trained and tested with the natural byte order;
 * ``loss``     packet loss (uniform 5/10/20 %, Gilbert-Elliott ~10/15 %) for the codecs and for
                JPEG / JPEG 2000 at the same bytes per frame cut into the same <= 900-byte packets
                (paper 001, Table 1 format: mean and variance of PSNR).
@@ -48,7 +52,7 @@ log = logging.getLogger("jscc.eval")
 # Payload bytes one 900-byte datagram carries: the RTP header (12) and the jscc payload header
 # (12, docs/wire-format.md) come off the MTU.  Blocks larger than this travel as fragments.
 PACKET_PAYLOAD = 900 - 12 - 12
-EXPERIMENTS = ("blocks", "mismatch", "ladder", "uep", "loss")
+EXPERIMENTS = ("blocks", "mismatch", "ladder", "uep", "loss", "bits", "scr")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -236,6 +240,36 @@ def exp_uep(ev: Evaluator, models: list[str], trials: int) -> list[dict]:
     return rows
 
 
+def exp_scr(ev: Evaluator, models: list[str], trials: int, size_label: str) -> list[dict]:
+    rows = []
+    for ci, (label, proc) in enumerate(LOSS_CONDITIONS):
+        if label == "none":
+            continue
+        for name in models:
+            enc = ev.encoded(name)
+            res = ev.under_process(name, proc, trials, 61 + ci)
+            rows.append({"size": size_label, "condition": label, "model": name, "scr": enc.model.cfg.scr,
+                         "packets_per_block": enc.fragments(), "psnr_mean": float(res["psnr"].mean()),
+                         "psnr_var": float(res["psnr"].var(axis=1).mean())})
+    return rows
+
+
+@torch.inference_mode()
+def exp_bits(ev: Evaluator, models: list[str]) -> list[dict]:
+    rows = []
+    for name in models:
+        enc = ev.encoded(name)
+        size = tuple(ev.x.shape[-2:])
+        y = torch.cat([enc.model.encode(ev.x[i : i + 1]) for i in range(len(ev.x))])
+        for bits in (None, 8, 6, 5, 4, 3, 2):
+            v = y if bits is None else torch.from_numpy(dequantize(quantize(y, bits), bits))
+            rec = torch.cat([enc.model.decode(v[i : i + ev.batch], None, size) for i in range(0, len(v), ev.batch)])
+            rows.append({"model": name, "bits": "float" if bits is None else bits,
+                         "bytes_per_frame_packed": None if bits is None else int(y[0].numel() * bits / 8),
+                         "psnr": float(psnr(rec, ev.x).mean())})
+    return rows
+
+
 LOSS_CONDITIONS: list[tuple[str, LossProcess]] = [
     ("none", ErasureVector.uniform(0.0)),
     ("uniform 5%", ErasureVector.uniform(0.05)),
@@ -391,6 +425,24 @@ def summarize(results: dict, images: list[str]) -> str:
             vals = [r["psnr"] for r in rows if r["model"] == m and r["pattern"] == "leading"]
             lines.append(f"| {m} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
         lines.append("")
+    scr = results.get("scr", [])
+    if scr:
+        lines += [f"## SCR ablation at {scr[0]['size']} ({scr[0]['packets_per_block']} packets per block)", "",
+                  "| condition | " + " | ".join(f"{m} (SCR {'on' if r0['scr'] else 'off'})"
+                                            for m in dict.fromkeys(r["model"] for r in scr)
+                                            for r0 in [next(r for r in scr if r["model"] == m)]) + " |",
+                  "| --- |" + " ---: |" * len({r["model"] for r in scr})]
+        for cond in dict.fromkeys(r["condition"] for r in scr):
+            lines.append(f"| {cond} | " + " | ".join(f"{r['psnr_mean']:.2f}" for r in scr if r["condition"] == cond) + " |")
+        lines.append("")
+    bits = results.get("bits", [])
+    if bits:
+        lines += ["## Quantization cost (all blocks received, first size)", "",
+                  "| model | " + " | ".join(str(r["bits"]) for r in bits if r["model"] == bits[0]["model"]) + " |",
+                  "| --- |" + " ---: |" * sum(r["model"] == bits[0]["model"] for r in bits)]
+        for m in dict.fromkeys(r["model"] for r in bits):
+            lines.append(f"| {m} | " + " | ".join(f"{r['psnr']:.2f}" for r in bits if r["model"] == m) + " |")
+        lines.append("")
     checks = results.get("checks", [])
     if checks:
         lines += ["## Acceptance checks", "", "| check | value | bar | pass |", "| --- | ---: | --- | --- |"]
@@ -460,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codecs trained at different uniform eps (those not shipped are skipped)")
     p.add_argument("--ladder-models", default="ladder,steep", help="increasing-eps codecs (Fig. 6/7)")
     p.add_argument("--sr-model", default="taildrop", help="tail-drop-trained codec standing in for successive refinement")
+    p.add_argument("--scr-models", default="uniform,uniform-noscr",
+                   help="codecs trained with and without SCR (ablation at the largest size)")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"any of {', '.join(EXPERIMENTS)}")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
     p.add_argument("--bits", type=int, default=8, help="latent quantization bits (2..8)")
@@ -508,7 +562,9 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.time()
     from tqdm import tqdm
 
-    steps = [(e, s) for s in sizes for e in exps if e in ("blocks", "loss") or s == sizes[0]]
+    largest = max(sizes, key=lambda wh: wh[0] * wh[1])
+    steps = [(e, s) for s in sizes for e in exps
+             if e in ("blocks", "loss") or (e == "scr" and s == largest) or (e != "scr" and s == sizes[0])]
     bar = tqdm(steps, desc="jscc-eval", dynamic_ncols=True)
     evaluators: dict[tuple[int, int], Evaluator] = {}
     image_names: list[str] = []
@@ -529,6 +585,12 @@ def run(args: argparse.Namespace) -> dict:
         elif exp == "loss":
             results["loss"][label] = exp_loss(ev, models, args.trials, label, not args.no_baselines)
             write_csv(out / f"loss_{label}.csv", results["loss"][label])
+        elif exp == "scr":
+            results["scr"] = exp_scr(ev, usable(args.scr_models), args.trials, label)
+            write_csv(out / "scr.csv", results["scr"])
+        elif exp == "bits":
+            results["bits"] = exp_bits(ev, models)
+            write_csv(out / "bits.csv", results["bits"])
         elif exp == "mismatch":
             results["mismatch"] = exp_mismatch(ev, usable(args.mismatch_models), args.trials)
             write_csv(out / "mismatch.csv", results["mismatch"])

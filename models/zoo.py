@@ -16,6 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from jscc_stream.cli import UserError
+
 from .codec import CodecConfig, JSCCCodec
 
 __all__ = ["WEIGHTS_DIR", "CodecLoadError", "available_codecs", "load_codec", "save_codec",
@@ -24,7 +26,7 @@ __all__ = ["WEIGHTS_DIR", "CodecLoadError", "available_codecs", "load_codec", "s
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-class CodecLoadError(RuntimeError):
+class CodecLoadError(UserError, RuntimeError):
     """Weights could not be found or are not a valid codec (message is user-facing)."""
 
 

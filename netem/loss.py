@@ -22,6 +22,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from jscc_stream.cli import UserError
+
 __all__ = [
     "LossProcess",
     "PacketDropper",
@@ -39,7 +41,7 @@ __all__ = [
 ]
 
 
-class LossSpecError(ValueError):
+class LossSpecError(UserError, ValueError):
     """A loss description given by a user is malformed (message is shown as is)."""
 
 
