@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a frame's last packet, wait at most this long for reordered ones")
     p.add_argument("--codec", help="force this codec (name or .safetensors path) instead of the one the stream names")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for the decoder")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for the decoder (1 is fastest when sender and receiver share 2 cores)")
     p.add_argument("--display", action="store_true", help="show frames in an OpenCV window with fps/loss overlay")
     p.add_argument("--record", metavar="OUT.mp4", help="record the decoded frames to a video file")
     p.add_argument("--save-frames", metavar="DIR", help="save every decoded frame as DIR/<frame id>.png")

@@ -80,7 +80,7 @@ class ReceiverConfig:
     frames: int | None = None
     duration: float | None = None
     report_interval: float = 1.0
-    max_decode_queue: int = 2
+    max_decode_queue: int = 1  # frames waiting for the decoder; older ones are skipped
 
 
 @dataclass

@@ -1,0 +1,117 @@
+"""jscc-bench: benchmarks (not tests). Timings are reported as medians / percentiles, never asserted.
+
+Subcommands:
+  pipeline  live sender -> shim -> receiver runs on loopback: displayed fps, capture-to-display
+            latency p50/p95/p99 and CPU per process, for several frame sizes and loss settings.
+  codec     codec speed/quality (added separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+
+__all__ = ["main", "build_parser"]
+
+
+def _fmt(v, spec: str = ".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from jscc_stream.models.zoo import resolve_weights
+
+    from .demo import PipelineConfig, format_summary, run_pipeline
+
+    resolve_weights(args.codec)
+    sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for size in sizes:
+        for loss in losses:
+            cfg = PipelineConfig(size=size, fps=args.fps, duration=args.duration, loss=loss, seed=args.seed,
+                                 codec=args.codec, latency_ms=args.latency_ms, sender_threads=args.sender_threads,
+                                 receiver_threads=args.receiver_threads, psnr=False,
+                                 workdir=out / f"run-{size}-{loss.replace(':', '_')}")
+            print(f"pipeline {size} {args.fps:g} fps loss={loss} for {args.duration:g} s ...", flush=True)
+            res = run_pipeline(cfg)
+            print("  " + format_summary(res), flush=True)
+            runs.append(res)
+    import os
+
+    meta = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": os.cpu_count(),
+            "load_avg_at_end": os.getloadavg(), "codec": args.codec}
+    (out / "pipeline.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
+    lines = [f"# jscc-bench pipeline ({meta['when']}, {meta['cpus']} CPUs, load avg at end "
+             f"{meta['load_avg_at_end'][0]:.2f})", "",
+             f"codec `{args.codec}`, {args.fps:g} fps, {args.duration:g} s per run, playout deadline "
+             f"{args.latency_ms:g} ms, torch threads sender {args.sender_threads} / receiver {args.receiver_threads}; "
+             "sender, jscc-netem shim and receiver on one machine over loopback.", "",
+             "| size | loss | displayed fps | frames sent / dropped at sender / skipped at receiver | byte loss "
+             "| latency p50 / p95 / p99 ms | decode ms (median) | encode ms (median) | CPU % sender / shim / receiver |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        c = r["config"]
+        s, rc, cpu = r.get("sender", {}), r.get("receiver", {}), r.get("cpu_percent", {})
+        lines.append(
+            f"| {c['size']} | {c['loss']} | {_fmt(r.get('displayed_fps'))} | {s.get('frames_sent', '-')} / "
+            f"{s.get('frames_dropped', '-')} / {rc.get('frames_skipped', '-')} | {100 * r.get('byte_loss', 0):.1f}% | "
+            f"{_fmt(r.get('latency_p50_ms'))} / {_fmt(r.get('latency_p95_ms'))} / {_fmt(r.get('latency_p99_ms'))} | "
+            f"{_fmt(r.get('decode_ms_median'))} | {_fmt(s.get('encode_ms_median'))} | "
+            f"{cpu.get('sender', '-')} / {cpu.get('shim', '-')} / {cpu.get('receiver', '-')} |")
+    (out / "pipeline.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'pipeline.json'} and {out / 'pipeline.md'}")
+    return 0
+
+
+def cmd_codec(args: argparse.Namespace) -> int:
+    print("not yet")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pl = sub.add_parser("pipeline", help="live sender -> shim -> receiver runs: fps, latency, CPU",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pl.add_argument("--sizes", default="320x240,640x480", help="comma-separated WxH")
+    pl.add_argument("--losses", default="none,ge10", help="comma-separated shim loss specs")
+    pl.add_argument("--fps", type=float, default=30.0)
+    pl.add_argument("--duration", type=float, default=20.0, help="seconds per run")
+    pl.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
+    pl.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
+    pl.add_argument("--sender-threads", type=int, default=1)
+    pl.add_argument("--receiver-threads", type=int, default=1)
+    pl.add_argument("--seed", type=int, default=1)
+    pl.add_argument("--out", default="out/bench/pipeline", help="folder for pipeline.json, pipeline.md and run logs")
+    add_common_args(pl)
+    pl.set_defaults(func=cmd_pipeline)
+    co = sub.add_parser("codec", help="codec speed and quality (not yet)")
+    add_common_args(co)
+    co.set_defaults(func=cmd_codec)
+    return p
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if getattr(args, "duration", 1) <= 0:
+        raise UserError("--duration must be positive")
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="jscc-bench")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
