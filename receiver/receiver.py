@@ -240,7 +240,8 @@ class Receiver:
                 continue
             fb = Feedback(ssrc=ssrc, frames_decoded=self.stats.frames_decoded,
                           frames_incomplete=self.reasm.counters.frames_released - self.reasm.counters.frames_complete,
-                          packets_late=self.reasm.counters.late, packets_invalid=self.reasm.counters.invalid)
+                          packets_late=self.reasm.counters.late, packets_invalid=self.reasm.counters.invalid,
+                          frames_skipped=self.stats.frames_skipped)
             if lat:
                 fb.latency_p50_ms = lat[len(lat) // 2]
                 fb.latency_p95_ms = lat[min(len(lat) - 1, int(0.95 * len(lat)))]

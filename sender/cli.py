@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="importance level -> DSCP, e.g. 0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE (implies --priority-dscp; "
                         "default: RFC 8837 interactive video, AF41/AF42/AF43 then LE)")
     p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval")
+    p.add_argument("--no-adapt", action="store_true",
+                   help="keep --fps even when receivers report that their decoder skips frames")
     p.add_argument("--frames", type=int, help="stop after sending this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
@@ -113,7 +115,8 @@ def _main(argv: Sequence[str] | None) -> int:
         dscp_map = default_dscp_map(layout.blocks)
     source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
-                       frames=args.frames, duration=args.duration, pace_fraction=args.pace)
+                       frames=args.frames, duration=args.duration, pace_fraction=args.pace,
+                       adapt=not args.no_adapt)
     try:
         sender = Sender(codec, source, cfg)
     except ValueError as exc:
@@ -131,8 +134,8 @@ def _main(argv: Sequence[str] | None) -> int:
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         stats = runner.run(go())
     summary = stats.summary()
-    log.info("sent %d frames (%d dropped by a busy encoder), %d packets, %d bytes; encode median %s ms",
-             stats.frames_sent, stats.frames_dropped, stats.packets_sent, stats.bytes_sent,
+    log.info("sent %d frames (%d dropped by a busy encoder, %d to match receivers' decode rate), %d packets, %d bytes; encode median %s ms",
+             stats.frames_sent, stats.frames_dropped, stats.frames_rate_limited, stats.packets_sent, stats.bytes_sent,
              f"{summary['encode_ms_median']:.1f}" if summary["encode_ms_median"] else "-")
     if args.stats_json:
         with open(args.stats_json, "w") as f:

@@ -140,3 +140,28 @@ def _has_gui(cv2) -> bool:
         return True
     except cv2.error:
         return False
+
+
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_dscp_is_read_per_datagram(family, host):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    from jscc_stream.proto.dscp import tos_byte
+    from jscc_stream.receiver.receiver import read_tos
+
+    rx = open_listen_socket(f"[{host}]:0" if family == socket.AF_INET6 else f"{host}:0")
+    rx.setblocking(True)
+    rx.settimeout(5)
+    tx = socket.socket(family, socket.SOCK_DGRAM)
+    seen = []
+    for dscp in (34, 36, 38, 1, 0):
+        if family == socket.AF_INET6:
+            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos_byte(dscp))
+        else:
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos_byte(dscp))
+        tx.sendto(b"x", rx.getsockname()[:2])
+        _, anc, _, _ = rx.recvmsg(64, 64)
+        seen.append(read_tos(anc) >> 2)
+    tx.close()
+    rx.close()
+    assert seen == [34, 36, 38, 1, 0]

@@ -130,3 +130,29 @@ def test_cli_bad_dscp_map(tmp_path, tiny_codec, capsys):
     path = save_codec(tiny_codec.model, tmp_path, "tiny", {})
     assert send_main(["--codec", str(path), "--dscp-map", "0-3:AF41", "--frames", "1"]) == 2
     assert "does not cover" in capsys.readouterr().err
+
+
+def test_rate_adapts_to_the_slowest_receivers_decode_rate(monkeypatch):
+    import jscc_stream.sender.sender as mod
+
+    clock = [100.0]
+    monkeypatch.setattr(mod.time, "monotonic", lambda: clock[0])
+    codec = _SlowCodec(threading.Event())
+    sender = Sender(codec, SyntheticSource(64, 48, 30), SenderConfig(width=64, height=48, fps=30))
+    a, b = ("10.0.0.1", 1), ("10.0.0.2", 1)
+    sender._adapt(a, 0, 0)
+    sender._adapt(b, 0, 0)
+    clock[0] += 1
+    sender._adapt(a, 12, 15)  # decoded 12 fps, skipping
+    sender._adapt(b, 30, 0)
+    assert 12 < sender.stats.target_fps < 15
+    for _ in range(10):  # a no longer skips: the rate climbs back to --fps
+        clock[0] += 1
+        sender._adapt(a, 12 + 20 * (_ + 1), 15)
+        sender._adapt(b, 30 * (_ + 2), 0)
+    assert sender.stats.target_fps == 30
+    off = Sender(codec, SyntheticSource(64, 48, 30), SenderConfig(width=64, height=48, fps=30, adapt=False))
+    off._adapt(a, 0, 0)
+    clock[0] += 1
+    off._adapt(a, 5, 20)
+    assert off.stats.target_fps == 30
