@@ -57,6 +57,12 @@ def _shim_parser() -> argparse.ArgumentParser:
                    help="seconds between counter log lines (0: never)")
     p.add_argument("--stats-json", type=Path, default=None, metavar="FILE",
                    help="write the final per-class counters here at exit")
+    p.add_argument("--control", default=None, metavar="HOST:PORT",
+                   help="serve the HTTP control API here (GET /stats, POST /loss /rate /delay) to change "
+                        "the link while it runs, e.g. 127.0.0.1:8090; off by default")
+    p.add_argument("--control-token", default=None, metavar="TOKEN",
+                   help="token the control API requires (Authorization: Bearer TOKEN); needed when "
+                        "--control is not on loopback (default: $JSCC_CONTROL_TOKEN)")
     add_common_args(p)
     return p
 
@@ -151,8 +157,19 @@ def _shim_main(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover
         runner = asyncio.run
     try:
-        runner(run_shim(cfg, args.stats_json))
-    except ValueError as exc:  # bind/resolve failures
+        if args.control:
+            import os
+
+            from jscc_stream.netem.control import ControlConfig, run_shim_with_control
+
+            chost, cport = parse_hostport(args.control, default_host="127.0.0.1")
+            token = args.control_token or os.environ.get("JSCC_CONTROL_TOKEN") or None
+            ctl = ControlConfig(host=chost, port=cport, token=token)
+            ctl.check()
+            runner(run_shim_with_control(cfg, ctl, args.stats_json))
+        else:
+            runner(run_shim(cfg, args.stats_json))
+    except ValueError as exc:  # bind/resolve failures, control API misconfiguration
         raise UserError(str(exc)) from None
     return 0
 

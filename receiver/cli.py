@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", metavar="FILE", help="write the run's summary as JSON at exit")
     p.add_argument("--frames", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
+    from .web import add_web_args
+
+    add_web_args(p)
     add_common_args(p)
     return p
 
@@ -114,14 +117,23 @@ def _main(argv: Sequence[str] | None) -> int:
                       stats_json=args.stats_json)
     cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
                          duration=args.duration)
-    receiver = Receiver(sock, codecs, outputs, cfg)
+    from .web import viewer_from_args
+
+    viewer = viewer_from_args(args)
+    receiver = Receiver(sock, codecs, outputs, cfg, on_frame=viewer.on_frame if viewer else None)
     log.info("listening on %s, playout deadline %.0f ms", args.listen, args.latency_ms)
 
     async def go():
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, receiver.stop_event.set)
-        return await receiver.run()
+        if viewer is None:
+            return await receiver.run()
+        await viewer.start(receiver)
+        try:
+            return await receiver.run()
+        finally:
+            await viewer.close()
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         stats = runner.run(go())

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "latent blocks, and send them as RTP/UDP packets (<= --mtu bytes, most important block "
                     "first, paced across the frame interval, optionally DSCP-marked by importance).")
     p.add_argument("--source", default="synthetic",
-                   help="synthetic[:SEED] | webcam[:INDEX] | VIDEO_FILE | IMAGE_FOLDER | 'GLOB' (slideshow)")
+                   help="synthetic[:SEED] | webcam[:INDEX] | VIDEO_FILE | IMAGE_FOLDER | 'GLOB' (slideshow) | "
+                        "webrtc[:[HOST:]PORT] (a browser's camera over WebRTC; offers to http://HOST:PORT/offer, "
+                        "default 127.0.0.1:8081)")
     p.add_argument("--dest", action="append", metavar="HOST:PORT",
                    help="receiver (or shim) address; repeat to fan out; IPv6 as [ADDR]:PORT (default 127.0.0.1:5004)")
     p.add_argument("--size", default="320x240", help="frame size WxH (multiples of 16)")
@@ -113,7 +115,12 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UserError(str(exc)) from None
     elif args.priority_dscp:
         dscp_map = default_dscp_map(layout.blocks)
-    source = open_source(args.source, width, height, args.fps, seed=args.seed)
+    if args.source == "webrtc" or args.source.startswith("webrtc:"):
+        from .webrtc import open_webrtc_source
+
+        source = open_webrtc_source(args.source, width, height)
+    else:
+        source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
                        adapt=not args.no_adapt)

@@ -1,0 +1,197 @@
+"""HTTP control API of the userspace shim: read its counters, change loss, rate and delay live.
+
+The demo page's controls go through it (proxied by ``jscc-recv --web``), so the network can be
+made worse while a stream plays.  It listens on 127.0.0.1 by default; bound anywhere else it
+refuses to start without a token, and then every request must carry ``Authorization: Bearer
+TOKEN`` (or ``X-Jscc-Token``): anyone who can reach it could otherwise reshape the link.
+
+Routes (JSON in, JSON out)::
+
+    GET  /stats                      the shim's per-class counters and current settings
+    POST /loss   {"spec": "uniform:0.2", "direction": "forward"}
+    POST /rate   {"rate": "2mbit" | bits/s | null, "direction": "forward"}
+    POST /delay  {"delay_ms": 40, "jitter_ms": 5, "direction": "forward"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from jscc_stream.netem.shim import Shim, ShimConfig, run_shim
+
+__all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control"]
+
+log = logging.getLogger("jscc_stream.netem.control")
+
+_MAX_BODY = 4096
+
+
+class ControlError(ValueError):
+    """A control-API setup mistake (bad address, missing token)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; a name is resolved."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+@dataclass
+class ControlConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    token: str | None = None
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ControlError(f"control port out of range: {self.port}")
+        if self.token is not None and not self.token.strip():
+            raise ControlError("the control token is empty")
+        if self.token is None and not is_loopback(self.host):
+            raise ControlError(f"--control on {self.host} (not loopback) needs --control-token or "
+                               "JSCC_CONTROL_TOKEN: anyone reaching it could reshape the link")
+
+
+class ControlServer:
+    """The aiohttp app around a :class:`Shim`.  ``await start()`` binds; ``attach(shim)`` arms it."""
+
+    def __init__(self, config: ControlConfig, shim: Shim | None = None) -> None:
+        config.check()
+        self.config = config
+        self.shim = shim
+        self._runner: web.AppRunner | None = None
+        self.address: tuple[str, int] | None = None
+        self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._auth])
+        self.app.add_routes([web.get("/stats", self._stats), web.post("/loss", self._loss),
+                             web.post("/rate", self._rate), web.post("/delay", self._delay)])
+
+    def attach(self, shim: Shim) -> None:
+        self.shim = shim
+
+    async def start(self) -> tuple[str, int]:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ControlError(f"cannot serve the control API on {self.config.host}:{self.config.port}: "
+                               f"{exc.strerror or exc}") from None
+        sock = site._server.sockets[0]  # the real port when 0 was asked
+        self.address = sock.getsockname()[:2]
+        log.info("control API on http://%s:%d%s", self.address[0], self.address[1],
+                 " (token required)" if self.config.token else "")
+        return self.address
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- middleware and handlers ------------------------------------------------------------------
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if self.config.token is not None:
+            given = request.headers.get("X-Jscc-Token", "")
+            auth = request.headers.get("Authorization", "")
+            if auth.lower().startswith("bearer "):
+                given = auth[7:].strip()
+            if not hmac.compare_digest(given.encode(), self.config.token.encode()):
+                return _error(401, "missing or wrong token")
+        if self.shim is None or self.shim.forward_link is None:
+            return _error(503, "the shim is not running yet")
+        return await handler(request)
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        assert self.shim is not None
+        return web.json_response(self.shim.stats())
+
+    async def _loss(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        spec = body.get("spec")
+        if not isinstance(spec, str) or not spec.strip():
+            raise _bad("'spec' must be a loss spec string, e.g. \"uniform:0.2\" or \"ge10\"")
+        return self._apply(lambda d: self.shim.set_loss(spec.strip(), d), body)
+
+    async def _rate(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        rate = body.get("rate")
+        if isinstance(rate, str) and rate.strip().lower() in ("", "none", "off", "unlimited"):
+            rate = None
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (str, int, float))):
+            raise _bad("'rate' must be e.g. \"2mbit\", a number of bit/s, or null")
+        if isinstance(rate, (int, float)) and not rate > 0:
+            raise _bad("'rate' must be positive (null removes the bottleneck)")
+        return self._apply(lambda d: self.shim.set_rate(rate, d), body)
+
+    async def _delay(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        try:
+            delay = float(body.get("delay_ms", 0.0))
+            jitter = float(body.get("jitter_ms", 0.0))
+        except (TypeError, ValueError):
+            raise _bad("'delay_ms' and 'jitter_ms' must be numbers") from None
+        if not (0 <= delay <= 10_000 and 0 <= jitter <= 10_000):
+            raise _bad("'delay_ms' and 'jitter_ms' must be in [0, 10000]")
+        return self._apply(lambda d: self.shim.set_delay(delay, jitter, d), body)
+
+    def _apply(self, change, body: dict[str, Any]) -> web.Response:
+        assert self.shim is not None
+        direction = body.get("direction", "forward")
+        if direction not in ("forward", "reverse"):
+            raise _bad("'direction' must be 'forward' or 'reverse'")
+        try:
+            change(direction)
+        except ValueError as exc:  # LossSpecError, bad rate text, negative delay
+            raise _bad(str(exc)) from None
+        return web.json_response(self.shim.stats())
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    import json
+
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise _bad("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    return body
+
+
+async def run_shim_with_control(config: ShimConfig, control: ControlConfig,
+                                stats_json: Path | None = None) -> dict[str, Any]:
+    """:func:`run_shim` plus the control API; the API binds first so a bad address fails early."""
+    server = ControlServer(control)
+    await server.start()
+    try:
+        return await run_shim(config, stats_json, on_ready=server.attach)
+    finally:
+        await asyncio.shield(server.close())

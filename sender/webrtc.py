@@ -1,0 +1,255 @@
+"""A browser's camera as a jscc-send source, over WebRTC (aiortc).
+
+The demo page captures the camera with ``getUserMedia`` and sends it as an ordinary WebRTC
+video track; this module answers its offer (``POST /offer`` with ``{"sdp", "type"}``) and keeps
+the newest decoded picture, which the send loop reads like any other source.  So no camera
+device has to be passed into a container: the browser owns the camera.
+
+The signalling server and the peer connections run on their own thread and event loop, so the
+send loop (and its encoder thread) never waits on WebRTC.  One browser at a time: a new offer
+closes the previous peer.  Until the first picture arrives (and after the browser leaves) the
+source shows a grey "waiting for camera" frame, so the stream, and the viewer, keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from aiohttp import web
+
+from jscc_stream.cli import UserError
+
+__all__ = ["WebRtcSourceConfig", "WebRtcSource", "parse_webrtc_spec", "fit_frame", "waiting_frame",
+           "open_webrtc_source"]
+
+log = logging.getLogger("jscc.send.webrtc")
+
+DEFAULT_SIGNAL = ("127.0.0.1", 8081)  # loopback: anyone who reaches it can feed the stream
+_MAX_OFFER = 64 << 10
+
+
+def parse_webrtc_spec(spec: str) -> tuple[str, int]:
+    """``webrtc`` | ``webrtc:PORT`` | ``webrtc:HOST:PORT`` -> where the signalling server listens."""
+    if spec == "webrtc":
+        return DEFAULT_SIGNAL
+    if not spec.startswith("webrtc:"):
+        raise UserError(f"not a webrtc source: {spec!r}")
+    rest = spec[len("webrtc:"):]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_SIGNAL[0], rest
+    host = host.strip("[]") or DEFAULT_SIGNAL[0]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UserError(f"bad port in {spec!r}: write webrtc[:HOST]:PORT, e.g. webrtc:127.0.0.1:8081")
+    return host, int(port)
+
+
+def fit_frame(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop to the stream's aspect ratio, then resize: the picture is never stretched."""
+    ih, iw = img.shape[:2]
+    if (iw, ih) == (width, height):
+        return img
+    target = width / height
+    if iw / ih > target:  # too wide: crop the sides
+        cw = max(1, round(ih * target))
+        x0 = (iw - cw) // 2
+        img = img[:, x0:x0 + cw]
+    elif iw / ih < target:
+        ch = max(1, round(iw / target))
+        y0 = (ih - ch) // 2
+        img = img[y0:y0 + ch]
+    interp = cv2.INTER_AREA if img.shape[1] > width else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
+
+
+def waiting_frame(width: int, height: int, text: str = "waiting for camera") -> np.ndarray:
+    frame = np.full((height, width, 3), 96, np.uint8)
+    scale = max(0.4, width / 640)
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.putText(frame, text, ((width - tw) // 2, (height + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (230, 230, 230), 1, cv2.LINE_AA)
+    return frame
+
+
+@dataclass
+class WebRtcSourceConfig:
+    host: str = DEFAULT_SIGNAL[0]
+    port: int = DEFAULT_SIGNAL[1]
+    width: int = 320
+    height: int = 240
+    start_timeout: float = 10.0
+
+
+class WebRtcSource:
+    """Source protocol (``read(index)``, ``close()``) fed by a browser's WebRTC video track."""
+
+    def __init__(self, config: WebRtcSourceConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._latest: np.ndarray | None = None
+        self._waiting = waiting_frame(config.width, config.height)
+        self.frames_received = 0
+        self.peers_connected = 0
+        self.last_frame_at = 0.0
+        self.address: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._pcs: set = set()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._thread_main, name="jscc-webrtc", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(config.start_timeout):
+            raise UserError("the WebRTC signalling server did not start in time")
+        if self._error is not None:
+            raise UserError(str(self._error))
+
+    # -- Source protocol -------------------------------------------------------------------------
+    def read(self, index: int) -> np.ndarray:
+        with self._lock:
+            latest = self._latest
+        return self._waiting if latest is None else latest
+
+    def close(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stop.set)
+            except RuntimeError:  # loop already gone
+                pass
+        self._thread.join(timeout=5)
+
+    # -- the WebRTC thread -----------------------------------------------------------------------
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to the constructor or logged
+            if not self._ready.is_set():
+                self._error = exc
+                self._ready.set()
+            else:
+                log.error("WebRTC thread failed: %s", exc)
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = web.Application(client_max_size=_MAX_OFFER, middlewares=[_cors])
+        app.add_routes([web.post("/offer", self._on_offer), web.get("/status", self._on_status),
+                        web.get("/", self._on_index)])
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"cannot serve WebRTC signalling on {self.config.host}:{self.config.port}: "
+                          f"{exc.strerror or exc}") from None
+        self.address = site._server.sockets[0].getsockname()[:2]
+        log.info("WebRTC source: browsers post offers to http://%s:%d/offer", *self.address)
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await asyncio.gather(*(pc.close() for pc in list(self._pcs)), return_exceptions=True)
+            await runner.cleanup()
+
+    async def _on_index(self, request):
+        return web.Response(text="jscc-send WebRTC source: open the viewer page (jscc-recv --web) and press "
+                                 "'Start camera'; it posts its offer to /offer here.\n")
+
+    async def _on_status(self, request):
+        return web.json_response({"frames_received": self.frames_received, "peers": len(self._pcs),
+                                  "peers_connected": self.peers_connected,
+                                  "last_frame_age_s": round(time.monotonic() - self.last_frame_at, 3)
+                                  if self.last_frame_at else None})
+
+    async def _on_offer(self, request):
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        try:
+            params = await request.json()
+            offer = RTCSessionDescription(sdp=params["sdp"], type=params["type"])
+            if offer.type != "offer" or not isinstance(offer.sdp, str):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "POST {\"sdp\": ..., \"type\": \"offer\"}"}, status=400)
+        for old in list(self._pcs):  # one browser at a time
+            await old.close()
+            self._pcs.discard(old)
+        pc = RTCPeerConnection()
+        self._pcs.add(pc)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("WebRTC peer %s", pc.connectionState)
+            if pc.connectionState == "connected":
+                self.peers_connected += 1
+            if pc.connectionState in ("failed", "closed"):
+                await pc.close()
+                self._pcs.discard(pc)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "video":
+                asyncio.ensure_future(self._consume(track))
+
+        try:
+            await pc.setRemoteDescription(offer)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, RuntimeError) as exc:  # an offer aiortc cannot answer
+            await pc.close()
+            self._pcs.discard(pc)
+            return web.json_response({"error": f"cannot answer this offer: {exc}"}, status=400)
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    async def _consume(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        w, h = self.config.width, self.config.height
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            img = fit_frame(frame.to_ndarray(format="bgr24"), w, h)
+            with self._lock:
+                self._latest = img
+            self.frames_received += 1
+            self.last_frame_at = time.monotonic()
+        log.info("browser video track ended after %d frames", self.frames_received)
+        with self._lock:
+            self._latest = None
+
+
+def _cors_headers() -> dict[str, str]:
+    # The viewer page is served by jscc-recv (another origin); an offer carries no credentials.
+    return {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+            "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600",
+            # Chrome's Private Network Access preflight (a public page calling localhost)
+            "Access-Control-Allow-Private-Network": "true"}
+
+
+@web.middleware
+async def _cors(request: web.Request, handler) -> web.StreamResponse:
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers=_cors_headers())
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(_cors_headers())
+        raise
+    resp.headers.update(_cors_headers())
+    return resp
+
+
+def open_webrtc_source(spec: str, width: int, height: int) -> WebRtcSource:
+    host, port = parse_webrtc_spec(spec)
+    return WebRtcSource(WebRtcSourceConfig(host=host, port=port, width=width, height=height))
+
