@@ -7,7 +7,8 @@ logic is tested without sleeping.  A frame is released when the first of these h
 * a newer frame of the same stream completed: older frames go out first, with what they have,
   so frames leave in order without waiting (``"superseded"``);
 * its deadline passed: ``first packet arrival + latency`` (``"deadline"``), shortened to
-  ``arrival of the marker packet + reorder grace`` once the frame's last packet was seen;
+  ``now + reorder grace`` once the frame's last (marker) packet or a newer frame's first
+  packet was seen (the sender sends frames in order, so the rest is lost or reordered);
 * too many frames are pending (memory bound, ``"evicted"``).
 
 Packets for a frame already released are counted late and dropped.  Garbage is counted,
@@ -193,6 +194,11 @@ class Reassembler:
                              np.zeros((info.blocks, info.block_bytes), np.uint8),
                              np.zeros((info.blocks, info.block_bytes), bool), [-1] * info.blocks)
             self.slots[key] = slot
+            # Frames go out in order: a newer frame's first packet means every packet of the
+            # older pending frames has been sent; wait only for reordering, not the whole deadline.
+            for (sc, fid), other in self.slots.items():
+                if sc == pkt.ssrc and frame_diff(fid, h.frame_id) < 0:
+                    other.deadline = min(other.deadline, now + self.reorder_grace)
         span = slice(h.offset, h.offset + len(pkt.data))
         if slot.received[h.block, span].all():
             self.counters.duplicates += 1

@@ -91,12 +91,19 @@ def test_deadline_and_marker_grace_and_superseding():
     r.push(g1[-1].data, 0.101)  # marker seen: deadline shortened to the grace
     assert r.next_deadline() == pytest.approx(0.106)
     r.push(g2[0].data, 0.102)
+    assert r.next_deadline() == pytest.approx(0.106)
     out = []
     for g in g2[1:]:
         out += r.push(g.data, 0.103)  # frame 2 completes and pushes incomplete frame 1 out first
     assert [s.frame_id for s in out] == [1, 2] and [s.reason for s in out] == ["superseded", "complete"]
     r.push(g1[1].data, 0.2)
     assert r.counters.late == 1
+    _, g3 = _frame(pk, lay, 3)
+    _, g4 = _frame(pk, lay, 4)
+    r.push(g3[0].data, 1.0)  # frame 3 loses its marker; frame 4 starting cuts its wait to the grace
+    assert r.next_deadline() == pytest.approx(1.05)
+    r.push(g4[0].data, 1.01)
+    assert r.next_deadline() == pytest.approx(1.015)
 
 
 def test_sequence_wrap_and_reordering_across_frames():
