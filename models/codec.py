@@ -35,7 +35,8 @@ class CodecConfig:
     mca: bool = True  # mask conditional aggregation (else the mask is ignored)
     mca_width: int = 32
     scr: bool = True  # wire order of block bytes (see scr.py)
-    arch: str = "jscc-res-ps"
+    linear_path: bool = True  # a learnable linear transform (PCA-initialised) beside the CNN
+    arch: str = "jscc-res-ps-lin"
 
     @property
     def latent_channels(self) -> int:
@@ -89,9 +90,18 @@ class Encoder(nn.Module):
             layers += [ResBlock(w[i]) for _ in range(cfg.enc_res[i])]
         layers.append(nn.Conv2d(w[-1], cfg.latent_channels, 3, padding=1))
         self.net = nn.Sequential(*layers)
+        self.linear: nn.Conv2d | None = None
+        if cfg.linear_path:
+            s = cfg.stride
+            self.linear = nn.Conv2d(3, cfg.latent_channels, s, stride=s)
+            nn.init.zeros_(layers[-1].weight)  # start as the linear transform alone
+            nn.init.zeros_(layers[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.sigmoid(self.net(x))
+        if self.linear is None:
+            return torch.sigmoid(self.net(x))
+        # linear inside [0, 1] so that the decoder's linear path can invert it
+        return torch.clamp(self.linear(x) + self.net(x), 0.0, 1.0)
 
 
 class MaskConditionalAggregation(nn.Module):
@@ -126,10 +136,20 @@ class Decoder(nn.Module):
             layers += [ResBlock(w[i]) for _ in range(res[i])]
         layers += [nn.Conv2d(w[-1], 12, 3, padding=1), nn.PixelShuffle(2)]
         self.body = nn.Sequential(*layers)
+        self.linear: nn.Module | None = None
+        if cfg.linear_path:
+            s = cfg.stride
+            self.linear = nn.Sequential(nn.Conv2d(cfg.latent_channels, 3 * s * s, 1), nn.PixelShuffle(s))
+            nn.init.zeros_(layers[-2].weight)  # start as the linear transform alone
+            nn.init.zeros_(layers[-2].bias)
 
     def forward(self, y: Tensor, mask: Tensor) -> Tensor:
         h = self.head(y, mask) if self.use_mask else self.head(y)
-        return self.body(h)
+        out = self.body(h)
+        if self.linear is not None:
+            # erased coefficients contribute their mean (0.5 -> 0) to the linear reconstruction
+            out = out + self.linear((y - 0.5) * mask)
+        return out
 
 
 class JSCCCodec(nn.Module):
@@ -192,6 +212,29 @@ class JSCCCodec(nn.Module):
         y_tilde = keep * (y + 1) - 1
         out = self.decoder(y_tilde, keep)
         return out[..., : x.shape[-2], : x.shape[-1]]
+
+    @torch.no_grad()
+    def init_linear_from_pca(self, patches: Tensor, spread: float = 3.0) -> None:
+        """Set the linear paths to the top ``K*alpha`` principal components of ``patches``
+        ``(N, 3, s, s)``: coefficient i is mapped to 0.5 +- ``spread`` standard deviations
+        in [0, 1].  Components come out in decreasing variance, so block 0 carries the
+        coarse picture: the importance order the ladder codecs want."""
+        if self.encoder.linear is None or self.decoder.linear is None:
+            raise ValueError("this codec has no linear path")
+        c, s = self.cfg.latent_channels, self.cfg.stride
+        flat = patches.reshape(len(patches), -1).double()
+        mean = flat.mean(0)
+        _, sv, vt = torch.linalg.svd(flat - mean, full_matrices=False)
+        basis = vt[:c]  # (C, 3*s*s)
+        sigma = sv[:c] / (len(flat) - 1) ** 0.5
+        scale = 1.0 / (2 * spread * sigma)  # coefficient -> latent units
+        enc_w = basis * scale[:, None]
+        self.encoder.linear.weight.copy_(enc_w.reshape(c, 3, s, s).float())
+        self.encoder.linear.bias.copy_((0.5 - enc_w @ mean).float())
+        conv = self.decoder.linear[0]
+        # PixelShuffle(s) reads channel k*s*s + i*s + j as pixel (k, i, j): the patch layout
+        conv.weight.copy_((basis.T / scale[None, :]).reshape(3 * s * s, c, 1, 1).float())
+        conv.bias.copy_(mean.float())
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

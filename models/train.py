@@ -164,6 +164,11 @@ def train(args: argparse.Namespace) -> Path | None:
         if args.widths:
             kw["widths"] = tuple(int(v) for v in args.widths.split(","))
         model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=not args.no_scr, **kw)), None
+        if model.cfg.linear_path:
+            s = model.cfg.stride
+            crops = sampler.batch(max(64, 20000 * s * s // args.crop ** 2), np.random.default_rng(args.seed))
+            patches = crops.unfold(2, s, s).unfold(3, s, s).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, s, s)
+            model.init_linear_from_pca(patches)
     if args.no_mca and model.cfg.mca:
         raise UserError("--no-mca changes the architecture; it cannot apply to a model loaded with --init")
     if args.no_scr and model.cfg.scr:  # SCR is a byte order, not weights: fine-tuning may switch it off

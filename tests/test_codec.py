@@ -182,3 +182,27 @@ def test_frame_codec_round_trip_with_erasure(tiny_codec) -> None:
         tiny_codec.decode(wire[:, :10], None, 320, 240)
     with pytest.raises(ValueError):
         tiny_codec.encode(frame[..., 0])
+
+
+def test_pca_initialisation_reconstructs_and_orders_importance() -> None:
+    """Before any training the linear path alone is a PCA codec: it reconstructs smooth images
+    well, and the first block (largest-variance components) matters most."""
+    torch.manual_seed(0)
+    m = _small()
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(96.0), indexing="ij")
+    imgs = torch.stack([torch.stack([torch.sin(xx / (6 + i) + yy / 11), torch.cos(yy / (5 + i)),
+                                     torch.sin((xx - yy) / 13)]) * 0.4 + 0.5 for i in range(6)])
+    patches = imgs.unfold(2, 16, 16).unfold(3, 16, 16).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 16, 16)
+    m.init_linear_from_pca(patches)
+    with torch.no_grad():
+        full = m(imgs)
+        y = m.encode(imgs)
+        keep_first = torch.zeros_like(y)
+        keep_first[:, :2] = 1
+        keep_last = torch.zeros_like(y)
+        keep_last[:, -2:] = 1
+        first, last = m(imgs, keep_first), m(imgs, keep_last)
+    err = lambda a: float(((a - imgs) ** 2).mean())  # noqa: E731
+    assert err(full) < 0.2 * err(torch.full_like(imgs, 0.5))
+    assert err(first) < err(last)
+    assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
