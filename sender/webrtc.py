@@ -180,6 +180,8 @@ class WebRtcSource:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return web.json_response({"error": "POST {\"sdp\": ..., \"type\": \"offer\"}"}, status=400)
+        if "\nm=video " not in offer.sdp.replace("\r\n", "\n"):
+            return web.json_response({"error": "the offer carries no video track"}, status=400)
         for old in list(self._pcs):  # one browser at a time
             await old.close()
             self._pcs.discard(old)
