@@ -1,0 +1,117 @@
+"""The shared lossy channel: seeded loss traces and the ``jscc-netem`` shim process.
+
+Every codec runs over the same condition with the same trace file: the shim's ``trace:FILE``
+loss replays the 0/1 trace by **datagram index** from its start (datagram i the shim receives is
+lost iff trace[i] is 1). Codecs send different numbers of datagrams (JSCC 8 per frame plus a
+stream description per second, H.264 about 6, FEC more, NACK retransmissions extra), so they see
+the same loss sequence, rate and burst structure, but not the same frames hit. The traces are
+drawn from the shared loss processes (``jscc_stream.netem.loss``) with a fixed seed, long enough
+never to loop within a run.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jscc_stream.netem.loss import parse_loss_spec
+
+__all__ = ["Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "free_port", "Shim"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str  # short label for tables
+    spec: str  # loss process spec for parse_loss_spec
+    family: str  # "uniform" | "ge" | "burst" (plots group by it)
+
+
+CONDITIONS = (
+    Condition("none", "none", "uniform"),
+    Condition("u5", "uniform:0.05", "uniform"),
+    Condition("u10", "uniform:0.10", "uniform"),
+    Condition("u20", "uniform:0.20", "uniform"),
+    Condition("u30", "uniform:0.30", "uniform"),
+    # Gilbert-Elliott (netem convention p, r, h, k); ge10/ge15 are paper 001's parameters.
+    Condition("ge5", "ge:0.06,0.6,0.5,0.99", "ge"),
+    Condition("ge10", "ge10", "ge"),
+    Condition("ge15", "ge15", "ge"),
+    Condition("ge20", "ge:0.25,0.5,0.45,0.97", "ge"),
+    # Long bursts: everything lost in Bad, mean burst 10 packets, ~17 % loss.
+    Condition("burst", "ge:0.02,0.1,0,1", "burst"),
+)
+QUICK_CONDITIONS = (CONDITIONS[0], CONDITIONS[6])
+
+
+def write_trace(cond: Condition, path: Path, length: int, seed: int) -> dict:
+    """Draw ``length`` packets of ``cond``'s loss process with ``seed`` into a 0/1 trace file."""
+    proc = parse_loss_spec(cond.spec)
+    rng = np.random.default_rng(seed)
+    lost = proc.sample(1, length, rng)[0].astype(np.uint8)
+    path.write_text(" ".join("1" if v else "0" for v in lost) + "\n")
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate(([0], lost, [0]))) != 0))[::2] if lost.any() else []
+    return {"nominal_loss": float(proc.mean_loss), "trace_loss": float(lost.mean()),
+            "mean_burst": float(np.mean(runs)) if len(runs) else 0.0, "length": length}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Shim:
+    """``jscc-netem`` as a subprocess on loopback (context manager); its counters end up in stats_json."""
+
+    def __init__(self, listen_port: int, forward_port: int, trace: Path, delay_ms: float, workdir: Path,
+                 seed: int = 1) -> None:
+        self.listen_port, self.forward_port = listen_port, forward_port
+        self.log_path = workdir / "shim.log"
+        self.stats_json = workdir / "shim.json"
+        self.cmd = [sys.executable, "-m", "jscc_stream.netem.cli", "--listen", f"127.0.0.1:{listen_port}",
+                    "--forward", f"127.0.0.1:{forward_port}", "--loss", f"trace:{trace}", "--seed", str(seed),
+                    "--delay-ms", str(delay_ms), "--stats-interval", "0", "--stats-json", str(self.stats_json),
+                    "--log-level", "info"]
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Shim":
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for_line(self.log_path, "listening on", self.proc, 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        stop_process(self.proc)
+        self._log.close()
+
+
+def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            tail = path.read_text(errors="replace").strip().splitlines()[-3:] if path.exists() else []
+            raise RuntimeError(f"{' '.join(proc.args[:3])} exited early: {tail}")
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {needle!r} in {path}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    import signal
+
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

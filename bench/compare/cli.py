@@ -1,0 +1,114 @@
+"""``python -m bench.compare``: H.264, H.264+FEC, H.264+NACK, JPEG and JSCC over the same lossy channel.
+
+One command regenerates every table and plot of docs/results.md (seeds fixed):
+
+    .venv/bin/python -m bench.compare --out docs/results
+
+``--quick`` (CI): 30 frames, the synthetic source, no loss and GE ~10 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+
+__all__ = ["build_parser", "run", "main"]
+
+log = logging.getLogger("bench.compare")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .channel import CONDITIONS
+    from .runner import ALL_ARMS, SOURCES
+
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Stream the same source frames with JSCC (jscc-send | jscc-netem | jscc-recv), H.264 "
+                    "(plain, +Reed-Solomon FEC, +NACK) and per-frame JPEG through the jscc-netem shim with "
+                    "identical seeded loss traces; score per-frame PSNR/SSIM, frozen frames and latency; write "
+                    "results.json, summary.json, table.md and PNG plots to --out.")
+    p.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="CI size: 30 frames, synthetic source, 'none' and 'ge10'")
+    p.add_argument("--frames", type=int, help="frames per run (default 150, --quick 30)")
+    p.add_argument("--size", default="320x240", help="frame size WxH")
+    p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--sources", help=f"comma list of {', '.join(SOURCES)} (default all; --quick synthetic)")
+    p.add_argument("--conditions", help="comma list of " + ", ".join(c.name for c in CONDITIONS)
+                   + " (default all; --quick none,ge10)")
+    p.add_argument("--arms", default=",".join(ALL_ARMS), help="comma list of codecs to run")
+    p.add_argument("--codec", default="uniform", help="JSCC codec name or .safetensors path")
+    p.add_argument("--seed", type=int, default=1, help="seed of the loss traces")
+    p.add_argument("--rtt-ms", type=float, default=100.0, help="round trip for the NACK arm")
+    p.add_argument("--delay-ms", type=float, default=50.0, help="shim one-way delay (every arm)")
+    p.add_argument("--latency-ms", type=float, default=50.0, help="receivers' playout deadline")
+    p.add_argument("--workdir", type=Path, help="keep per-run logs and frames here (default: a temp folder)")
+    p.add_argument("--report-only", action="store_true", help="redraw table and plots from --out/results.json")
+    add_common_args(p)
+    return p
+
+
+def _pick(text: str | None, allowed: Sequence[str], default: Sequence[str], what: str) -> list[str]:
+    if not text:
+        return list(default)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise UserError(f"unknown {what}: {', '.join(bad) or '(none)'}; choose from {', '.join(allowed)}")
+    return items
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Run the harness for parsed arguments; returns the path of table.md (what `jscc-eval stream` calls)."""
+    import json
+
+    from .channel import CONDITIONS, QUICK_CONDITIONS
+    from .report import write_report
+    from .runner import ALL_ARMS, SOURCES, HarnessConfig, run_harness
+
+    if args.report_only:
+        path = args.out / "results.json"
+        if not path.exists():
+            raise UserError(f"{path} does not exist: run the harness first")
+        return write_report(json.loads(path.read_text()), args.out)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size must be WxH, got {args.size!r}") from None
+    if width % 16 or height % 16 or width < 16 or height < 16:
+        raise UserError(f"--size must be multiples of 16, got {args.size}")
+    frames = args.frames or (30 if args.quick else 150)
+    if frames < 2:
+        raise UserError("--frames must be at least 2")
+    by_name = {c.name: c for c in CONDITIONS}
+    conds = _pick(args.conditions, list(by_name), [c.name for c in (QUICK_CONDITIONS if args.quick else CONDITIONS)],
+                  "condition")
+    sources = _pick(args.sources, SOURCES, ["synthetic"] if args.quick else SOURCES, "source")
+    arms = _pick(args.arms, ALL_ARMS, ALL_ARMS, "arm")
+    if "jscc" in arms:
+        from jscc_stream.models.zoo import resolve_weights
+
+        resolve_weights(args.codec)  # a clear error now rather than inside a subprocess
+    cfg = HarnessConfig(out=args.out, frames=frames, width=width, height=height, fps=args.fps, sources=sources,
+                        conditions=[by_name[c] for c in conds], arms=arms, codec=args.codec, seed=args.seed,
+                        delay_ms=args.delay_ms, rtt_ms=args.rtt_ms, latency_ms=args.latency_ms,
+                        workdir=args.workdir)
+    results = run_harness(cfg, progress=log.info)
+    table = write_report(results, args.out)
+    log.info("wrote %s and plots in %s (%.0f s)", table, args.out, results["wall_s"])
+    return table
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    table = run(args)
+    print(table.read_text())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="python -m bench.compare")

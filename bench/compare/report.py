@@ -1,0 +1,130 @@
+"""Markdown tables and matplotlib plots from a harness ``results.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ARM_LABELS", "markdown_report", "plot_all", "write_report"]
+
+ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG"}
+_COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange"}
+
+
+def _runs(results: dict, source: str) -> dict[tuple[str, str], dict]:
+    return {(r["condition"], r["arm"]): r for r in results["runs"] if r["source"] == source}
+
+
+def _fmt(v, spec=".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown_report(results: dict) -> str:
+    conds = results["conditions"]
+    arms = [a for a in ARM_LABELS if any(r["arm"] == a for r in results["runs"])]
+    sources = list(dict.fromkeys(r["source"] for r in results["runs"]))
+    out = []
+    for source in sources:
+        runs = _runs(results, source)
+        names = [c for c in conds if any((c, a) in runs for a in arms)]
+        out.append(f"### Source: {source}\n")
+        out.append("Mean PSNR in dB (frozen frames of " + str(results["config"]["frames"]) + ") per condition; "
+                   "loss = the trace's measured packet loss rate.\n")
+        out.append("| condition | loss | " + " | ".join(ARM_LABELS[a] for a in arms) + " | JSCC − H.264 | JSCC − H.264+FEC |")
+        out.append("|---|---:|" + "---:|" * len(arms) + "---:|---:|")
+        for c in names:
+            cells = []
+            for a in arms:
+                r = runs.get((c, a))
+                cells.append("–" if r is None else f"{r['psnr_mean']:.2f} ({r['frozen']})")
+            j, h, f = (runs.get((c, a)) for a in ("jscc", "h264", "h264-fec"))
+            d1 = _fmt(j["psnr_mean"] - h["psnr_mean"], "+.2f") if j and h else "–"
+            d2 = _fmt(j["psnr_mean"] - f["psnr_mean"], "+.2f") if j and f else "–"
+            out.append(f"| {c} | {100 * conds[c]['trace_loss']:.1f} % | " + " | ".join(cells) + f" | {d1} | {d2} |")
+        out.append("")
+        out.append("Mean SSIM, capture-to-display latency p50 / p95 (ms, decoded frames; includes the shim's "
+                   f"{results['config']['delay_ms']:.0f} ms one-way delay) and actual bitrate (kbit/s, RTP "
+                   "packets incl. headers, parity and retransmissions):\n")
+        out.append("| condition | arm | SSIM | latency p50 | latency p95 | kbit/s | packets | notes |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---|")
+        for c in names:
+            for a in arms:
+                r = runs.get((c, a))
+                if r is None:
+                    continue
+                notes = []
+                if a == "h264-nack":
+                    notes.append(f"{r['retransmissions']} retransmissions")
+                if a == "h264-fec":
+                    notes.append(f"parity {100 * r['extra'].get('fec_ratio', 0):.0f} %, "
+                                 f"{r['fec_recovered_frames']} frames repaired")
+                out.append(f"| {c} | {ARM_LABELS[a]} | {r['ssim_mean']:.3f} | {_fmt(r['latency_p50_ms'])} | "
+                           f"{_fmt(r['latency_p95_ms'])} | {_fmt(r['wire_kbps'], '.0f')} | {r['packets_sent']} | "
+                           f"{'; '.join(notes)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def plot_all(results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conds = results["conditions"]
+    arms = [a for a in ARM_LABELS if any(r["arm"] == a for r in results["runs"])]
+    written = []
+    for source in dict.fromkeys(r["source"] for r in results["runs"]):
+        runs = _runs(results, source)
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for a in arms:
+            for fam, style, marker in (("uniform", "-", "o"), ("ge", "--", "s"), ("burst", "", "*")):
+                pts = sorted((conds[c]["trace_loss"], r["psnr_mean"]) for (c, aa), r in runs.items()
+                             if aa == a and conds[c]["family"] == fam or aa == a and fam == "ge" and c == "none")
+                if not pts:
+                    continue
+                x, y = zip(*pts)
+                label = f"{ARM_LABELS[a]} ({'uniform' if fam == 'uniform' else 'GE' if fam == 'ge' else 'burst'})"
+                ax.plot(100 * np.array(x), y, linestyle=style or "none", marker=marker, color=_COLORS[a],
+                        label=label, markersize=9 if marker == "*" else 5)
+        ax.set_xlabel("packet loss rate of the trace (%)")
+        ax.set_ylabel("mean PSNR (dB), frozen frames included")
+        ax.set_title(f"PSNR vs loss — {source}, {results['config']['width']}x{results['config']['height']}, "
+                     f"{results['config']['frames']} frames")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / f"psnr_vs_loss_{source}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+        for c in conds:
+            if c == "none" or not any((c, a) in runs for a in arms):
+                continue
+            if c not in ("ge10", "burst") and len(conds) > 2:
+                continue
+            fig, ax = plt.subplots(figsize=(8, 3.6))
+            for a in arms:
+                r = runs.get((c, a))
+                if r is not None:
+                    ax.plot(r["psnr"], color=_COLORS[a], lw=1.2, label=f"{ARM_LABELS[a]} ({r['psnr_mean']:.1f} dB)")
+            ax.set_xlabel("frame")
+            ax.set_ylabel("PSNR (dB)")
+            ax.set_title(f"PSNR over time — {source}, {c} ({100 * conds[c]['trace_loss']:.1f} % loss)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=5, loc="lower center")
+            fig.tight_layout()
+            path = out / f"psnr_time_{source}_{c}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def write_report(results: dict, out: Path) -> Path:
+    """table.md plus the PNG plots in ``out``; returns the table's path."""
+    table = out / "table.md"
+    table.write_text(markdown_report(results) + "\n")
+    plot_all(results, out)
+    return table

@@ -1,0 +1,175 @@
+"""Runs every codec over every loss condition on every source, scores the frames, writes the results.
+
+For each (source, condition): one trace file (seeded), then each arm in turn streams the same
+source frames in real time through its own ``jscc-netem`` shim process replaying that trace.
+Scores are per source frame, on what the viewer sees at that frame's slot: the frame decoded for
+it, or the last good one (frozen), or mid-grey before the first. PSNR and SSIM (scikit-image,
+colour, 8-bit range) against the source frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .channel import CONDITIONS, Condition, Shim, free_port, write_trace
+from .jscc_arm import run_jscc
+from .stream import ARMS, ArmConfig, ArmRun, run_arm
+
+__all__ = ["HarnessConfig", "ALL_ARMS", "SOURCES", "run_harness", "score_run", "prepare_source"]
+
+log = logging.getLogger(__name__)
+
+ALL_ARMS = ("jscc",) + ARMS
+SOURCES = ("synthetic", "photos")
+_PHOTO_ORDER = ("coffee", "rocket", "chelsea", "astronaut")  # the synthetic source pans over astronaut
+
+
+@dataclass
+class HarnessConfig:
+    out: Path
+    frames: int = 150
+    width: int = 320
+    height: int = 240
+    fps: float = 30.0
+    sources: Sequence[str] = SOURCES
+    conditions: Sequence[Condition] = CONDITIONS
+    arms: Sequence[str] = ALL_ARMS
+    codec: str = "uniform"
+    seed: int = 1  # loss traces
+    source_seed: int = 0  # synthetic source / slideshow motion
+    delay_ms: float = 50.0  # shim one-way delay, every arm (half the NACK arm's RTT)
+    rtt_ms: float = 100.0
+    latency_ms: float = 50.0  # playout deadline of jscc-recv and the baseline receivers
+    payload_bytes_per_frame: int | None = None  # default: the JSCC codec's frame bytes at this size
+    workdir: Path | None = None
+    keep_workdir: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def prepare_source(name: str, data_dir: Path) -> str:
+    """The source spec for jscc-send / open_source: 'synthetic' or a folder of photographs."""
+    if name == "synthetic":
+        return "synthetic"
+    if name == "photos":
+        import cv2
+        from skimage import data as skdata
+
+        folder = data_dir / "photos"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, photo in enumerate(_PHOTO_ORDER):
+            path = folder / f"{i}_{photo}.png"
+            if not path.exists():
+                cv2.imwrite(str(path), cv2.cvtColor(getattr(skdata, photo)(), cv2.COLOR_RGB2BGR))
+        return str(folder)
+    raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+
+
+def _psnr(ref: np.ndarray, img: np.ndarray) -> float:
+    mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
+    return 100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def score_run(run: ArmRun, frames: list[np.ndarray]) -> dict:
+    """Per-frame PSNR/SSIM of what was on screen, frozen count, latency and bitrate of one arm run."""
+    from skimage.metrics import structural_similarity
+
+    grey = np.full_like(frames[0], 128)
+    psnr, ssim = [], []
+    for ref, shown in zip(frames, run.shown):
+        img = grey if shown is None else shown
+        psnr.append(round(_psnr(ref, img), 3))
+        ssim.append(round(float(structural_similarity(ref, img, channel_axis=2, data_range=255)), 4))
+    lat = [v for v in run.latency_ms if v is not None]
+    return {
+        "arm": run.arm,
+        "psnr": psnr,
+        "ssim": ssim,
+        "decoded": [bool(d) for d in run.decoded],
+        "latency_ms": [None if v is None else round(v, 2) for v in run.latency_ms],
+        "psnr_mean": float(np.mean(psnr)),
+        "psnr_median": float(np.median(psnr)),
+        "psnr_var": float(np.var(psnr)),
+        "ssim_mean": float(np.mean(ssim)),
+        "frozen": int(sum(not d for d in run.decoded)),
+        "latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
+        "latency_p95_ms": float(np.percentile(lat, 95)) if lat else None,
+        "packets_sent": run.packets_sent,
+        "wire_kbps": run.wire_bytes * 8 / run.duration_s / 1000 if run.duration_s else None,
+        "retransmissions": run.retransmissions,
+        "fec_recovered_frames": run.fec_recovered_frames,
+        "extra": {k: v for k, v in run.extra.items() if k != "sender"},
+    }
+
+
+def _payload_bytes(cfg: HarnessConfig) -> int:
+    if cfg.payload_bytes_per_frame:
+        return cfg.payload_bytes_per_frame
+    from jscc_stream.models.frame_codec import FrameCodec
+
+    return FrameCodec.load(cfg.codec, device="cpu").layout(cfg.width, cfg.height).frame_bytes
+
+
+def run_harness(cfg: HarnessConfig, progress=print) -> dict:
+    """Run everything in ``cfg``; write ``results.json`` (per frame) and ``summary.json`` to cfg.out."""
+    from jscc_stream.sender.sources import open_source
+
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="jscc-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    payload = _payload_bytes(cfg)
+    trace_len = max(20000, cfg.frames * 60)  # far more datagrams than any arm sends
+    results: dict = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()
+                                if k not in ("conditions",)},
+                     "payload_bytes_per_frame": payload, "conditions": {}, "runs": []}
+    results["config"]["conditions"] = [asdict(c) for c in cfg.conditions]
+    t_start = time.monotonic()
+    try:
+        for source_name in cfg.sources:
+            spec = prepare_source(source_name, work)
+            src = open_source(spec, cfg.width, cfg.height, cfg.fps, seed=cfg.source_seed)
+            frames = [src.read(i) for i in range(cfg.frames)]
+            src.close()
+            for cond in cfg.conditions:
+                trace = work / f"trace-{cond.name}.txt"
+                stats = write_trace(cond, trace, trace_len, cfg.seed)
+                results["conditions"][cond.name] = {**asdict(cond), **stats}
+                for arm in cfg.arms:
+                    t0 = time.monotonic()
+                    rundir = work / source_name / cond.name / arm
+                    rundir.mkdir(parents=True, exist_ok=True)
+                    if arm == "jscc":
+                        run = run_jscc(spec, cfg.frames, cfg.width, cfg.height, cfg.fps, cfg.codec, trace,
+                                       cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms)
+                    else:
+                        acfg = ArmConfig(arm, cfg.width, cfg.height, cfg.fps, payload_bytes_per_frame=payload,
+                                         latency_ms=cfg.latency_ms, rtt_ms=cfg.rtt_ms,
+                                         loss_rate=stats["nominal_loss"])
+                        rport, sport = free_port(), free_port()
+                        with Shim(sport, rport, trace, cfg.delay_ms, rundir, seed=cfg.seed):
+                            run = run_arm(acfg, frames, ("127.0.0.1", sport), rport)
+                    scored = score_run(run, frames)
+                    scored.update(source=source_name, condition=cond.name, wall_s=round(time.monotonic() - t0, 1))
+                    results["runs"].append(scored)
+                    progress(f"{source_name:9s} {cond.name:6s} {arm:9s} PSNR {scored['psnr_mean']:6.2f} dB  "
+                             f"SSIM {scored['ssim_mean']:.3f}  frozen {scored['frozen']:3d}/{cfg.frames}  "
+                             f"latency p50 {scored['latency_p50_ms'] or float('nan'):6.1f} ms  "
+                             f"{scored['wire_kbps']:.0f} kbit/s  ({scored['wall_s']:.0f} s)")
+    finally:
+        if not cfg.keep_workdir and not cfg.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+    results["wall_s"] = round(time.monotonic() - t_start, 1)
+    (cfg.out / "results.json").write_text(json.dumps(results) + "\n")
+    summary = {**{k: v for k, v in results.items() if k != "runs"},
+               "runs": [{k: v for k, v in r.items() if k not in ("psnr", "ssim", "decoded", "latency_ms")}
+                        for r in results["runs"]]}
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return results
