@@ -95,7 +95,7 @@ function drawChart(canvas, data, opts) {
   for (let i = 0; i <= 4; i++) {
     const y = T + ph * i / 4, v = hi - (hi - lo) * i / 4;
     ctx.beginPath(); ctx.moveTo(L, y); ctx.lineTo(w - R, y); ctx.stroke();
-    ctx.fillText(v.toFixed(opts.digits ?? 0), 2, y + 3);
+    if (vals.length || opts.max !== undefined) ctx.fillText(v.toFixed(opts.digits ?? 0), 2, y + 3);
   }
   if (!vals.length) { ctx.fillText(opts.empty || "no data", L + 8, T + ph / 2); return; }
   ctx.strokeStyle = opts.color; ctx.lineWidth = 1.5; ctx.beginPath();
