@@ -153,6 +153,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     logs = {name: open(work / f"{name}.log", "w") for name in ("receiver", "shim", "sender")}
     ticks0: dict[str, int] = {}
     ticks1: dict[str, int] = {}
+    started: float | None = None
+    interrupted = False
     try:
         procs["receiver"] = subprocess.Popen(recv_cmd, stdout=logs["receiver"], stderr=subprocess.STDOUT)
         if use_shim:
@@ -162,7 +164,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             _wait_for_line(work / "shim.log", "listening on", procs["shim"], 60)
         procs["sender"] = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT)
         _wait_for_line(work / "sender.log", "sending ", procs["sender"], 60)
-        t0 = time.monotonic()
+        t0 = started = time.monotonic()
         for name, p in procs.items():
             ticks0[name] = _cpu_ticks(p.pid) or 0
         while procs["sender"].poll() is None:  # sample CPU until the sender finishes
@@ -173,8 +175,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
             time.sleep(0.25)
         elapsed = time.monotonic() - t0
         time.sleep(max(0.3, 3 * cfg.latency_ms / 1000))  # let the last frames play out
-    except KeyboardInterrupt:
-        elapsed = None
+    except KeyboardInterrupt:  # Ctrl-C: stop everyone cleanly, then summarize what was shown
+        interrupted = True
+        elapsed = None if started is None else time.monotonic() - started
     finally:
         for name in ("sender", "shim", "receiver"):
             p = procs.get(name)
@@ -209,6 +212,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         out.update(_psnr_summary(work / "frames", (width, height), cfg.fps, cfg.source if ":" in cfg.source
                                  else f"{cfg.source}:{cfg.seed}"))
     out["exit_codes"] = {n: p.returncode for n, p in procs.items()}
+    out["interrupted"] = interrupted
     return out
 
 
@@ -263,6 +267,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"recorded to {record}; logs and per-frame stats in {res['workdir']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
+    if res["interrupted"]:
+        return 130
     return 0 if all(c == 0 for c in res["exit_codes"].values()) else 1
 
 
