@@ -39,9 +39,12 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def _codec(tmp: Path) -> str:
-    """The shipped 'uniform' weights when present (a real picture), else a tiny untrained codec."""
+    """$JSCC_DEMO_CODEC, else the shipped 'uniform' weights when present (a real picture), else a tiny
+    untrained codec."""
     from jscc_stream.models.zoo import resolve_weights
 
+    if os.environ.get("JSCC_DEMO_CODEC"):
+        return os.environ["JSCC_DEMO_CODEC"]
     try:
         return str(resolve_weights("uniform"))
     except Exception:  # noqa: BLE001 - not trained/shipped yet

@@ -95,7 +95,8 @@ function drawChart(canvas, data, opts) {
   for (let i = 0; i <= 4; i++) {
     const y = T + ph * i / 4, v = hi - (hi - lo) * i / 4;
     ctx.beginPath(); ctx.moveTo(L, y); ctx.lineTo(w - R, y); ctx.stroke();
-    if (vals.length || opts.max !== undefined) ctx.fillText(v.toFixed(opts.digits ?? 0), 2, y + 3);
+    const digits = opts.digits ?? (hi - lo < 5 ? 1 : 0);
+    if (vals.length || opts.max !== undefined) ctx.fillText(v.toFixed(digits), 2, y + 3);
   }
   if (!vals.length) { ctx.fillText(opts.empty || "no data", L + 8, T + ph / 2); return; }
   ctx.strokeStyle = opts.color; ctx.lineWidth = 1.5; ctx.beginPath();
@@ -116,7 +117,7 @@ setInterval(() => {
   const s = state.series;
   drawChart($("c-blocks"), s.blocks, { min: 0, max: state.blocksExpected, color: "#4fb3ff" });
   drawChart($("c-loss"), s.loss, { min: 0, max: 100, color: "#ff6b6b" });
-  drawChart($("c-psnr"), s.psnr, { color: "#7ee787", digits: 0,
+  drawChart($("c-psnr"), s.psnr, { color: "#7ee787",
     empty: "no original known (camera source): PSNR needs --web-original" });
   drawChart($("c-latency"), s.latency, { min: 0, color: "#ffb454" });
   state.chartDraws++;
@@ -160,9 +161,16 @@ async function shimPost(what, body) {
   } catch (e) { controlMsg(`${what}: ${e}`); return false; }
 }
 
+let controlsSynced = false;
 function showShim(s) {
   state.shim = s;
   const f = s.forward, t = f.total;
+  if (!controlsSynced) {  // the controls start from what the shim runs now
+    controlsSynced = true;
+    $("loss-spec").value = f.loss;
+    if ([...$("loss-preset").options].some((o) => o.value === f.loss)) $("loss-preset").value = f.loss;
+    $("rate-spec").value = f.rate_bps ? `${Math.round(f.rate_bps / 1000)}kbit` : "none";
+  }
   const rate = f.rate_bps ? `${(f.rate_bps / 1e6).toFixed(2)} Mbit/s` : "unlimited";
   $("shim-state").textContent =
     `shim: loss ${f.loss}, rate ${rate}${f.priority ? " (priority)" : ""}; ` +
