@@ -40,6 +40,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             cfg = PipelineConfig(size=size, fps=args.fps, duration=args.duration, loss=loss, seed=args.seed,
                                  codec=args.codec, latency_ms=args.latency_ms, sender_threads=args.sender_threads,
                                  receiver_threads=args.receiver_threads, psnr=False,
+                                 decode_workers=args.decode_workers,
                                  workdir=out / f"run-{size}-{loss.replace(':', '_')}")
             print(f"pipeline {size} {args.fps:g} fps loss={loss} for {args.duration:g} s ...", flush=True)
             res = run_pipeline(cfg)
@@ -53,7 +54,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     lines = [f"# jscc-bench pipeline ({meta['when']}, {meta['cpus']} CPUs, load avg at end "
              f"{meta['load_avg_at_end'][0]:.2f})", "",
              f"codec `{args.codec}`, {args.fps:g} fps, {args.duration:g} s per run, playout deadline "
-             f"{args.latency_ms:g} ms, torch threads sender {args.sender_threads} / receiver {args.receiver_threads}; "
+             f"{args.latency_ms:g} ms, torch threads sender {args.sender_threads} / receiver {args.receiver_threads} "
+             f"x {args.decode_workers} decode workers; "
              "sender, jscc-netem shim and receiver on one machine over loopback.", "",
              "| size | loss | displayed fps | frames sent / dropped at sender / skipped at receiver | byte loss "
              "| latency p50 / p95 / p99 ms | decode ms (median) | encode ms (median) | CPU % sender / shim / receiver |",
@@ -91,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
     pl.add_argument("--sender-threads", type=int, default=1)
     pl.add_argument("--receiver-threads", type=int, default=1)
+    pl.add_argument("--decode-workers", type=int, default=2, help="receiver frames decoded in parallel")
     pl.add_argument("--seed", type=int, default=1)
     pl.add_argument("--out", default="out/bench/pipeline", help="folder for pipeline.json, pipeline.md and run logs")
     add_common_args(pl)

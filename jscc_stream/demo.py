@@ -39,6 +39,7 @@ class PipelineConfig:
     latency_ms: float = 50.0
     sender_threads: int = 1
     receiver_threads: int = 1
+    decode_workers: int = 2
     priority_dscp: bool = True
     display: bool = False
     record: str | None = None
@@ -132,6 +133,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     psnr = cfg.psnr and cfg.source.startswith("synthetic")
     recv_cmd = [py, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{rport}", "--codec", cfg.codec,
                 "--latency-ms", str(cfg.latency_ms), "--threads", str(cfg.receiver_threads),
+                "--decode-workers", str(cfg.decode_workers),
                 "--stats-json", str(work / "frames.jsonl"), "--summary-json", str(work / "receiver.json"),
                 "--log-level", cfg.log_level]
     if cfg.display:

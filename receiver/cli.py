@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import signal
+import threading
 from collections.abc import Sequence
 
 from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
@@ -23,8 +24,13 @@ class CodecCache:
         self.forced = forced
         self.device = device
         self._cache: dict[str, object | None] = {}
+        self._lock = threading.Lock()  # called from every decode worker
 
     def __call__(self, info):
+        with self._lock:
+            return self._get(info)
+
+    def _get(self, info):
         from jscc_stream.models.zoo import CodecLoadError
 
         key = self.forced or info.codec_name
@@ -74,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the decoder (1 is fastest when sender and receiver share 2 cores)")
+    p.add_argument("--decode-workers", type=int, default=2,
+                   help="frames decoded in parallel, each on its own thread with --threads torch threads")
     p.add_argument("--display", action="store_true", help="show frames in an OpenCV window with fps/loss overlay")
     p.add_argument("--record", metavar="OUT.mp4", help="record the decoded frames to a video file")
     p.add_argument("--save-frames", metavar="DIR", help="save every decoded frame as DIR/<frame id>.png")
@@ -93,8 +101,8 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging(args.log_level)
     if args.latency_ms <= 0 or args.reorder_ms < 0:
         raise UserError("--latency-ms must be positive and --reorder-ms not negative")
-    if args.threads < 1:
-        raise UserError("--threads must be >= 1")
+    if args.threads < 1 or args.decode_workers < 1:
+        raise UserError("--threads and --decode-workers must be >= 1")
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
 
@@ -116,7 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
     outputs = Outputs(display=args.display, record=args.record, save_frames=args.save_frames,
                       stats_json=args.stats_json)
     cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
-                         duration=args.duration)
+                         duration=args.duration, decode_workers=args.decode_workers)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)

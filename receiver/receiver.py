@@ -1,9 +1,11 @@
 """The receive loop: datagrams (with their DSCP) -> reassembly -> decode at the playout deadline.
 
 Network I/O stays on the event loop (a raw non-blocking socket read with ``recvmsg`` so the
-TOS/traffic-class byte comes along as ancillary data); decoding and output run on one worker
-thread.  If decoding falls behind, the oldest waiting frames are skipped (counted) instead of
-building latency.
+TOS/traffic-class byte comes along as ancillary data).  Frames are decoded on
+``decode_workers`` threads in parallel (frame-level parallelism: with one torch thread each,
+two workers use two cores without OpenMP barriers, which stall badly on a shared machine) and
+shown in frame order by one output thread.  If decoding falls behind, the oldest waiting frames
+are skipped (counted) instead of building latency.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class ReceiverConfig:
     frames: int | None = None
     duration: float | None = None
     report_interval: float = 1.0
-    max_decode_queue: int = 1  # frames waiting for the decoder; older ones are skipped
+    max_decode_queue: int = 1  # frames waiting for a free decode worker; older ones are skipped
+    decode_workers: int = 2  # frames decoded in parallel (each on its own thread), shown in order
 
 
 @dataclass
@@ -181,14 +184,18 @@ class Receiver:
         self._queue.put_nowait(slot)
 
     # -- decode --------------------------------------------------------------------------
-    def _decode(self, slot: FrameSlot) -> tuple[FrameRecord, np.ndarray | None]:
-        info = slot.info
-        codec = self.codec_provider(info)
-        frame = None
+    def _decode(self, slot: FrameSlot) -> tuple[np.ndarray | None, float]:
+        """Runs on a decode worker: whatever arrived -> frame (None: no codec for the stream)."""
+        codec = self.codec_provider(slot.info)
+        if codec is None:
+            return None, 0.0
         t = time.perf_counter()
-        if codec is not None:
-            frame = codec.decode(slot.wire, slot.received, info.width, info.height)
-        decode_ms = (time.perf_counter() - t) * 1000
+        frame = codec.decode(slot.wire, slot.received, slot.info.width, slot.info.height)
+        return frame, (time.perf_counter() - t) * 1000
+
+    def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float) -> FrameRecord:
+        """Runs on the output thread, in frame order: display/record/save, then the stats line."""
+        info = slot.info
         full = slot.received.all(axis=1)
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
@@ -202,13 +209,30 @@ class Receiver:
         if info.clock_epoch_unix_us:
             rec.capture_to_display_ms = round((rec.display_unix - slot.capture_unix()) * 1000, 2)
         self.outputs.log(rec)
-        return rec, frame
+        return rec
 
-    async def _decoder(self, executor: ThreadPoolExecutor, done: asyncio.Event) -> None:
+    async def _decoder(self, executor: ThreadPoolExecutor, order: asyncio.Queue) -> None:
+        """Hands frames to the decode workers, never more than there are workers in flight, so
+        frames wait in the (size-bounded, skip-oldest) release queue instead."""
+        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.cfg.decode_workers)
+        while True:
+            await free.acquire()
+            slot = await self._queue.get()
+            fut = loop.run_in_executor(executor, self._decode, slot)
+            fut.add_done_callback(lambda _: free.release())
+            order.put_nowait((slot, fut))
+
+    async def _presenter(self, order: asyncio.Queue, out_executor: ThreadPoolExecutor, done: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            slot = await self._queue.get()
-            rec, frame = await loop.run_in_executor(executor, self._decode, slot)
+            slot, fut = await order.get()
+            try:
+                frame, decode_ms = await fut
+            except Exception as exc:  # a codec failure must not stop the stream
+                log.error("decoding frame %d failed: %s", slot.frame_id, exc)
+                frame, decode_ms = None, 0.0
+            rec = await loop.run_in_executor(out_executor, self._present, slot, frame, decode_ms)
             self.stats.frames_out += 1
             if rec.decoded:
                 self.stats.frames_decoded += 1
@@ -261,10 +285,14 @@ class Receiver:
 
     async def run(self) -> ReceiverStats:
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-decode")
+        executor = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="jscc-decode")
+        out_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-output")
         done = asyncio.Event()
+        order: asyncio.Queue = asyncio.Queue()
         loop.add_reader(self.sock.fileno(), self._on_readable)
-        tasks = [asyncio.create_task(self._decoder(executor, done)), asyncio.create_task(self._reporter())]
+        tasks = [asyncio.create_task(self._decoder(executor, order)),
+                 asyncio.create_task(self._presenter(order, out_executor, done)),
+                 asyncio.create_task(self._reporter())]
         waiters = [asyncio.create_task(self.stop_event.wait()), asyncio.create_task(done.wait())]
         try:
             await asyncio.wait(waiters, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED)
@@ -276,6 +304,7 @@ class Receiver:
                 t.cancel()
             await asyncio.gather(*tasks, *waiters, return_exceptions=True)
             executor.shutdown(wait=True)
+            out_executor.shutdown(wait=True)
             self.outputs.close()
             self.stop_event.set()
         return self.stats

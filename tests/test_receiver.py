@@ -165,3 +165,47 @@ def test_dscp_is_read_per_datagram(family, host):
     tx.close()
     rx.close()
     assert seen == [34, 36, 38, 1, 0]
+
+
+async def test_parallel_decode_workers_show_frames_in_order(tiny_codec):
+    import threading
+    import time as _time
+
+    class Uneven:
+        """Slow on even frames (marked in byte 0), fast on odd ones; records concurrency."""
+
+        def __init__(self):
+            self.active = 0
+            self.peak = 0
+            self.lock = threading.Lock()
+
+        def decode(self, wire, received, w, h):
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            _time.sleep(0.08 if wire[0, 0] % 2 == 0 else 0.0)
+            with self.lock:
+                self.active -= 1
+            return np.full((h, w, 3), wire[0, 0], np.uint8)
+
+    codec = Uneven()
+    sock = open_listen_socket("127.0.0.1:0")
+    got = []
+    receiver = Receiver(sock, lambda info: codec, Outputs(), ReceiverConfig(decode_workers=2, max_decode_queue=50),
+                        on_frame=lambda r, f: got.append((r.frame_id, int(f[0, 0, 0]))))
+    task = asyncio.create_task(receiver.run())
+    lay, body = _desc(tiny_codec, 5)
+    pk = Packetizer(5, list(range(lay.blocks)))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.sendto(pk.description(0, body).data, sock.getsockname())
+    for fid in range(8):
+        for g in pk.packetize(fid, 0, np.full((lay.blocks, lay.block_bytes), fid, np.uint8)):
+            tx.sendto(g.data, sock.getsockname())
+    try:
+        await asyncio.wait_for(_until(lambda: len(got) == 8), 10)
+    finally:
+        receiver.stop_event.set()
+        await task
+        sock.close()
+        tx.close()
+    assert got == [(i, i) for i in range(8)] and codec.peak == 2
