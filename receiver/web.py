@@ -58,6 +58,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 99.0 if mse <= 1e-10 else 10.0 * float(np.log10(255.0 ** 2 / mse))
 
 
+def _frame_diff(a: int, b: int) -> int:
+    """a - b for 32-bit frame ids, wrap-aware."""
+    return ((a - b + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+
 def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     host = host.strip("[]")
@@ -171,6 +176,7 @@ class WebViewer:
         self._recent: deque[dict[str, Any]] = deque(maxlen=300)
         self._out_times: deque[float] = deque(maxlen=512)
         self.frames_seen = 0
+        self._newest: dict[int, int] = {}  # ssrc -> newest frame id pictured
         self.address: tuple[str, int] | None = None
         self.app = web.Application(client_max_size=16 << 10)
         self.app.add_routes([
@@ -238,6 +244,14 @@ class WebViewer:
         self._recent.append(stat)
         if not self._clients:
             return
+        # decoders may finish out of order: never replace a newer picture with an older one
+        newest = self._newest.get(rec.ssrc)
+        if newest is not None and _frame_diff(rec.frame_id, newest) <= 0:
+            frame = original = None
+        elif frame is not None:
+            self._newest[rec.ssrc] = rec.frame_id
+            if len(self._newest) > 8:
+                self._newest.pop(next(iter(self._newest)))
         pictures: dict[int, bytes] = {}
         q = [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
         for kind, img in ((KIND_RECEIVED, frame), (KIND_ORIGINAL, original)):

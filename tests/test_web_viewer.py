@@ -72,9 +72,10 @@ async def test_websocket_pushes_stats_pictures_and_psnr(viewer):
             viewer.on_frame(_rec(7), exact)
             viewer.on_frame(_rec(8, blocks=5, bytes_received=3000), noisy)
             viewer.on_frame(_rec(9, blocks=0, bytes_received=0), None)  # undecodable: stats only
+            viewer.on_frame(_rec(6), exact)  # a decoder finishing late: stats, but no older picture
             stats: list[dict] = []
             pictures: dict[int, tuple[int, np.ndarray]] = {}
-            while len(stats) < 3 or len(pictures) < 2:
+            while len(stats) < 4 or len(pictures) < 2:
                 msg = await asyncio.wait_for(ws.receive(), 10)
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     body = json.loads(msg.data)
@@ -87,7 +88,8 @@ async def test_websocket_pushes_stats_pictures_and_psnr(viewer):
     assert by_id[7]["psnr"] == 99.0 and by_id[7]["blocks"] == 8 and by_id[7]["loss"] == 0
     assert 20 < by_id[8]["psnr"] < 40 and by_id[8]["blocks"] == 5 and by_id[8]["loss"] == pytest.approx(0.375)
     assert by_id[9]["psnr"] is None and by_id[9]["decoded"] is True
-    # only the newest pictures are kept: both are frame 8's, and the original is the exact source frame
+    assert by_id[6]["blocks"] == 8
+    # only the newest pictures are kept (frame 8's, not the late frame 6's); the original is the exact source
     fid, received = pictures[KIND_RECEIVED]
     ofid, original = pictures[KIND_ORIGINAL]
     assert fid == ofid == 8
