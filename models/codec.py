@@ -100,8 +100,10 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.linear is None:
             return torch.sigmoid(self.net(x))
-        # linear inside [0, 1] so that the decoder's linear path can invert it
-        return torch.clamp(self.linear(x) + self.net(x), 0.0, 1.0)
+        # sigmoid(4(z - 1/2)) has slope 1 at the centre: near-linear over the PCA range, so the
+        # decoder's linear path inverts it at initialisation, yet bounded and smooth (a hard
+        # clamp lets the latent drift out of range and training collapses)
+        return torch.sigmoid(4.0 * (self.linear(x) + self.net(x) - 0.5))
 
 
 class MaskConditionalAggregation(nn.Module):

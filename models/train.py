@@ -177,7 +177,11 @@ def train(args: argparse.Namespace) -> Path | None:
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    # The PCA-initialised linear paths have fan-in 768: Adam's per-weight steps add up across it,
+    # so they learn at a twentieth of the rate or the latent saturates and training collapses.
+    linear = [p for n, p in model.named_parameters() if ".linear." in n]
+    rest = [p for n, p in model.named_parameters() if ".linear." not in n]
+    opt = torch.optim.Adam([{"params": rest}, {"params": linear, "lr": args.lr * 0.05}], lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     amp_dtype = _amp_dtype(args.precision, device)
@@ -228,6 +232,8 @@ def train(args: argparse.Namespace) -> Path | None:
             mse = F.mse_loss(x_hat.float(), x)
         opt.zero_grad(set_to_none=True)
         scaler.scale(mse).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(opt)
         scaler.update()
         sched.step()

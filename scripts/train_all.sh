@@ -25,7 +25,7 @@ train() {  # name loss steps lr [extra args...]
     --lr "$lr" --batch 8 --threads "$threads" --val-every 500 "${resume[@]}" "$@"
 }
 
-train base none "$base_steps" 5e-4
+train base none "$base_steps" 2e-4
 base=$(ls "$out"/base-*.safetensors)
 finetunes=(
   "noerasure none"
