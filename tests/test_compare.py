@@ -82,11 +82,11 @@ def test_tiny_run_writes_the_table(tmp_path, tiny_weights):
                str(tiny_weights), "--out", str(out), "--log-level", "warning"])
     assert rc == 0
     table = (out / "table.md").read_text()
-    for label in ("JSCC", "H.264", "H.264+FEC", "H.264+NACK", "JPEG", "| ge10 |"):
+    for label in ("JSCC", "H.264", "H.264 slices", "H.264+FEC", "H.264+NACK", "JPEG", "| ge10 |"):
         assert label in table
     results = json.loads((out / "results.json").read_text())
     runs = {r["arm"]: r for r in results["runs"]}
-    assert set(runs) == {"jscc", "h264", "h264-fec", "h264-nack", "jpeg"}
+    assert set(runs) == {"jscc", "h264", "h264-slices", "h264-fec", "h264-nack", "jpeg"}
     for r in runs.values():
         assert len(r["psnr"]) == len(r["ssim"]) == len(r["decoded"]) == 8
         assert r["packets_sent"] > 0

@@ -6,7 +6,8 @@ lost iff trace[i] is 1). Codecs send different numbers of datagrams (JSCC 8 per 
 stream description per second, H.264 about 6, FEC more, NACK retransmissions extra), so they see
 the same loss sequence, rate and burst structure, but not the same frames hit. The traces are
 drawn from the shared loss processes (``jscc_stream.netem.loss``) with a fixed seed, long enough
-never to loop within a run.
+never to loop within a run. The first 20 datagrams of every trace are loss-free (a clean
+session start, see `write_trace`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 
 from jscc_stream.netem.loss import parse_loss_spec
 
-__all__ = ["Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "free_port", "Shim"]
+__all__ = ["CLEAN_PREFIX", "Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "free_port", "Shim"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,26 @@ CONDITIONS = (
 QUICK_CONDITIONS = (CONDITIONS[0], CONDITIONS[6])
 
 
-def write_trace(cond: Condition, path: Path, length: int, seed: int) -> dict:
-    """Draw ``length`` packets of ``cond``'s loss process with ``seed`` into a 0/1 trace file."""
+CLEAN_PREFIX = 20
+
+
+def write_trace(cond: Condition, path: Path, length: int, seed: int, clean_prefix: int = CLEAN_PREFIX) -> dict:
+    """Draw ``length`` packets of ``cond``'s loss process with ``seed`` into a 0/1 trace file.
+
+    The first ``clean_prefix`` datagrams are never lost: every codec starts its session cleanly
+    (JSCC's first stream description, H.264's first IDR frame). Without it a lost first IDR leaves
+    plain H.264 with nothing on screen for ~1.5 s (FFmpeg waits for a recovery point), which
+    measures session setup rather than streaming; a real client would ask for a keyframe.
+    """
     proc = parse_loss_spec(cond.spec)
     rng = np.random.default_rng(seed)
     lost = proc.sample(1, length, rng)[0].astype(np.uint8)
+    lost[:clean_prefix] = 0
     path.write_text(" ".join("1" if v else "0" for v in lost) + "\n")
+    lost = lost[clean_prefix:]
     runs = np.diff(np.flatnonzero(np.diff(np.concatenate(([0], lost, [0]))) != 0))[::2] if lost.any() else []
     return {"nominal_loss": float(proc.mean_loss), "trace_loss": float(lost.mean()),
-            "mean_burst": float(np.mean(runs)) if len(runs) else 0.0, "length": length}
+            "mean_burst": float(np.mean(runs)) if len(runs) else 0.0, "length": length, "clean_prefix": clean_prefix}
 
 
 def free_port() -> int:

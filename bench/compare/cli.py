@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delay-ms", type=float, default=50.0, help="shim one-way delay (every arm)")
     p.add_argument("--latency-ms", type=float, default=50.0, help="receivers' playout deadline")
     p.add_argument("--workdir", type=Path, help="keep per-run logs and frames here (default: a temp folder)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the runs of an existing --out/results.json that this invocation does not redo "
+                        "(e.g. rerun only --arms jscc when new weights land)")
     p.add_argument("--report-only", action="store_true", help="redraw table and plots from --out/results.json")
     add_common_args(p)
     return p
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> Path:
     cfg = HarnessConfig(out=args.out, frames=frames, width=width, height=height, fps=args.fps, sources=sources,
                         conditions=[by_name[c] for c in conds], arms=arms, codec=args.codec, seed=args.seed,
                         delay_ms=args.delay_ms, rtt_ms=args.rtt_ms, latency_ms=args.latency_ms,
-                        workdir=args.workdir)
+                        workdir=args.workdir, merge=args.merge)
     results = run_harness(cfg, progress=log.info)
     table = write_report(results, args.out)
     log.info("wrote %s and plots in %s (%.0f s)", table, args.out, results["wall_s"])

@@ -2,10 +2,14 @@
 
 * H.264: libx264 through PyAV, ``preset=veryfast``, ``tune=zerolatency`` (no B-frames, no
   lookahead), one thread and so one slice per frame (deterministic), rate-controlled to the JSCC
-  stream's bitrate with a VBV of 1.5 frames. **Periodic intra refresh** (``intra-refresh=1``,
+  stream's bitrate with a VBV of 4 frames (133 ms at 30 fps: a tighter one undershoots the
+  target by ~25 %). **Periodic intra refresh** (``intra-refresh=1``,
   ``keyint=30``) rather than a short GOP: every frame is about the same size (no I-frame bursts of
   many packets that a loss burst wipes out at once), and the picture heals from any loss within
-  30 frames (1 s) without a keyframe request — the plain arm has no feedback channel. Decoded by
+  30 frames (1 s) without a keyframe request — the plain arm has no feedback channel. The
+  ``h264-slices`` variant adds ``slice-max-size`` so that every slice fits one packet (RFC 6184
+  single NAL unit packets, as loss-hardened RTP video phones do): a lost packet then loses one
+  slice, which FFmpeg conceals, instead of the whole frame. Decoded by
   FFmpeg (PyAV's ``h264``) with its default error concealment; a frame whose slice NAL unit did not
   arrive whole, or that FFmpeg rejects, is not shown: the last good frame stays (counted frozen).
 * JPEG: ``jscc_stream.models.baselines.encode_jpeg`` (highest quality that fits, restart marker
@@ -33,7 +37,7 @@ class H264Encoder:
     """BGR frames -> NAL units of one access unit each (libx264, zero latency, intra refresh)."""
 
     def __init__(self, width: int, height: int, fps: float, bitrate_bps: float, preset: str = "veryfast",
-                 keyint: int = 30) -> None:
+                 keyint: int = 30, slice_max_size: int | None = None) -> None:
         import av
 
         self.ctx = av.CodecContext.create("libx264", "w")
@@ -47,7 +51,8 @@ class H264Encoder:
             "tune": "zerolatency",
             "threads": "1",
             "x264-params": f"intra-refresh=1:keyint={keyint}:vbv-maxrate={kbps}:"
-                           f"vbv-bufsize={max(1, int(1.5 * kbps / fps))}:annexb=1",
+                           f"vbv-bufsize={max(1, int(4 * kbps / fps))}:annexb=1"
+                           + (f":slice-max-size={slice_max_size}" if slice_max_size else ""),
         }
         self.ctx.flags |= av.codec.context.Flags.global_header
         self.ctx.open()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ARM_LABELS", "markdown_report", "plot_all", "write_report"]
+__all__ = ["ARM_LABELS", "goal_check", "markdown_report", "plot_all", "write_report"]
 
-ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG"}
-_COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange"}
+ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-slices": "H.264 slices", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG"}
+_COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-slices": "tab:cyan", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange"}
 
 
 def _runs(results: dict, source: str) -> dict[tuple[str, str], dict]:
@@ -20,11 +20,41 @@ def _fmt(v, spec=".1f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def goal_check(results: dict, min_loss: float = 0.05, margin_db: float = 3.0) -> list[str]:
+    """Issue 5's goal per source: at >= 5 % loss, JSCC >= 3 dB above H.264 and above H.264+FEC, no frozen frames."""
+    conds = results["conditions"]
+    lines = []
+    for source in dict.fromkeys(r["source"] for r in results["runs"]):
+        runs = _runs(results, source)
+        rows = []
+        for c, info in conds.items():
+            j, h, f = (runs.get((c, a)) for a in ("jscc", "h264", "h264-fec"))
+            if info["trace_loss"] < min_loss or not (j and h and f):
+                continue
+            rows.append((c, j["psnr_mean"] - h["psnr_mean"], j["psnr_mean"] - f["psnr_mean"], j["frozen"]))
+        if not rows:
+            continue
+        worst_h = min(rows, key=lambda r: r[1])
+        worst_f = min(rows, key=lambda r: r[2])
+        frozen = sum(r[3] for r in rows)
+        ok = worst_h[1] >= margin_db and worst_f[2] >= margin_db and frozen == 0
+        lines.append(
+            f"- **{source}** ({len(rows)} conditions with >= {100 * min_loss:.0f} % loss): "
+            f"{'goal met' if ok else 'goal not met'}. JSCC − H.264: min {worst_h[1]:+.2f} dB ({worst_h[0]}); "
+            f"JSCC − H.264+FEC: min {worst_f[2]:+.2f} dB ({worst_f[0]})"
+            + ("" if worst_f[2] >= margin_db else f", short of +{margin_db:.0f} dB by {margin_db - worst_f[2]:.2f} dB")
+            + f"; JSCC frozen frames: {frozen}.")
+    return lines
+
+
 def markdown_report(results: dict) -> str:
     conds = results["conditions"]
     arms = [a for a in ARM_LABELS if any(r["arm"] == a for r in results["runs"])]
     sources = list(dict.fromkeys(r["source"] for r in results["runs"]))
     out = []
+    goal = goal_check(results)
+    if goal:
+        out += ["### Goal check (mean PSNR, all frames, frozen ones included)\n", *goal, ""]
     for source in sources:
         runs = _runs(results, source)
         names = [c for c in conds if any((c, a) in runs for a in arms)]

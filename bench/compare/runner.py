@@ -52,6 +52,7 @@ class HarnessConfig:
     payload_bytes_per_frame: int | None = None  # default: the JSCC codec's frame bytes at this size
     workdir: Path | None = None
     keep_workdir: bool = False
+    merge: bool = False  # keep runs of an earlier results.json in out that this run does not redo
     extra: dict = field(default_factory=dict)
 
 
@@ -113,6 +114,8 @@ def score_run(run: ArmRun, frames: list[np.ndarray]) -> dict:
 def _payload_bytes(cfg: HarnessConfig) -> int:
     if cfg.payload_bytes_per_frame:
         return cfg.payload_bytes_per_frame
+    if "jscc" not in cfg.arms:  # the shipped layout: 8 blocks x 2 channels at 1/16 scale, 8 bits
+        return 2 * 8 * (-(-cfg.width // 16)) * (-(-cfg.height // 16))
     from jscc_stream.models.frame_codec import FrameCodec
 
     return FrameCodec.load(cfg.codec, device="cpu").layout(cfg.width, cfg.height).frame_bytes
@@ -158,6 +161,8 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                             run = run_arm(acfg, frames, ("127.0.0.1", sport), rport)
                     scored = score_run(run, frames)
                     scored.update(source=source_name, condition=cond.name, wall_s=round(time.monotonic() - t0, 1))
+                    if arm == "jscc":
+                        scored["codec"] = cfg.codec
                     results["runs"].append(scored)
                     progress(f"{source_name:9s} {cond.name:6s} {arm:9s} PSNR {scored['psnr_mean']:6.2f} dB  "
                              f"SSIM {scored['ssim_mean']:.3f}  frozen {scored['frozen']:3d}/{cfg.frames}  "
@@ -167,6 +172,15 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
         if not cfg.keep_workdir and not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - t_start, 1)
+    old_path = cfg.out / "results.json"
+    if cfg.merge and old_path.exists():
+        old = json.loads(old_path.read_text())
+        redone = {(r["source"], r["condition"], r["arm"]) for r in results["runs"]}
+        kept = [r for r in old["runs"] if (r["source"], r["condition"], r["arm"]) not in redone]
+        results["runs"] = kept + results["runs"]
+        results["conditions"] = {**old.get("conditions", {}), **results["conditions"]}
+        results["wall_s"] += old.get("wall_s", 0)
+        results["merged_from_earlier_run"] = len(kept)
     (cfg.out / "results.json").write_text(json.dumps(results) + "\n")
     summary = {**{k: v for k, v in results.items() if k != "runs"},
                "runs": [{k: v for k, v in r.items() if k not in ("psnr", "ssim", "decoded", "latency_ms")}

@@ -4,7 +4,7 @@ Both ends run in one asyncio loop of the harness process (one clock, so capture-
 needs no synchronisation); the shim runs as its own process between them. Every datagram is an RTP
 packet (aiortc's ``RtpPacket``) of at most ``mtu`` bytes, header included.
 
-Arms: ``h264`` (RFC 6184), ``h264-fec`` (the same plus Reed-Solomon parity packets per frame on
+Arms: ``h264`` (RFC 6184), ``h264-slices`` (slices of at most one packet), ``h264-fec`` (the same plus Reed-Solomon parity packets per frame on
 their own SSRC, at the same total bitrate), ``h264-nack`` (the same as h264 plus RTCP generic NACK,
 RFC 4585, and retransmission of the original packet; the receiver holds each NACK for RTT/2 to
 model the return path, the shim's one-way delay is the other half), ``jpeg``.
@@ -33,7 +33,7 @@ __all__ = ["ARMS", "ArmConfig", "ArmRun", "run_arm"]
 
 log = logging.getLogger(__name__)
 
-ARMS = ("h264", "h264-fec", "h264-nack", "jpeg")
+ARMS = ("h264", "h264-slices", "h264-fec", "h264-nack", "jpeg")
 MEDIA_PT, FEC_PT, JPEG_PT = 96, 100, 98
 MEDIA_SSRC, FEC_SSRC, RECV_SSRC = 0x4832_3634, 0x4645_4331, 0x5243_5652
 CLOCK = 90000
@@ -90,7 +90,9 @@ class _Sender(asyncio.DatagramProtocol):
         ratio = fec_ratio(cfg.loss_rate) if cfg.arm == "h264-fec" else 0.0
         self.fec_ratio = ratio
         bitrate = cfg.payload_bytes_per_frame * 8 * cfg.fps * (1 - ratio)
-        self.h264 = H264Encoder(cfg.width, cfg.height, cfg.fps, bitrate) if cfg.arm.startswith("h264") else None
+        slices = cfg.mtu - 12 - 8 if cfg.arm == "h264-slices" else None  # x264 counts the NAL overhead itself
+        self.h264 = (H264Encoder(cfg.width, cfg.height, cfg.fps, bitrate, slice_max_size=slices)
+                     if cfg.arm.startswith("h264") else None)
         self.jpeg = JpegPacketizer(cfg.payload_bytes_per_frame, cfg.mtu) if cfg.arm == "jpeg" else None
 
     def connection_made(self, transport) -> None:
