@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
     pl.add_argument("--sender-threads", type=int, default=1)
     pl.add_argument("--receiver-threads", type=int, default=1)
-    pl.add_argument("--decode-workers", type=int, default=2, help="receiver frames decoded in parallel")
+    pl.add_argument("--decode-workers", type=int, default=1, help="receiver frames decoded in parallel")
     pl.add_argument("--seed", type=int, default=1)
     pl.add_argument("--out", default="out/bench/pipeline", help="folder for pipeline.json, pipeline.md and run logs")
     add_common_args(pl)

@@ -39,7 +39,7 @@ class PipelineConfig:
     latency_ms: float = 50.0
     sender_threads: int = 1
     receiver_threads: int = 1
-    decode_workers: int = 2
+    decode_workers: int = 1
     priority_dscp: bool = True
     display: bool = False
     record: str | None = None

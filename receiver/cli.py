@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the decoder (1 is fastest when sender and receiver share 2 cores)")
-    p.add_argument("--decode-workers", type=int, default=2,
-                   help="frames decoded in parallel, each on its own thread with --threads torch threads")
+    p.add_argument("--decode-workers", type=int, default=1,
+                   help="frames decoded in parallel, each on its own thread with --threads torch threads (2 raises throughput "
+                        "when the receiver has 2 idle cores; on a shared machine it only adds latency)")
     p.add_argument("--display", action="store_true", help="show frames in an OpenCV window with fps/loss overlay")
     p.add_argument("--record", metavar="OUT.mp4", help="record the decoded frames to a video file")
     p.add_argument("--save-frames", metavar="DIR", help="save every decoded frame as DIR/<frame id>.png")

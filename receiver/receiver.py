@@ -3,8 +3,9 @@
 Network I/O stays on the event loop (a raw non-blocking socket read with ``recvmsg`` so the
 TOS/traffic-class byte comes along as ancillary data).  Frames are decoded on
 ``decode_workers`` threads in parallel (frame-level parallelism: with one torch thread each,
-two workers use two cores without OpenMP barriers, which stall badly on a shared machine) and
-shown in frame order by one output thread.  If decoding falls behind, the oldest waiting frames
+two workers use two idle cores without OpenMP barriers, which stall badly on a shared machine;
+default one, since on a loaded machine parallel frames only add latency) and shown in frame
+order by one output thread.  If decoding falls behind, the oldest waiting frames
 are skipped (counted) instead of building latency.
 """
 
@@ -83,7 +84,7 @@ class ReceiverConfig:
     duration: float | None = None
     report_interval: float = 1.0
     max_decode_queue: int = 1  # frames waiting for a free decode worker; older ones are skipped
-    decode_workers: int = 2  # frames decoded in parallel (each on its own thread), shown in order
+    decode_workers: int = 1  # frames decoded in parallel (each on its own thread), shown in order
 
 
 @dataclass
