@@ -151,6 +151,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
                 "--seed", str(cfg.seed), "--log-level", cfg.log_level, *cfg.extra_sender]
     if cfg.priority_dscp:
         send_cmd.append("--priority-dscp")
+    # Each daemon in its own session, as a service manager would start it: Ctrl-C reaches only
+    # this process, which stops them in order; and the kernel's autogroup scheduler treats each
+    # as its own group instead of lumping them with the shell's other work.
     procs: dict[str, subprocess.Popen] = {}
     logs = {name: open(work / f"{name}.log", "w") for name in ("receiver", "shim", "sender")}
     ticks0: dict[str, int] = {}
@@ -158,13 +161,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     started: float | None = None
     interrupted = False
     try:
-        procs["receiver"] = subprocess.Popen(recv_cmd, stdout=logs["receiver"], stderr=subprocess.STDOUT)
+        procs["receiver"] = subprocess.Popen(recv_cmd, stdout=logs["receiver"], stderr=subprocess.STDOUT,
+                                             start_new_session=True)
         if use_shim:
-            procs["shim"] = subprocess.Popen(shim_cmd, stdout=logs["shim"], stderr=subprocess.STDOUT)
+            procs["shim"] = subprocess.Popen(shim_cmd, stdout=logs["shim"], stderr=subprocess.STDOUT,
+                                             start_new_session=True)
         _wait_for_line(work / "receiver.log", "listening on", procs["receiver"], 60)
         if use_shim:
             _wait_for_line(work / "shim.log", "listening on", procs["shim"], 60)
-        procs["sender"] = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT)
+        procs["sender"] = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT,
+                                             start_new_session=True)
         _wait_for_line(work / "sender.log", "sending ", procs["sender"], 60)
         t0 = started = time.monotonic()
         for name, p in procs.items():
