@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
-from jscc_stream.netem.loss import LossProcess, NoLoss, parse_loss_spec
+from jscc_stream.netem.loss import LossProcess, TailDrop, parse_loss_spec
 
 from .codec import CodecConfig, JSCCCodec
 from .data import CropSampler, fit_to, list_images, load_rgb, to_tensor
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="uniform:0.1", help="training erasure process")
     p.add_argument("--fragments", default="1,1,2,3",
                    help="packets per block to simulate, drawn per batch from this list")
+    p.add_argument("--tail-drop", type=float, default=0.0, metavar="P",
+                   help="probability that a training frame also loses a random tail of blocks (as a "
+                        "congested network dropping the least important ones; paper 001 mixes "
+                        "tail-drop with packet loss the same way)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=128)
@@ -226,6 +230,10 @@ def train(args: argparse.Namespace) -> Path | None:
         frags = int(rng.choice(frag_vals, p=frag_p))
         frags = min(frags, args.crop // model.cfg.stride)  # at least one row of elements each
         lost = packet_losses(loss, args.batch, model.cfg.blocks, frags, rng)
+        if args.tail_drop > 0:
+            tail = TailDrop().sample(args.batch, model.cfg.blocks, rng)
+            tail &= (rng.random(args.batch) < args.tail_drop)[:, None]
+            lost |= tail[:, :, None]
         keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             x_hat = net(x, keep, noise=args.quant_noise)
@@ -258,6 +266,7 @@ def train(args: argparse.Namespace) -> Path | None:
         "stride": model.cfg.stride,
         "training_loss": str(loss),
         "training_fragments": args.fragments,
+        "training_tail_drop": args.tail_drop,
         "quant_noise": args.quant_noise,
         "init_from": init_from,
         "training_data": [f.name for f in train_files],

@@ -30,7 +30,7 @@ base=$(ls "$out"/base-*.safetensors)
 finetunes=(
   "noerasure none"
   "uniform uniform:0.1"
-  "ladder ladder"
+  "ladder ladder --tail-drop 0.3"
   "uniform-0.3 uniform:0.3"
   "taildrop taildrop"
   "steep steep"
