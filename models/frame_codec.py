@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .codec import JSCCCodec
+from .precision import resolve_precision
 from .quant import check_bits, dequantize, quantize
 from .scr import from_wire, to_wire
 
@@ -59,8 +60,10 @@ class FrameCodec:
     """Wraps a :class:`JSCCCodec` with quantization, SCR and numpy frames."""
 
     def __init__(self, model: JSCCCodec, card: dict[str, Any] | None = None,
-                 device: str | torch.device = "cpu", bits: int = 8) -> None:
+                 device: str | torch.device = "cpu", bits: int = 8, precision: str = "auto") -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
+        # bf16 on capable CPUs, fp16 on CUDA: 2x faster, error well below the 8-bit quantization's
+        self.amp_dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.card = card or {}
         self.bits = check_bits(bits)
@@ -68,12 +71,17 @@ class FrameCodec:
         self.sha256 = self.card.get("sha256", "")
 
     @classmethod
-    def load(cls, name_or_path: str | Path = "uniform", device: str = "auto", bits: int = 8) -> "FrameCodec":
+    def load(cls, name_or_path: str | Path = "uniform", device: str = "auto", bits: int = 8,
+             precision: str = "auto") -> "FrameCodec":
         from .zoo import load_codec
 
         dev = pick_device(device)
         model, card = load_codec(name_or_path, device=dev)
-        return cls(model, card, dev, bits)
+        return cls(model, card, dev, bits, precision)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     def layout(self, width: int, height: int) -> LatentLayout:
         if width <= 0 or height <= 0:
@@ -92,7 +100,9 @@ class FrameCodec:
     def encode(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> ``(K, L)`` uint8 wire bytes, block 0 (most important) first."""
         lay = self.layout(frame_bgr.shape[1], frame_bgr.shape[0])
-        codes = quantize(self.model.encode(self._frame_tensor(frame_bgr)), self.bits)[0]
+        with self._autocast():
+            latent = self.model.encode(self._frame_tensor(frame_bgr))
+        codes = quantize(latent.float(), self.bits)[0]
         blocks = codes.reshape(lay.blocks, lay.alpha, lay.h, lay.w)
         return np.ascontiguousarray(to_wire(blocks, lay.scr))
 
@@ -113,6 +123,7 @@ class FrameCodec:
         c = lay.blocks * lay.alpha
         latent = torch.from_numpy(values.reshape(1, c, lay.h, lay.w)).to(self.device)
         m = torch.from_numpy(mask.reshape(1, c, lay.h, lay.w)).to(self.device)
-        out = self.model.decode(latent, m, (height, width))[0]
+        with self._autocast():
+            out = self.model.decode(latent, m, (height, width))[0].float()
         rgb = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

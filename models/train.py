@@ -27,6 +27,7 @@ from jscc_stream.netem.loss import LossProcess, TailDrop, parse_loss_spec
 from .codec import CodecConfig, JSCCCodec
 from .data import CropSampler, fit_to, list_images, load_rgb, to_tensor
 from .erasure import keep_mask, packet_losses
+from .precision import PRECISIONS, resolve_precision
 from .zoo import load_codec, save_codec
 
 log = logging.getLogger("jscc.train")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision: auto = fp16 on CUDA, bf16 on CPUs that support it "
                         "(about 2x faster on AVX512-BF16), else fp32")
     p.add_argument("--widths", default=None, help="override encoder/decoder widths, e.g. 32,64,96,128")
@@ -100,20 +101,6 @@ def _ddp_setup() -> tuple[int, int, int]:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
-
-
-def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "fp16" or (precision == "auto" and device.type == "cuda"):
-        if device.type != "cuda":
-            raise UserError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
-        return torch.float16
-    bf16_ok = device.type == "cuda" or torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if precision == "bf16" and not bf16_ok:
-        raise UserError("this CPU has no fast bf16 support; use --precision fp32")
-    return torch.bfloat16 if bf16_ok else None
 
 
 def validation_set(files: list[Path]) -> torch.Tensor:
@@ -188,7 +175,10 @@ def train(args: argparse.Namespace) -> Path | None:
     opt = torch.optim.Adam([{"params": rest}, {"params": linear, "lr": args.lr * 0.05}], lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
-    amp_dtype = _amp_dtype(args.precision, device)
+    try:
+        amp_dtype = resolve_precision(args.precision, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     model.to(memory_format=torch.channels_last)  # 2x faster convolutions on CPU

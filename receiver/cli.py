@@ -20,9 +20,10 @@ log = logging.getLogger("jscc.recv")
 class CodecCache:
     """Finds the codec a stream description names (or the one forced with --codec), once."""
 
-    def __init__(self, forced: str | None, device: str) -> None:
+    def __init__(self, forced: str | None, device: str, precision: str = "auto") -> None:
         self.forced = forced
         self.device = device
+        self.precision = precision
         self._cache: dict[str, object | None] = {}
         self._lock = threading.Lock()  # called from every decode worker
 
@@ -38,7 +39,8 @@ class CodecCache:
             from jscc_stream.models.frame_codec import FrameCodec
 
             try:
-                codec = FrameCodec.load(key, device=self.device, bits=info.quant_bits)
+                codec = FrameCodec.load(key, device=self.device, bits=info.quant_bits,
+                                        precision=self.precision)
             except (CodecLoadError, ValueError) as exc:
                 log.error("cannot decode stream %08x: %s", info.ssrc, exc)
                 codec = None
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a frame's last packet, wait at most this long for reordered ones")
     p.add_argument("--codec", help="force this codec (name or .safetensors path) instead of the one the stream names")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="decoder arithmetic: auto = bf16 on CPUs with fast bf16 (2x faster), fp16 on CUDA")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the decoder (1 is fastest when sender and receiver share 2 cores)")
     p.add_argument("--decode-workers", type=int, default=1,
@@ -117,7 +121,7 @@ def _main(argv: Sequence[str] | None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    codecs = CodecCache(args.codec, args.device)
+    codecs = CodecCache(args.codec, args.device, args.precision)
     if args.codec:
         from jscc_stream.models.zoo import resolve_weights
 
