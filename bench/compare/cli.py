@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="frames per run (default 150, --quick 30)")
     p.add_argument("--size", default="320x240", help="frame size WxH")
     p.add_argument("--fps", type=float, default=30.0)
+    p.add_argument("--jscc-wall-fps", type=float,
+                   help="send the JSCC arm's frames at this wall-clock rate (media stays at --fps: the exact "
+                        "frames go through a lossless video file, pacing is scaled) when the CPU is too busy "
+                        "for its decoder to keep up in real time (default: --fps)")
     p.add_argument("--sources", help=f"comma list of {', '.join(SOURCES)} (default all; --quick synthetic)")
     p.add_argument("--conditions", help="comma list of " + ", ".join(c.name for c in CONDITIONS)
                    + " (default all; --quick none,ge10)")
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> Path:
     cfg = HarnessConfig(out=args.out, frames=frames, width=width, height=height, fps=args.fps, sources=sources,
                         conditions=[by_name[c] for c in conds], arms=arms, codec=args.codec, seed=args.seed,
                         delay_ms=args.delay_ms, rtt_ms=args.rtt_ms, latency_ms=args.latency_ms,
-                        workdir=args.workdir, merge=args.merge)
+                        workdir=args.workdir, merge=args.merge, jscc_wall_fps=args.jscc_wall_fps)
     results = run_harness(cfg, progress=log.info)
     table = write_report(results, args.out)
     log.info("wrote %s and plots in %s (%.0f s)", table, args.out, results["wall_s"])

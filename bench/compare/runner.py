@@ -39,7 +39,8 @@ class HarnessConfig:
     frames: int = 150
     width: int = 320
     height: int = 240
-    fps: float = 30.0
+    fps: float = 30.0  # media frame rate: source motion, bits per frame, RTP timestamps
+    jscc_wall_fps: float | None = None  # send the JSCC arm's frames at this wall-clock rate (None: fps)
     sources: Sequence[str] = SOURCES
     conditions: Sequence[Condition] = CONDITIONS
     arms: Sequence[str] = ALL_ARMS
@@ -72,6 +73,23 @@ def prepare_source(name: str, data_dir: Path) -> str:
                 cv2.imwrite(str(path), cv2.cvtColor(getattr(skdata, photo)(), cv2.COLOR_RGB2BGR))
         return str(folder)
     raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+
+
+def _video_file(frames: list[np.ndarray], path: Path, fps: float) -> str:
+    """The exact source frames as a lossless FFV1 file (read back bit-exact by OpenCV), written once."""
+    if not path.exists():
+        import av
+
+        out = av.open(str(path), "w")
+        stream = out.add_stream("ffv1", rate=round(fps))
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "bgr0"
+        for f in frames:
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(f, format="bgr24").reformat(format="bgr0")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+        out.close()
+    return str(path)
 
 
 def _psnr(ref: np.ndarray, img: np.ndarray) -> float:
@@ -150,8 +168,16 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                     rundir = work / source_name / cond.name / arm
                     rundir.mkdir(parents=True, exist_ok=True)
                     if arm == "jscc":
-                        run = run_jscc(spec, cfg.frames, cfg.width, cfg.height, cfg.fps, cfg.codec, trace,
-                                       cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms)
+                        wall = cfg.jscc_wall_fps or cfg.fps
+                        jspec = spec if wall == cfg.fps else _video_file(frames, work / f"{source_name}.mkv", cfg.fps)
+                        run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
+                                       cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
+                                       pace=0.5 * wall / cfg.fps)
+                        run.duration_s = cfg.frames / cfg.fps
+                        sender = run.extra.get("sender", {})
+                        if jspec != spec and sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0):
+                            log.warning("%s %s jscc: the sender skipped frames, so frame ids and the video file "
+                                        "are out of step; lower --jscc-wall-fps", source_name, cond.name)
                     else:
                         acfg = ArmConfig(arm, cfg.width, cfg.height, cfg.fps, payload_bytes_per_frame=payload,
                                          latency_ms=cfg.latency_ms, rtt_ms=cfg.rtt_ms,
