@@ -115,9 +115,13 @@ def plot_all(results: dict, out: Path) -> list[Path]:
                 if not pts:
                     continue
                 x, y = zip(*pts)
-                label = f"{ARM_LABELS[a]} ({'uniform' if fam == 'uniform' else 'GE' if fam == 'ge' else 'burst'})"
                 ax.plot(100 * np.array(x), y, linestyle=style or "none", marker=marker, color=_COLORS[a],
-                        label=label, markersize=9 if marker == "*" else 5)
+                        label=ARM_LABELS[a] if fam == "uniform" else None, markersize=10 if marker == "*" else 5)
+        from matplotlib.lines import Line2D
+
+        for style, marker, text in (("-", "o", "uniform loss"), ("--", "s", "Gilbert-Elliott"),
+                                    ("none", "*", "long bursts")):
+            ax.add_line(Line2D([], [], color="grey", linestyle=style, marker=marker, label=text))
         ax.set_xlabel("packet loss rate of the trace (%)")
         ax.set_ylabel("mean PSNR (dB), frozen frames included")
         ax.set_title(f"PSNR vs loss — {source}, {results['config']['width']}x{results['config']['height']}, "
@@ -134,7 +138,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
                 continue
             if c not in ("ge10", "burst") and len(conds) > 2:
                 continue
-            fig, ax = plt.subplots(figsize=(8, 3.6))
+            fig, ax = plt.subplots(figsize=(8, 4.4))
             for a in arms:
                 r = runs.get((c, a))
                 if r is not None:
@@ -143,7 +147,7 @@ def plot_all(results: dict, out: Path) -> list[Path]:
             ax.set_ylabel("PSNR (dB)")
             ax.set_title(f"PSNR over time — {source}, {c} ({100 * conds[c]['trace_loss']:.1f} % loss)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, ncol=5, loc="lower center")
+            ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2))
             fig.tight_layout()
             path = out / f"psnr_time_{source}_{c}.png"
             fig.savefig(path, dpi=110)
