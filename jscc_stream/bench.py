@@ -3,7 +3,9 @@
 Subcommands:
   pipeline  live sender -> shim -> receiver runs on loopback: displayed fps, capture-to-display
             latency p50/p95/p99 and CPU per process, for several frame sizes and loss settings.
-  codec     codec speed/quality (added separately).
+  codec     encoder / decoder milliseconds per frame (medians) at 320x240 and 640x480, on CPU
+            with a fixed thread count (float32 and the fast reduced precision) and on CUDA when
+            present; parameter count; bytes per frame; OpenCV JPEG timed in the same run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -75,7 +77,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_codec(args: argparse.Namespace) -> int:
-    print("not yet")
+    from jscc_stream.models.benchmark import bench_codec
+
+    sizes = tuple(parse_frame_size(s) for s in args.sizes.split(","))
+    res = bench_codec(args.codec, sizes, threads=args.threads, repeats=args.repeats, out=Path(args.out))
+    print(res["markdown"])
+    print(f"wrote {args.out}/codec_bench.json and codec_bench.md")
     return 0
 
 
@@ -98,7 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="out/bench/pipeline", help="folder for pipeline.json, pipeline.md and run logs")
     add_common_args(pl)
     pl.set_defaults(func=cmd_pipeline)
-    co = sub.add_parser("codec", help="codec speed and quality (not yet)")
+    co = sub.add_parser("codec", help="encoder/decoder ms per frame, parameters, bytes per frame",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    co.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
+    co.add_argument("--sizes", default="320x240,640x480", help="comma-separated WxH")
+    co.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    co.add_argument("--repeats", type=int, default=30, help="timed calls per measurement")
+    co.add_argument("--out", default="out/bench/codec", help="folder for codec_bench.json/.md")
     add_common_args(co)
     co.set_defaults(func=cmd_codec)
     return p

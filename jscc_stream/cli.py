@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli"]
+__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli", "parse_frame_size"]
 
 
 class UserError(Exception):
@@ -21,6 +21,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="logging verbosity (default: info)")
+
+
+def parse_frame_size(text: str, multiple_of: int = 1, minimum: int = 16) -> tuple[int, int]:
+    """``"320x240"`` -> ``(320, 240)``; a UserError names what is wrong."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"size must be WxH, e.g. 320x240, got {text!r}") from None
+    if w < minimum or h < minimum:
+        raise UserError(f"size {text} is too small (at least {minimum}x{minimum})")
+    if w % multiple_of or h % multiple_of:
+        raise UserError(f"size must be multiples of {multiple_of} (the codec's stride), got {text!r}")
+    return w, h
 
 
 def setup_logging(level: str) -> None:

@@ -48,15 +48,23 @@ def _frame(width: int, height: int) -> np.ndarray:
     return cv2.cvtColor(fit_to(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
 
 
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
 def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480)),
-                threads: int = 2, repeats: int = 30, out: Path | None = None) -> dict:
+                threads: int = 2, repeats: int = 30, out: Path | None = None,
+                precisions: tuple[str, ...] = ("fp32", "auto")) -> dict:
     torch.set_num_threads(threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = [(d, p) for d in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) for p in precisions]
     results: dict = {"codec": codec_name, "threads": threads, "repeats": repeats,
                      "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                      "torch": torch.__version__, "rows": []}
-    for dev in devices:
-        fc = FrameCodec.load(codec_name, device=dev)
+    reference: dict[tuple[str, str], np.ndarray] = {}
+    for dev, prec in devices:
+        fc = FrameCodec.load(codec_name, device=dev, precision=prec)
+        prec_name = str(fc.amp_dtype).replace("torch.", "") if fc.amp_dtype else "float32"
         sync = torch.cuda.synchronize if dev == "cuda" else None
         results["parameters"] = fc.model.param_count()
         results["encoder_parameters"] = sum(p.numel() for p in fc.model.encoder.parameters())
@@ -71,7 +79,11 @@ def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] 
             _, jpeg_bytes = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75])
             jenc = time_call(lambda: cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75]), repeats)
             jdec = time_call(lambda: cv2.imdecode(jpeg_bytes, cv2.IMREAD_COLOR), repeats)
-            row = {"device": dev, "size": f"{w}x{h}", "bytes_per_frame": fc.layout(w, h).frame_bytes,
+            full = fc.decode(wire, None, w, h)
+            reference.setdefault((dev, f"{w}x{h}"), full)
+            row = {"device": dev, "precision": prec_name, "size": f"{w}x{h}",
+                   "psnr_vs_source": _psnr(full, frame),
+                   "psnr_vs_float32": _psnr(full, reference[(dev, f"{w}x{h}")]), "bytes_per_frame": fc.layout(w, h).frame_bytes,
                    "encode_ms_median": statistics.median(enc), "decode_ms_median": statistics.median(dec),
                    "encode_ms_p90": float(np.percentile(enc, 90)), "decode_ms_p90": float(np.percentile(dec, 90)),
                    "jpeg_encode_ms_median": statistics.median(jenc), "jpeg_decode_ms_median": statistics.median(jdec)}
@@ -81,12 +93,15 @@ def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] 
     lines = [f"codec {codec_name}: {results['parameters']:,} parameters "
              f"(encoder {results['encoder_parameters']:,}, decoder {results['decoder_parameters']:,}); "
              f"CPU threads {threads}; medians of {repeats}",
-             "| device | size | bytes/frame | encode ms | decode ms | JPEG enc ms | JPEG dec ms | enc/JPEG | dec/JPEG |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| device | precision | size | bytes/frame | encode ms | decode ms | JPEG enc ms | JPEG dec ms | "
+             "enc/JPEG | dec/JPEG | PSNR (astronaut) |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results["rows"]:
-        lines.append(f"| {r['device']} | {r['size']} | {r['bytes_per_frame']} | {r['encode_ms_median']:.1f} | "
+        lines.append(f"| {r['device']} | {r['precision']} | {r['size']} | {r['bytes_per_frame']} | "
+                     f"{r['encode_ms_median']:.1f} | "
                      f"{r['decode_ms_median']:.1f} | {r['jpeg_encode_ms_median']:.2f} | "
-                     f"{r['jpeg_decode_ms_median']:.2f} | {r['encode_vs_jpeg']:.1f}x | {r['decode_vs_jpeg']:.1f}x |")
+                     f"{r['jpeg_decode_ms_median']:.2f} | {r['encode_vs_jpeg']:.1f}x | {r['decode_vs_jpeg']:.1f}x | "
+                     f"{r['psnr_vs_source']:.2f} |")
     results["markdown"] = "\n".join(lines)
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
 from jscc_stream.netem.loss import (
     GE_10, GE_15, ErasureVector, GilbertElliott, LossProcess, parse_loss_spec,
 )
@@ -488,16 +488,6 @@ def acceptance_checks(results: dict) -> list[dict]:
     return checks
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"size must look like 320x240, got {text!r}") from None
-    if w < 16 or h < 16:
-        raise UserError(f"size {text} is too small (at least 16x16)")
-    return w, h
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jscc-eval",
@@ -540,6 +530,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError("--bits must be in 2..8")
     if args.trials < 1:
         raise UserError("--trials must be >= 1")
+    sizes = [parse_frame_size(s) for s in args.sizes.split(",")]
     shipped = set(available_codecs())
 
     def usable(names: str) -> list[str]:
@@ -554,7 +545,6 @@ def run(args: argparse.Namespace) -> dict:
     models = usable(args.models)
     if not models:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
-    sizes = [_parse_size(s) for s in args.sizes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"bits": args.bits, "trials": args.trials, "seed": args.seed, "sizes": args.sizes,

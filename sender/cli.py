@@ -9,7 +9,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
 
 __all__ = ["main", "build_parser", "parse_size", "event_loop_factory"]
 
@@ -17,13 +17,7 @@ log = logging.getLogger("jscc.send")
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"size must be WxH, e.g. 320x240, got {text!r}") from None
-    if w <= 0 or h <= 0 or w % 16 or h % 16:
-        raise UserError(f"size must be positive multiples of 16 (the codec's stride), got {text!r}")
-    return w, h
+    return parse_frame_size(text, multiple_of=16)
 
 
 def event_loop_factory():

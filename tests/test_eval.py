@@ -47,7 +47,7 @@ def test_eval_end_to_end_on_tiny_set(tiny_images, tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize("args,msg", [
     (["--experiments", "bogus"], "unknown experiments"),
-    (["--sizes", "big"], "size must look like"),
+    (["--sizes", "big"], "size must be WxH"),
     (["--models", "nope"], "none of the codecs"),
     (["--images", "/nonexistent"], "does not exist"),
     (["--bits", "9"], "--bits"),
