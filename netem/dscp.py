@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DscpClass", "PRIORITY_CLASSES", "BEST_EFFORT_RANK", "class_rank", "dscp_of_tos",
+__all__ = ["DSCP_NAMES", "DscpClass", "PRIORITY_CLASSES", "BEST_EFFORT_RANK", "class_rank", "dscp_of_tos",
            "tos_of_dscp", "parse_dscp"]
 
 
@@ -33,8 +33,13 @@ PRIORITY_CLASSES: tuple[DscpClass, ...] = (
 )
 BEST_EFFORT_RANK = 3
 _RANK_OF_DSCP = {d: c.rank for c in PRIORITY_CLASSES for d in c.dscps}
-_NAMED = {"af41": 34, "af42": 36, "af43": 38, "be": 0, "cs0": 0, "default": 0, "le": 1, "ef": 46,
-          "cs1": 8, "af11": 10, "af21": 18, "af31": 26, "cs4": 32, "cs5": 40, "cs6": 48}
+#: Code points by their RFC names (lower case; parse_dscp is case-insensitive).
+DSCP_NAMES: dict[str, int] = {
+    "cs0": 0, "be": 0, "default": 0, "le": 1, "cs1": 8,
+    "af11": 10, "af12": 12, "af13": 14, "af21": 18, "af22": 20, "af23": 22,
+    "af31": 26, "af32": 28, "af33": 30, "af41": 34, "af42": 36, "af43": 38,
+    "cs4": 32, "cs5": 40, "ef": 46, "cs6": 48,
+}
 
 
 def class_rank(dscp: int) -> int:
@@ -54,8 +59,8 @@ def tos_of_dscp(dscp: int) -> int:
 def parse_dscp(text: str) -> int:
     """A DSCP by name (``af41``, ``le``, ``be``) or number (decimal or 0x..)."""
     key = text.strip().lower()
-    if key in _NAMED:
-        return _NAMED[key]
+    if key in DSCP_NAMES:
+        return DSCP_NAMES[key]
     try:
         value = int(key, 0)
     except ValueError:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DSCP_NAMES", "DscpMapError", "default_dscp_map", "parse_dscp_map", "tos_byte"]
+# The code points themselves (names, TOS byte) are the network's vocabulary: netem/dscp.py.
+from jscc_stream.netem.dscp import parse_dscp
 
-#: The code points a stream may use, by their RFC names.
-DSCP_NAMES: dict[str, int] = {
-    "CS0": 0, "BE": 0, "LE": 1, "CS1": 8,
-    "AF11": 10, "AF12": 12, "AF13": 14, "AF21": 18, "AF22": 20, "AF23": 22,
-    "AF31": 26, "AF32": 28, "AF33": 30, "AF41": 34, "AF42": 36, "AF43": 38,
-    "CS4": 32, "CS5": 40, "EF": 46,
-}
+__all__ = ["DscpMapError", "default_dscp_map", "parse_dscp_map"]
 
 
 class DscpMapError(ValueError):
@@ -30,16 +25,10 @@ def default_dscp_map(levels: int) -> dict[int, int]:
 
 
 def _code(text: str) -> int:
-    t = text.strip().upper()
-    if t in DSCP_NAMES:
-        return DSCP_NAMES[t]
     try:
-        v = int(t, 0)
-    except ValueError:
-        raise DscpMapError(f"unknown DSCP {text!r} (use a name like AF41/LE or a number 0-63)") from None
-    if not 0 <= v <= 63:
-        raise DscpMapError(f"DSCP must be 0-63, got {v}")
-    return v
+        return parse_dscp(text)
+    except ValueError as exc:
+        raise DscpMapError(str(exc)) from None
 
 
 def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
@@ -65,8 +54,3 @@ def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
     if missing:
         raise DscpMapError(f"DSCP map does not cover importance levels {missing}")
     return {lv: out[lv] for lv in range(levels)}
-
-
-def tos_byte(dscp: int) -> int:
-    """The IPv4 TOS / IPv6 traffic-class byte for a DSCP (ECN bits left 0)."""
-    return (dscp & 0x3F) << 2

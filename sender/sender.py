@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jscc_stream.proto.description import make_description
-from jscc_stream.proto.dscp import tos_byte
+from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
 from jscc_stream.proto.rtcp import parse_report
@@ -135,7 +135,7 @@ class Sender:
     def _send(self, gram: Datagram) -> None:
         if self.cfg.dscp_map is not None:
             level = gram.level if gram.level >= 0 else self.levels[0]
-            tos = tos_byte(self.cfg.dscp_map.get(level, 0))
+            tos = tos_of_dscp(self.cfg.dscp_map.get(level, 0))
         else:
             tos = 0
         for fam, addr in self._dests:

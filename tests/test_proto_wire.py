@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jscc_stream.proto.dscp import DscpMapError, default_dscp_map, parse_dscp_map, tos_byte
+from jscc_stream.netem.dscp import tos_of_dscp
+from jscc_stream.proto.dscp import DscpMapError, default_dscp_map, parse_dscp_map
 from jscc_stream.proto.packet import MediaPacket, WireError, parse_datagram
 from jscc_stream.proto.packetizer import MIN_MTU, Packetizer, fragment_bounds
 from jscc_stream.proto.rtcp import ReceptionStats, build_report, parse_report
@@ -85,7 +86,7 @@ def test_dscp_maps():
     assert default_dscp_map(8) == {0: 34, 1: 34, 2: 36, 3: 36, 4: 38, 5: 38, 6: 1, 7: 1}
     assert parse_dscp_map("0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE", 8) == default_dscp_map(8)
     assert parse_dscp_map("0:EF,1-3:10", 4) == {0: 46, 1: 10, 2: 10, 3: 10}
-    assert tos_byte(34) == 0x88
+    assert tos_of_dscp(34) == 0x88
     for bad in ("0-1:AF99", "0-1", "x:AF41", "0-1:AF41", "0-7:99"):
         with pytest.raises(DscpMapError):
             parse_dscp_map(bad, 8)
