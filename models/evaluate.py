@@ -44,6 +44,7 @@ from jscc_stream.netem.loss import (
 from .codec import JSCCCodec
 from .data import builtin_eval_images, fit_to, list_images, load_rgb, to_tensor
 from .erasure import keep_mask, packet_losses
+from .precision import PRECISIONS, resolve_precision
 from .quant import dequantize, quantize
 from .zoo import available_codecs, load_codec
 
@@ -92,12 +93,18 @@ class Encoded:
 
 
 class Evaluator:
-    def __init__(self, images: dict[str, np.ndarray], bits: int, batch: int, seed: int) -> None:
+    def __init__(self, images: dict[str, np.ndarray], bits: int, batch: int, seed: int,
+                 amp_dtype: torch.dtype | None = None) -> None:
         self.names = list(images)
+        self.amp_dtype = amp_dtype
         self.x = torch.cat([to_tensor(img) for img in images.values()])
         self.bits, self.batch, self.seed = bits, batch, seed
         self._cache: dict[str, Encoded] = {}
         self._coded: dict[tuple[str, int, int], object] = {}
+
+    def autocast(self) -> torch.autocast:
+        """The arithmetic the daemons use (bf16 on capable CPUs), or float32."""
+        return torch.autocast("cpu", dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None)
 
     def coded(self, codec: str, index: int, max_bytes: int):
         """JPEG / JPEG 2000 coding of image ``index`` at the highest quality within max_bytes."""
@@ -113,8 +120,8 @@ class Evaluator:
     def encoded(self, name: str) -> Encoded:
         if name not in self._cache:
             model, card = load_codec(name)
-            with torch.inference_mode():
-                y = torch.cat([model.encode(self.x[i : i + 1]) for i in range(len(self.x))])
+            with torch.inference_mode(), self.autocast():
+                y = torch.cat([model.encode(self.x[i : i + 1]) for i in range(len(self.x))]).float()
             values = torch.from_numpy(dequantize(quantize(y, self.bits), self.bits))
             self._cache[name] = Encoded(model, card, values, self.x)
         return self._cache[name]
@@ -130,7 +137,8 @@ class Evaluator:
         size = tuple(enc.images.shape[-2:])
         out_p, out_s = [], []
         for i in range(0, len(vals), self.batch):
-            rec = enc.model.decode(vals[i : i + self.batch], keep[i : i + self.batch], size)
+            with self.autocast():
+                rec = enc.model.decode(vals[i : i + self.batch], keep[i : i + self.batch], size).float()
             out_p.append(psnr(rec, refs[i : i + self.batch]))
             if metrics:
                 out_s.append(ms_ssim(rec, refs[i : i + self.batch]))
@@ -174,7 +182,7 @@ def training_eps(card: dict) -> list[float] | None:
 
 # ---- experiments ---------------------------------------------------------------------------
 
-def exp_blocks(ev: Evaluator, models: list[str], trials: int) -> list[dict]:
+def exp_blocks(ev: Evaluator, models: list[str], trials: int, random_patterns: bool = True) -> list[dict]:
     rows = []
     for name in models:
         k = ev.encoded(name).blocks
@@ -184,7 +192,7 @@ def exp_blocks(ev: Evaluator, models: list[str], trials: int) -> list[dict]:
             rows.append({"model": name, "pattern": "leading", "blocks": n,
                          "psnr": float(res["psnr"][:, j].mean()), "ms_ssim": float(res["ms_ssim"][:, j].mean())})
         rng = np.random.default_rng([ev.seed, 11])
-        for n in range(1, k + 1):
+        for n in range(1, k + 1) if random_patterns else ():
             pats = np.zeros((trials, k), bool)
             for t in range(trials):
                 pats[t, rng.choice(k, n, replace=False)] = True
@@ -260,10 +268,13 @@ def exp_bits(ev: Evaluator, models: list[str]) -> list[dict]:
     for name in models:
         enc = ev.encoded(name)
         size = tuple(ev.x.shape[-2:])
-        y = torch.cat([enc.model.encode(ev.x[i : i + 1]) for i in range(len(ev.x))])
+        with ev.autocast():
+            y = torch.cat([enc.model.encode(ev.x[i : i + 1]) for i in range(len(ev.x))]).float()
         for bits in (None, 8, 6, 5, 4, 3, 2):
             v = y if bits is None else torch.from_numpy(dequantize(quantize(y, bits), bits))
-            rec = torch.cat([enc.model.decode(v[i : i + ev.batch], None, size) for i in range(0, len(v), ev.batch)])
+            with ev.autocast():
+                rec = torch.cat([enc.model.decode(v[i : i + ev.batch], None, size).float()
+                                 for i in range(0, len(v), ev.batch)])
             rows.append({"model": name, "bits": "float" if bits is None else bits,
                          "bytes_per_frame_packed": None if bits is None else int(y[0].numel() * bits / 8),
                          "psnr": float(psnr(rec, ev.x).mean())})
@@ -364,7 +375,7 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str,
 def plots(out: Path, results: dict) -> list[str]:
     made = []
     for size, rows in results.get("blocks", {}).items():
-        for pattern in ("leading", "random"):
+        for pattern in dict.fromkeys(r["pattern"] for r in rows):
             series = {r_m: ([r["blocks"] for r in rows if r["model"] == r_m and r["pattern"] == pattern],
                             [r["psnr"] for r in rows if r["model"] == r_m and r["pattern"] == pattern])
                       for r_m in dict.fromkeys(r["model"] for r in rows)}
@@ -402,7 +413,8 @@ def plots(out: Path, results: dict) -> list[str]:
 def summarize(results: dict, images: list[str]) -> str:
     lines = ["# jscc-eval summary", "",
              f"Images: {', '.join(images)}; quantization {results['bits']} bits; "
-             f"{results['trials']} loss draws per image and condition; seed {results['seed']}.", ""]
+             f"{results['trials']} loss draws per image and condition; seed {results['seed']}; "
+             f"codec arithmetic {results['precision']}.", ""]
     loss = results.get("loss", {})
     for size, rows in loss.items():
         lines += [f"## Packet loss at {size} (paper 001 Table 1 format)", "",
@@ -511,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16, help="decoder batch size")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="codec arithmetic: auto = bf16 where the CPU is fast at it (what jscc-send/"
+                        "jscc-recv run), fp32 for the reference")
     p.add_argument("--out", default="out/eval", help="output folder")
     add_common_args(p)
     return p
@@ -531,6 +546,10 @@ def run(args: argparse.Namespace) -> dict:
     if args.trials < 1:
         raise UserError("--trials must be >= 1")
     sizes = [parse_frame_size(s) for s in args.sizes.split(",")]
+    try:
+        amp_dtype = resolve_precision(args.precision, torch.device("cpu"))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     shipped = set(available_codecs())
 
     def usable(names: str) -> list[str]:
@@ -547,7 +566,7 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"bits": args.bits, "trials": args.trials, "seed": args.seed, "sizes": args.sizes,
+    results: dict = {"bits": args.bits, "trials": args.trials, "precision": str(amp_dtype or "float32"), "seed": args.seed, "sizes": args.sizes,
                      "images": args.images, "blocks": {}, "loss": {}}
     t0 = time.time()
     from tqdm import tqdm
@@ -566,11 +585,11 @@ def run(args: argparse.Namespace) -> dict:
                 imgs = builtin_eval_images(w, h)
             else:
                 imgs = {p.stem: fit_to(load_rgb(p), w, h) for p in list_images(args.images)}
-            evaluators[(w, h)] = Evaluator(imgs, args.bits, args.batch, args.seed)
+            evaluators[(w, h)] = Evaluator(imgs, args.bits, args.batch, args.seed, amp_dtype)
             image_names = list(imgs)
         ev = evaluators[(w, h)]
         if exp == "blocks":
-            results["blocks"][label] = exp_blocks(ev, models, args.trials)
+            results["blocks"][label] = exp_blocks(ev, models, args.trials, random_patterns=(w, h) == sizes[0])
             write_csv(out / f"blocks_{label}.csv", results["blocks"][label])
         elif exp == "loss":
             results["loss"][label] = exp_loss(ev, models, args.trials, label, not args.no_baselines)

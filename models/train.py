@@ -147,9 +147,12 @@ def train(args: argparse.Namespace) -> Path | None:
     sampler = CropSampler.from_files(train_files, crop=args.crop)
     val = validation_set(val_files)
 
+    init_summary: dict | None = None
     if args.init:
         model, init_card = load_codec(args.init)
         init_from = init_card.get("name", str(args.init))
+        init_summary = {k: init_card.get(k) for k in ("name", "sha256", "training_loss", "steps", "wall_time_s",
+                                                       "validation", "training_data", "init_from")}
     else:
         kw = {}
         if args.widths:
@@ -259,6 +262,8 @@ def train(args: argparse.Namespace) -> Path | None:
         "training_tail_drop": args.tail_drop,
         "quant_noise": args.quant_noise,
         "init_from": init_from,
+        "init": init_summary,
+        "total_steps": step + (int((init_summary or {}).get("steps") or 0)),
         "training_data": [f.name for f in train_files],
         "validation_data": [f.name for f in val_files],
         "steps": step, "batch": args.batch, "crop": args.crop, "lr": args.lr, "seed": args.seed,
