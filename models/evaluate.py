@@ -317,7 +317,11 @@ def _baseline_rows(ev: Evaluator, proc: LossProcess, label: str, trials: int, fr
         rng = np.random.default_rng([ev.seed, seed_offset, len(codec)])
         per_image, ssim_all, undecodable, quality = [], [], 0, []
         for i in range(len(ev.x)):
-            coded = ev.coded(codec, i, frame_bytes)
+            try:
+                coded = ev.coded(codec, i, frame_bytes)
+            except ValueError as exc:  # the budget is below the codec's smallest file
+                log.warning("%s skipped at %s: %s", codec, size_label, exc)
+                break
             quality.append(coded.quality)
             lost = proc.sample(trials, len(coded.packets), rng)
             recs = []
@@ -329,6 +333,8 @@ def _baseline_rows(ev: Evaluator, proc: LossProcess, label: str, trials: int, fr
             ref = ev.x[i : i + 1].expand_as(recs_t)
             per_image.append(psnr(recs_t, ref).numpy())
             ssim_all.append(ms_ssim(recs_t, ref).numpy())
+        if len(per_image) < len(ev.x):
+            continue
         arr = np.stack(per_image)
         rows.append({"size": size_label, "condition": label, "codec": codec, "bytes": frame_bytes,
                      "psnr_mean": float(arr.mean()), "psnr_var": float(arr.var(axis=1).mean()) if trials > 1 else 0.0,

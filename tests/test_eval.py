@@ -26,12 +26,12 @@ def tiny_images(tmp_path):
 
 def test_eval_end_to_end_on_tiny_set(tiny_images, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    rc = main(["--images", str(tiny_images), "--sizes", "64x48", "--trials", "2", "--out", str(out),
+    rc = main(["--images", str(tiny_images), "--sizes", "128x96", "--trials", "2", "--out", str(out),
                "--log-level", "warning"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert {"blocks", "loss", "mismatch", "ladder", "uep", "checks"} <= set(res)
-    loss = res["loss"]["64x48"]
+    loss = res["loss"]["128x96"]
     codecs = {r["codec"] for r in loss}
     assert {"uniform", "ladder", "noerasure", "jpeg", "jpeg2000"} <= codecs
     for r in loss:
@@ -39,9 +39,9 @@ def test_eval_end_to_end_on_tiny_set(tiny_images, tmp_path, capsys) -> None:
     for name in res["plots"]:
         assert (out / name).stat().st_size > 1000
     assert (out / "summary.md").read_text().startswith("# jscc-eval summary")
-    assert "Packet loss at 64x48" in capsys.readouterr().out
+    assert "Packet loss at 128x96" in capsys.readouterr().out
     # more leading blocks never hurt the ladder codec by much, and all blocks beat one block
-    lead = [r["psnr"] for r in res["blocks"]["64x48"] if r["model"] == "ladder" and r["pattern"] == "leading"]
+    lead = [r["psnr"] for r in res["blocks"]["128x96"] if r["model"] == "ladder" and r["pattern"] == "leading"]
     assert lead[-1] > lead[0]
 
 
