@@ -453,7 +453,7 @@ def summarize(results: dict, images: list[str]) -> str:
         for cond in dict.fromkeys(r["condition"] for r in scr):
             lines.append(f"| {cond} | " + " | ".join(f"{r['psnr_mean']:.2f}" for r in scr if r["condition"] == cond) + " |")
         lines.append("")
-    bits = results.get("bits", [])
+    bits = results.get("quantization", [])
     if bits:
         lines += ["## Quantization cost (all blocks received, first size)", "",
                   "| model | " + " | ".join(str(r["bits"]) for r in bits if r["model"] == bits[0]["model"]) + " |",
@@ -604,8 +604,8 @@ def run(args: argparse.Namespace) -> dict:
             results["scr"] = exp_scr(ev, usable(args.scr_models), args.trials, label)
             write_csv(out / "scr.csv", results["scr"])
         elif exp == "bits":
-            results["bits"] = exp_bits(ev, models)
-            write_csv(out / "bits.csv", results["bits"])
+            results["quantization"] = exp_bits(ev, models)
+            write_csv(out / "quantization.csv", results["quantization"])
         elif exp == "mismatch":
             results["mismatch"] = exp_mismatch(ev, usable(args.mismatch_models), args.trials)
             write_csv(out / "mismatch.csv", results["mismatch"])
