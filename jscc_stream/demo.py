@@ -46,6 +46,7 @@ class PipelineConfig:
     psnr: bool = True  # synthetic source: save frames and compare with the regenerated source
     workdir: Path | None = None
     extra_sender: list[str] = field(default_factory=list)
+    extra_shim: list[str] = field(default_factory=list)  # e.g. ["--rate", "400kbit", "--priority"]
     log_level: str = "info"
 
 
@@ -144,7 +145,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         recv_cmd += ["--save-frames", str(work / "frames")]
     shim_cmd = [py, "-m", "jscc_stream.netem.cli", "--listen", f"127.0.0.1:{sport}", "--forward",
                 f"127.0.0.1:{rport}", "--loss", cfg.loss, "--seed", str(cfg.seed), "--stats-interval", "0",
-                "--stats-json", str(work / "shim.json"), "--log-level", "info"]
+                "--stats-json", str(work / "shim.json"), "--log-level", "info", *cfg.extra_shim]
     send_cmd = [py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--source", cfg.source,
                 "--size", cfg.size, "--fps", str(cfg.fps), "--duration", str(cfg.duration), "--codec", cfg.codec,
                 "--threads", str(cfg.sender_threads), "--stats-json", str(work / "sender.json"),
@@ -246,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=20.0, help="seconds (Ctrl-C stops earlier)")
     p.add_argument("--loss", default="ge10", help="shim loss: none | uniform:P | ge:p,r,h,k | ge10 | ge15 | trace:FILE")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", help="shim bottleneck rate, e.g. 400kbit (default: none)")
+    p.add_argument("--priority", action="store_true",
+                   help="shim serves the bottleneck by DSCP priority with push-out (else drop-tail)")
+    p.add_argument("--no-adapt", action="store_true",
+                   help="sender keeps its frame rate (no adaptation to the receiver's decode rate)")
     p.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
     p.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
     p.add_argument("--display", action="store_true", default=None, help="show a window (default: when $DISPLAY is set)")
@@ -268,7 +274,9 @@ def _main(argv: Sequence[str] | None) -> int:
     record = args.record or (None if display else "out/demo.mp4")
     cfg = PipelineConfig(source=args.source, size=args.size, fps=args.fps, duration=args.duration, loss=args.loss,
                          seed=args.seed, codec=args.codec, latency_ms=args.latency_ms, display=display, record=record,
-                         workdir=Path(args.workdir) if args.workdir else None, log_level=args.log_level)
+                         workdir=Path(args.workdir) if args.workdir else None, log_level=args.log_level,
+                         extra_shim=(["--rate", args.rate] if args.rate else []) + (["--priority"] if args.priority else []),
+                         extra_sender=["--no-adapt"] if args.no_adapt else [])
     res = run_pipeline(cfg)
     print(format_summary(res))
     if record:

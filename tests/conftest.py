@@ -30,3 +30,11 @@ def shipped_codec():
     from jscc_stream.models.frame_codec import FrameCodec
 
     return FrameCodec.load("uniform", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_codec):
+    """The tiny codec saved as a weights file, for daemons started as subprocesses."""
+    from jscc_stream.models.zoo import save_codec
+
+    return save_codec(tiny_codec.model, tmp_path_factory.mktemp("w"), "tiny", {"training_loss": "none"})
