@@ -23,7 +23,8 @@ __all__ = ["run_jscc"]
 
 
 def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, codec: str, trace: Path,
-             delay_ms: float, workdir: Path, seed: int = 0, latency_ms: float = 50.0, pace: float = 0.5) -> ArmRun:
+             delay_ms: float, workdir: Path, seed: int = 0, latency_ms: float = 50.0, pace: float = 0.5,
+             extra_sender: list[str] | None = None) -> ArmRun:
     workdir.mkdir(parents=True, exist_ok=True)
     rport, sport = free_port(), free_port()
     py = sys.executable
@@ -34,7 +35,7 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
                 "--stats-json", str(stats), "--summary-json", str(workdir / "receiver.json")]
     send_cmd = [py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--source", source,
                 "--size", f"{width}x{height}", "--fps", str(fps), "--frames", str(n_frames), "--codec", codec,
-                "--device", "cpu", "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json")]
+                "--device", "cpu", "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json"), *(extra_sender or [])]
     logs = {n: open(workdir / f"{n}.log", "w") for n in ("receiver", "sender")}
     recv = send = None
     try:
