@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli", "parse_frame_size"]
+__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli", "parse_frame_size",
+           "event_loop_factory"]
 
 
 class UserError(Exception):
@@ -34,6 +36,18 @@ def parse_frame_size(text: str, multiple_of: int = 1, minimum: int = 16) -> tupl
     if w % multiple_of or h % multiple_of:
         raise UserError(f"size must be multiples of {multiple_of} (the codec's stride), got {text!r}")
     return w, h
+
+
+def event_loop_factory() -> Callable[[], "asyncio.AbstractEventLoop"]:
+    """uvloop's loop when installed (it is on Linux: every daemon runs on it), else asyncio's."""
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        import asyncio
+
+        return asyncio.new_event_loop
 
 
 def setup_logging(level: str) -> None:

@@ -151,11 +151,11 @@ def _shim_main(args: argparse.Namespace) -> int:
     rev = LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways else LinkConfig()
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
                      seed=args.seed, stats_interval=args.stats_interval)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
+    from jscc_stream.cli import event_loop_factory
+
+    def runner(coro) -> None:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as r:
+            r.run(coro)
     try:
         if args.control:
             import os

@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.cli import UserError, add_common_args, event_loop_factory, run_cli, setup_logging
 
 __all__ = ["main", "build_parser", "CodecCache"]
 
@@ -54,16 +54,6 @@ class CodecCache:
             if (lay.blocks, lay.block_bytes) != (info.blocks, info.block_bytes):
                 return None
         return codec
-
-
-def event_loop_factory():
-    """uvloop when installed (it is on Linux), else the default loop."""
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop
 
 
 def build_parser() -> argparse.ArgumentParser:

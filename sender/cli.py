@@ -9,25 +9,17 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.cli import (
+    UserError, add_common_args, event_loop_factory, parse_frame_size, run_cli, setup_logging,
+)
 
-__all__ = ["main", "build_parser", "parse_size", "event_loop_factory"]
+__all__ = ["main", "build_parser", "parse_size"]
 
 log = logging.getLogger("jscc.send")
 
 
 def parse_size(text: str) -> tuple[int, int]:
     return parse_frame_size(text, multiple_of=16)
-
-
-def event_loop_factory():
-    """uvloop when installed (it is on Linux), else the default loop."""
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        return asyncio.new_event_loop
 
 
 def build_parser() -> argparse.ArgumentParser:

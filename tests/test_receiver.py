@@ -146,7 +146,7 @@ def _has_gui(cv2) -> bool:
 def test_dscp_is_read_per_datagram(family, host):
     if family == socket.AF_INET6 and not socket.has_ipv6:
         pytest.skip("no IPv6")
-    from jscc_stream.proto.dscp import tos_byte
+    from jscc_stream.netem.dscp import tos_of_dscp
     from jscc_stream.receiver.receiver import read_tos
 
     rx = open_listen_socket(f"[{host}]:0" if family == socket.AF_INET6 else f"{host}:0")
@@ -156,9 +156,9 @@ def test_dscp_is_read_per_datagram(family, host):
     seen = []
     for dscp in (34, 36, 38, 1, 0):
         if family == socket.AF_INET6:
-            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos_byte(dscp))
+            tx.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos_of_dscp(dscp))
         else:
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos_byte(dscp))
+            tx.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos_of_dscp(dscp))
         tx.sendto(b"x", rx.getsockname()[:2])
         _, anc, _, _ = rx.recvmsg(64, 64)
         seen.append(read_tos(anc) >> 2)
