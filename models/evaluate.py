@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'builtin' (scikit-image's bundled photographs) or a folder of images")
     p.add_argument("--sizes", default="320x240,640x480", help="frame sizes, comma-separated")
     p.add_argument("--models", default="noerasure,uniform,ladder", help="codecs for blocks/loss experiments")
-    p.add_argument("--mismatch-models", default="noerasure,uniform,uniform-0.3,uniform-0.5",
+    p.add_argument("--mismatch-models", default="noerasure,uniform,uniform-0.3",
                    help="codecs trained at different uniform eps (those not shipped are skipped)")
     p.add_argument("--ladder-models", default="ladder,steep", help="increasing-eps codecs (Fig. 6/7)")
     p.add_argument("--sr-model", default="taildrop", help="tail-drop-trained codec standing in for successive refinement")

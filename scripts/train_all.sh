@@ -35,7 +35,6 @@ finetunes=(
   "taildrop taildrop"
   "steep steep"
   "uniform-noscr uniform:0.1 --no-scr"
-  "uniform-0.5 uniform:0.5"
 )
 for ((lane = 0; lane < jobs; lane++)); do
   (
