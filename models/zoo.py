@@ -49,7 +49,8 @@ def resolve_weights(name_or_path: str | Path) -> Path:
         if not p.is_file():
             raise CodecLoadError(f"weights file {p} does not exist")
         return p
-    matches = sorted(WEIGHTS_DIR.glob(f"{name_or_path}-*.safetensors"))
+    matches = sorted(m for m in WEIGHTS_DIR.glob(f"{name_or_path}-*.safetensors")
+                     if m.stem.rsplit("-", 1)[0] == str(name_or_path))  # "uniform" is not "uniform-0.3"
     if not matches:
         names = ", ".join(available_codecs()) or "none shipped"
         raise CodecLoadError(f"unknown codec {str(name_or_path)!r} (available: {names}; or give a .safetensors path)")
@@ -107,7 +108,8 @@ def save_codec(model: JSCCCodec, out_dir: str | Path, name: str, card: dict[str,
     save_file(state, str(tmp), metadata={"card": json.dumps(card, sort_keys=True)})
     digest = sha256_file(tmp)
     for old in out_dir.glob(f"{name}-*.safetensors"):
-        old.unlink()
+        if old.stem.rsplit("-", 1)[0] == name:
+            old.unlink()
     final = out_dir / f"{name}-{digest[:8]}.safetensors"
     tmp.replace(final)
     card_out = {**card, "weights_file": final.name, "sha256": digest}

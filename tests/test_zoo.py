@@ -78,3 +78,17 @@ def test_unknown_name_lists_available() -> None:
 def test_missing_path() -> None:
     with pytest.raises(CodecLoadError, match="does not exist"):
         load_codec("/nonexistent/w.safetensors")
+
+
+def test_name_lookup_is_exact(tmp_path, monkeypatch) -> None:
+    """'uniform' must not also match 'uniform-0.3-HASH.safetensors'."""
+    from jscc_stream.models import zoo
+
+    torch.manual_seed(0)
+    model = JSCCCodec(CodecConfig(widths=(8, 8, 16, 16), enc_res=(0, 0, 0, 1), dec_res=(0, 0, 0, 1), mca_width=8))
+    a = save_codec(model, tmp_path, "uniform", {"training_loss": "uniform:0.1"})
+    b = save_codec(model, tmp_path, "uniform-0.3", {"training_loss": "uniform:0.3"})
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path)
+    assert zoo.resolve_weights("uniform") == a and zoo.resolve_weights("uniform-0.3") == b
+    assert a.exists() and b.exists()  # saving one never deletes the other
+    assert set(zoo.available_codecs()) == {"uniform", "uniform-0.3"}
