@@ -221,10 +221,11 @@ def exp_ladder(ev: Evaluator, models: list[str], trials: int, sr_model: str | No
     for q in (0.01, 0.10):
         for name in models + ([sr_model] if sr_model else []):
             k = ev.encoded(name).blocks
-            rng = np.random.default_rng([ev.seed, 31, int(q * 100)])
+            # common random numbers: the same erasures for every cap n and every codec, so the
+            # curves differ only by what is sent (independent draws per n made them jagged)
+            erased = np.random.default_rng([ev.seed, 31, int(q * 100)]).random((trials, k)) < q
             for n in range(1, k + 1):
                 sent = np.arange(k) < n
-                erased = rng.random((trials, k)) < q
                 received = sent[None] & ~erased
                 if name == sr_model:  # successive refinement: a gap makes later layers useless
                     received = np.cumprod(received, axis=1).astype(bool)
