@@ -34,7 +34,9 @@ class CodecConfig:
     dec_res: tuple[int, ...] = (0, 1, 1, 2)  # residual blocks per decoder stage
     mca: bool = True  # mask conditional aggregation (else the mask is ignored)
     mca_width: int = 32
-    scr: bool = True  # wire order of block bytes (see scr.py)
+    # SCR byte order of block bytes (scr.py).  Off by default: the ablation (docs/codec.md) found
+    # the natural order 0.6-1.0 dB better at 640x480, where blocks span several packets.
+    scr: bool = False
     linear_path: bool = True  # a learnable linear transform (PCA-initialised) beside the CNN
     arch: str = "jscc-res-ps-lin"
 

@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codecs trained at different uniform eps (those not shipped are skipped)")
     p.add_argument("--ladder-models", default="ladder,steep", help="increasing-eps codecs (Fig. 6/7)")
     p.add_argument("--sr-model", default="taildrop", help="tail-drop-trained codec standing in for successive refinement")
-    p.add_argument("--scr-models", default="uniform,uniform-noscr",
+    p.add_argument("--scr-models", default="uniform-scr,uniform",
                    help="codecs trained with and without SCR (ablation at the largest size)")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"any of {', '.join(EXPERIMENTS)}")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")

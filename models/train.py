@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(about 2x faster on AVX512-BF16), else fp32")
     p.add_argument("--widths", default=None, help="override encoder/decoder widths, e.g. 32,64,96,128")
     p.add_argument("--no-mca", action="store_true", help="ablation: decoder ignores the mask")
-    p.add_argument("--no-scr", action="store_true", help="ablation: natural byte order in packets")
+    p.add_argument("--scr", action="store_true",
+                   help="train for the SCR byte order in packets (paper 001; off by default, see docs/codec.md)")
     add_common_args(p)
     return p
 
@@ -157,7 +158,7 @@ def train(args: argparse.Namespace) -> Path | None:
         kw = {}
         if args.widths:
             kw["widths"] = tuple(int(v) for v in args.widths.split(","))
-        model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=not args.no_scr, **kw)), None
+        model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=args.scr, **kw)), None
         if model.cfg.linear_path:
             s = model.cfg.stride
             crops = sampler.batch(max(64, 20000 * s * s // args.crop ** 2), np.random.default_rng(args.seed))
@@ -165,8 +166,8 @@ def train(args: argparse.Namespace) -> Path | None:
             model.init_linear_from_pca(patches)
     if args.no_mca and model.cfg.mca:
         raise UserError("--no-mca changes the architecture; it cannot apply to a model loaded with --init")
-    if args.no_scr and model.cfg.scr:  # SCR is a byte order, not weights: fine-tuning may switch it off
-        model.cfg = dataclasses.replace(model.cfg, scr=False)
+    if model.cfg.scr != args.scr:  # SCR is a byte order, not weights: fine-tuning may switch it
+        model.cfg = dataclasses.replace(model.cfg, scr=args.scr)
     model = model.to(device).train()
     net: torch.nn.Module = model
     if world > 1:

@@ -34,7 +34,7 @@ finetunes=(
   "uniform-0.3 uniform:0.3"
   "taildrop taildrop"
   "steep steep"
-  "uniform-noscr uniform:0.1 --no-scr"
+  "uniform-scr uniform:0.1 --scr"
 )
 for ((lane = 0; lane < jobs; lane++)); do
   (
