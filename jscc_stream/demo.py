@@ -132,11 +132,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     sport = _free_port() if use_shim else rport
     width, height = (int(v) for v in cfg.size.split("x"))
     psnr = cfg.psnr and cfg.source.startswith("synthetic")
+    # the daemons' logs go to files and their "listening on"/"sending" lines (info) are how this
+    # launcher knows they are up, so they never log below info
+    daemon_level = "debug" if cfg.log_level == "debug" else "info"
     recv_cmd = [py, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{rport}", "--codec", cfg.codec,
                 "--latency-ms", str(cfg.latency_ms), "--threads", str(cfg.receiver_threads),
                 "--decode-workers", str(cfg.decode_workers),
                 "--stats-json", str(work / "frames.jsonl"), "--summary-json", str(work / "receiver.json"),
-                "--log-level", cfg.log_level]
+                "--log-level", daemon_level]
     if cfg.display:
         recv_cmd.append("--display")
     if cfg.record:
@@ -149,7 +152,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     send_cmd = [py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--source", cfg.source,
                 "--size", cfg.size, "--fps", str(cfg.fps), "--duration", str(cfg.duration), "--codec", cfg.codec,
                 "--threads", str(cfg.sender_threads), "--stats-json", str(work / "sender.json"),
-                "--seed", str(cfg.seed), "--log-level", cfg.log_level, *cfg.extra_sender]
+                "--seed", str(cfg.seed), "--log-level", daemon_level, *cfg.extra_sender]
     if cfg.priority_dscp:
         send_cmd.append("--priority-dscp")
     # Each daemon in its own session, as a service manager would start it: Ctrl-C reaches only
