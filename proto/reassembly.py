@@ -7,8 +7,9 @@ logic is tested without sleeping.  A frame is released when the first of these h
 * a newer frame of the same stream completed: older frames go out first, with what they have,
   so frames leave in order without waiting (``"superseded"``);
 * its deadline passed: ``first packet arrival + latency`` (``"deadline"``), shortened to
-  ``now + reorder grace`` once the frame's last (marker) packet or a newer frame's first
-  packet was seen (the sender sends frames in order, so the rest is lost or reordered);
+  ``now + reorder grace`` once the frame's last (marker) packet arrived, or a newer frame's
+  packet at least as unimportant as every block still missing (the sender sends frames in
+  order and blocks by importance; a priority network may hold back only less important ones);
 * too many frames are pending (memory bound, ``"evicted"``).
 
 Packets for a frame already released are counted late and dropped.  Garbage is counted,
@@ -77,6 +78,13 @@ class FrameSlot:
         """Wall-clock capture time (s) from the description's clock epoch and the RTP timestamp."""
         ts = self.timestamp if ts_unwrapped is None else ts_unwrapped
         return self.info.clock_epoch_unix_us / 1e6 + ts / CLOCK_RATE
+
+    def max_missing_level(self) -> int:
+        """Least important level (largest number) among blocks not yet complete; -1 if none."""
+        levels = self.info.block_levels
+        missing = [levels[b] if b < len(levels) else b for b in range(self.received.shape[0])
+                   if not self.received[b].all()]
+        return max(missing, default=-1)
 
     def missing_ranges(self) -> list[tuple[int, int, int]]:
         """``(block, offset, length)`` runs of bytes that did not arrive."""
@@ -194,11 +202,16 @@ class Reassembler:
                              np.zeros((info.blocks, info.block_bytes), np.uint8),
                              np.zeros((info.blocks, info.block_bytes), bool), [-1] * info.blocks)
             self.slots[key] = slot
-            # Frames go out in order: a newer frame's first packet means every packet of the
-            # older pending frames has been sent; wait only for reordering, not the whole deadline.
-            for (sc, fid), other in self.slots.items():
-                if sc == pkt.ssrc and frame_diff(fid, h.frame_id) < 0:
-                    other.deadline = min(other.deadline, now + self.reorder_grace)
+        # The sender sends frames in order and, inside a frame, the most important block first; a
+        # priority network serves each importance class in order.  So a newer frame's packet of
+        # importance L means the older frames' packets of importance <= L are through (or lost):
+        # an older frame missing only such blocks waits just for reordering.  Its less important
+        # blocks may still sit behind this packet in a priority queue, so they keep the deadline.
+        level = info.block_levels[h.block] if h.block < len(info.block_levels) else h.block
+        for (sc, fid), other in self.slots.items():
+            if (sc == pkt.ssrc and frame_diff(fid, h.frame_id) < 0 and other.deadline > now + self.reorder_grace
+                    and other.max_missing_level() <= level):
+                other.deadline = now + self.reorder_grace
         span = slice(h.offset, h.offset + len(pkt.data))
         if slot.received[h.block, span].all():
             self.counters.duplicates += 1

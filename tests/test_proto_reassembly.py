@@ -100,10 +100,32 @@ def test_deadline_and_marker_grace_and_superseding():
     assert r.counters.late == 1
     _, g3 = _frame(pk, lay, 3)
     _, g4 = _frame(pk, lay, 4)
-    r.push(g3[0].data, 1.0)  # frame 3 loses its marker; frame 4 starting cuts its wait to the grace
+    r.push(g3[0].data, 1.0)  # frame 3 loses everything after its first packet
     assert r.next_deadline() == pytest.approx(1.05)
-    r.push(g4[0].data, 1.01)
-    assert r.next_deadline() == pytest.approx(1.015)
+    r.push(g4[0].data, 1.01)  # a priority queue may still hold frame 3's less important blocks
+    assert r.next_deadline() == pytest.approx(1.05)
+    r.push(g4[-1].data, 1.02)  # frame 4's least important packet: nothing of frame 3 can follow
+    assert r.next_deadline() == pytest.approx(1.025)
+
+
+def test_priority_reordering_across_frames_is_not_late():
+    """Under strict priority, frame n+1's important blocks overtake frame n's unimportant ones:
+    those must still count for frame n, not be dropped as late."""
+    lay, pk, desc = _setup()
+    r = Reassembler(latency=0.05, reorder_grace=0.005)
+    r.push(desc, 0.0)
+    _, g0 = _frame(pk, lay, 0)
+    _, g1 = _frame(pk, lay, 1)
+    half0, half1 = len(g0) // 2, len(g1) // 2
+    for g in g0[:half0]:
+        r.push(g.data, 0.001)
+    for g in g1[:half1]:  # frame 1's most important half jumps the queue
+        r.push(g.data, 0.002)
+    out = []
+    for g in g0[half0:]:
+        out += r.push(g.data, 0.003)
+    assert r.counters.late == 0
+    assert [s.frame_id for s in out] == [0] and out[0].complete
 
 
 def test_sequence_wrap_and_reordering_across_frames():
