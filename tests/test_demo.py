@@ -28,8 +28,10 @@ def test_summarize_frames():
     assert summarize_frames([], 30) == {"frames_displayed": 0}
 
 
-def test_cli_errors_and_codec_placeholder(capsys):
+def test_cli_errors_and_codec_bench(capsys, tmp_path):
     assert demo_main(["--codec", "/nonexistent.safetensors"]) == 2
     assert demo_main(["--loss", "bogus", "--codec", __file__]) == 2
-    assert bench_main(["codec"]) == 0
-    assert "not yet" in capsys.readouterr().out
+    assert bench_main(["codec", "--sizes", "64x48", "--repeats", "2", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| cpu | float32 | 64x48 | 192 |" in out and (tmp_path / "codec_bench.json").exists()
+    assert bench_main(["codec", "--sizes", "huge"]) == 2
