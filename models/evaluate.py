@@ -553,6 +553,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.trials < 1:
         raise UserError("--trials must be >= 1")
     sizes = [parse_frame_size(s) for s in args.sizes.split(",")]
+    if args.images != "builtin":
+        list_images(args.images)  # a missing or empty folder is reported before any work starts
     try:
         amp_dtype = resolve_precision(args.precision, torch.device("cpu"))
     except ValueError as exc:
