@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="ge10", help="shim loss: none | uniform:P | ge:p,r,h,k | ge10 | ge15 | trace:FILE")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", help="shim bottleneck rate, e.g. 400kbit (default: none)")
+    p.add_argument("--queue-packets", type=int, help="shim bottleneck buffer in packets (default: the shim's)")
     p.add_argument("--priority", action="store_true",
                    help="shim serves the bottleneck by DSCP priority with push-out (else drop-tail)")
     p.add_argument("--no-adapt", action="store_true",
@@ -278,7 +279,8 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = PipelineConfig(source=args.source, size=args.size, fps=args.fps, duration=args.duration, loss=args.loss,
                          seed=args.seed, codec=args.codec, latency_ms=args.latency_ms, display=display, record=record,
                          workdir=Path(args.workdir) if args.workdir else None, log_level=args.log_level,
-                         extra_shim=(["--rate", args.rate] if args.rate else []) + (["--priority"] if args.priority else []),
+                         extra_shim=(["--rate", args.rate] if args.rate else []) + (["--priority"] if args.priority else [])
+                         + (["--queue-packets", str(args.queue_packets)] if args.queue_packets else []),
                          extra_sender=["--no-adapt"] if args.no_adapt else [])
     res = run_pipeline(cfg)
     print(format_summary(res))

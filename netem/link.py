@@ -115,9 +115,12 @@ class PacketQueues:
             return True, []
         if not self.priority:
             return False, []
-        # Push-out: only if evicting every less important packet would make room.
-        lower_pkts = sum(len(self._q[r]) for r in range(pkt.rank + 1, N_CLASSES))
-        lower_bytes = sum(self._bytes[r] for r in range(pkt.rank + 1, N_CLASSES))
+        # Push-out: only if evicting every packet of its own or a less important class would make
+        # room.  The victim is the *oldest* packet of the least important class present (drop
+        # head): for real-time media a stale packet is worth least, it would miss its playout
+        # deadline anyway, and keeping it delays every fresher packet of its class.
+        lower_pkts = sum(len(self._q[r]) for r in range(pkt.rank, N_CLASSES))
+        lower_bytes = sum(self._bytes[r] for r in range(pkt.rank, N_CLASSES))
         if self.packets - lower_pkts + 1 > self.capacity_packets or (
                 self.capacity_bytes is not None
                 and self.bytes - lower_bytes + pkt.size > self.capacity_bytes):
@@ -127,7 +130,7 @@ class PacketQueues:
         while not self._fits(1, pkt.size):
             while not self._q[rank]:
                 rank -= 1
-            victim = self._q[rank].pop()  # the newest of the least important class
+            victim = self._q[rank].popleft()
             self._account(victim, -1)
             evicted.append(victim)
         self._append(pkt)

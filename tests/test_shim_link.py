@@ -104,20 +104,28 @@ def test_link_rate_is_the_configured_rate():
 
 # --- buffer ---------------------------------------------------------------------------------------
 
-def test_push_out_evicts_newest_of_least_important_class():
+def test_push_out_drops_the_oldest_of_the_least_important_class():
     q = PacketQueues(3, None, priority=True)
     a, b, c = pkt(AF42, 1), pkt(LE, 2), pkt(LE, 3)
     for p in (a, b, c):
         assert q.push(p) == (True, [])
     new = pkt(AF41, 4)
     accepted, evicted = q.push(new)
-    assert accepted and evicted == [c]
-    # an arrival no more important than anything queued is refused
-    assert q.push(pkt(LE, 5)) == (False, [])
-    assert q.push(pkt(AF42, 6))[1] == [b]
-    assert q.push(pkt(AF42, 7)) == (False, [])
-    assert [q.pop().data for _ in range(3)] == [new.data, a.data, bytes(6)]
+    assert accepted and evicted == [b]  # the stale LE goes, the fresher one stays
+    le5 = pkt(LE, 5)
+    assert q.push(le5) == (True, [c])  # same class: drop head, keep the fresh packet
+    assert q.push(pkt(AF42, 6))[1] == [le5]
+    assert q.push(pkt(AF42, 7))[1] == [a]  # only AF42 and better left: its oldest goes
+    assert q.push(pkt(AF42, 8))[1][0].data == bytes(6)
+    assert [q.pop().data for _ in range(3)] == [new.data, bytes(7), bytes(8)]
     assert len(q) == 0 and q.bytes == 0 and q.peek() is None
+
+
+def test_an_arrival_less_important_than_everything_queued_is_refused():
+    q = PacketQueues(2, None, priority=True)
+    for i in range(2):
+        assert q.push(pkt(AF41, i + 1))[0]
+    assert q.push(pkt(LE, 9))[0] is False  # nothing less important to push out
 
 
 def test_byte_capacity_push_out_makes_enough_room_or_none():
