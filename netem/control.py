@@ -28,11 +28,25 @@ from aiohttp import web
 
 from jscc_stream.netem.shim import Shim, ShimConfig, run_shim
 
-__all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control"]
+__all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control", "serve_app"]
 
 log = logging.getLogger("jscc_stream.netem.control")
 
 _MAX_BODY = 4096
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Start ``app`` on host:port (0 = any free port); returns the runner and the bound address.
+    Raises OSError (runner cleaned up) when the address cannot be bound."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner, site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked
 
 
 class ControlError(ValueError):
@@ -87,17 +101,11 @@ class ControlServer:
         self.shim = shim
 
     async def start(self) -> tuple[str, int]:
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         try:
-            await site.start()
+            self._runner, self.address = await serve_app(self.app, self.config.host, self.config.port)
         except OSError as exc:
-            await self._runner.cleanup()
             raise ControlError(f"cannot serve the control API on {self.config.host}:{self.config.port}: "
                                f"{exc.strerror or exc}") from None
-        sock = site._server.sockets[0]  # the real port when 0 was asked
-        self.address = sock.getsockname()[:2]
         log.info("control API on http://%s:%d%s", self.address[0], self.address[1],
                  " (token required)" if self.config.token else "")
         return self.address

@@ -189,17 +189,14 @@ class WebViewer:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, receiver=None) -> tuple[str, int]:
         """Bind; ``receiver`` (a :class:`Receiver`) lends its stream descriptions (size, fps)."""
+        from jscc_stream.netem.control import serve_app
+
         self._receiver = receiver
-        self._runner = web.AppRunner(self.app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
         try:
-            await site.start()
+            self._runner, self.address = await serve_app(self.app, self.config.host, self.config.port)
         except OSError as exc:
-            await self._runner.cleanup()
             raise UserError(f"cannot serve the viewer on {self.config.host}:{self.config.port}: "
                             f"{exc.strerror or exc}") from None
-        self.address = site._server.sockets[0].getsockname()[:2]
         log.info("viewer page on http://%s:%d/", *self.address)
         return self.address
 
