@@ -24,7 +24,7 @@ from pathlib import Path
 
 from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
 
-__all__ = ["PipelineConfig", "run_pipeline", "summarize_frames", "main"]
+__all__ = ["PipelineConfig", "run_pipeline", "summarize_frames", "wait_for_line", "main"]
 
 
 @dataclass
@@ -65,7 +65,8 @@ def _cpu_ticks(pid: int) -> int | None:
     return int(fields[11]) + int(fields[12])
 
 
-def _wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until a daemon's log shows ``needle`` (it is up); a UserError if it exits or times out."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if path.exists() and needle in path.read_text(errors="replace"):
@@ -170,12 +171,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         if use_shim:
             procs["shim"] = subprocess.Popen(shim_cmd, stdout=logs["shim"], stderr=subprocess.STDOUT,
                                              start_new_session=True)
-        _wait_for_line(work / "receiver.log", "listening on", procs["receiver"], 60)
+        wait_for_line(work / "receiver.log", "listening on", procs["receiver"], 60)
         if use_shim:
-            _wait_for_line(work / "shim.log", "listening on", procs["shim"], 60)
+            wait_for_line(work / "shim.log", "listening on", procs["shim"], 60)
         procs["sender"] = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT,
                                              start_new_session=True)
-        _wait_for_line(work / "sender.log", "sending ", procs["sender"], 60)
+        wait_for_line(work / "sender.log", "sending ", procs["sender"], 60)
         t0 = started = time.monotonic()
         for name, p in procs.items():
             ticks0[name] = _cpu_ticks(p.pid) or 0

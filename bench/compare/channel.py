@@ -15,12 +15,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from jscc_stream.demo import wait_for_line
 from jscc_stream.netem.loss import parse_loss_spec
 
 __all__ = ["CLEAN_PREFIX", "Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "free_port", "Shim"]
@@ -101,18 +101,6 @@ class Shim:
     def __exit__(self, *exc) -> None:
         stop_process(self.proc)
         self._log.close()
-
-
-def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            tail = path.read_text(errors="replace").strip().splitlines()[-3:] if path.exists() else []
-            raise RuntimeError(f"{' '.join(proc.args[:3])} exited early: {tail}")
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out waiting for {needle!r} in {path}")
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
