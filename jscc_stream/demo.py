@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-packets", type=int, help="shim bottleneck buffer in packets (default: the shim's)")
     p.add_argument("--priority", action="store_true",
                    help="shim serves the bottleneck by DSCP priority with push-out (else drop-tail)")
+    p.add_argument("--max-queue-delay-ms", type=float,
+                   help="shim drops packets that waited longer than this in the bottleneck (default: never)")
     p.add_argument("--no-adapt", action="store_true",
                    help="sender keeps its frame rate (no adaptation to the receiver's decode rate)")
     p.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
@@ -281,7 +283,9 @@ def _main(argv: Sequence[str] | None) -> int:
                          seed=args.seed, codec=args.codec, latency_ms=args.latency_ms, display=display, record=record,
                          workdir=Path(args.workdir) if args.workdir else None, log_level=args.log_level,
                          extra_shim=(["--rate", args.rate] if args.rate else []) + (["--priority"] if args.priority else [])
-                         + (["--queue-packets", str(args.queue_packets)] if args.queue_packets else []),
+                         + (["--queue-packets", str(args.queue_packets)] if args.queue_packets else [])
+                         + (["--max-queue-delay-ms", f"{args.max_queue_delay_ms:g}"]
+                            if args.max_queue_delay_ms is not None else []),
                          extra_sender=["--no-adapt"] if args.no_adapt else [])
     res = run_pipeline(cfg)
     print(format_summary(res))

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probability that a training frame also loses a random tail of blocks (as a "
                         "congested network dropping the least important ones; paper 001 mixes "
                         "tail-drop with packet loss the same way)")
+    p.add_argument("--first-block-share", type=float, default=0.0, metavar="F",
+                   help="fraction of each batch decoded from its first block alone (the worst case "
+                        "a priority-dropping network leaves a ladder codec; raises that floor)")
     p.add_argument("--steps", type=int, default=20000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=128)
@@ -137,6 +140,9 @@ def train(args: argparse.Namespace) -> Path | None:
     rng = np.random.default_rng(args.seed + 7919 * rank)
     loss = parse_loss_spec(args.loss)
     frag_vals, frag_p = _fragment_choices(args.fragments)
+    if not 0.0 <= args.first_block_share <= 1.0:
+        raise UserError("--first-block-share must be between 0 and 1")
+    n_first = round(args.first_block_share * args.batch)
 
     files: list[Path] = []
     for d in args.data:
@@ -228,6 +234,8 @@ def train(args: argparse.Namespace) -> Path | None:
             tail = TailDrop().sample(args.batch, model.cfg.blocks, rng)
             tail &= (rng.random(args.batch) < args.tail_drop)[:, None]
             lost |= tail[:, :, None]
+        if n_first:
+            lost[:n_first, 1:, :] = True
         keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
             x_hat = net(x, keep, noise=args.quant_noise)
@@ -261,6 +269,7 @@ def train(args: argparse.Namespace) -> Path | None:
         "training_loss": str(loss),
         "training_fragments": args.fragments,
         "training_tail_drop": args.tail_drop,
+        "training_first_block_share": args.first_block_share,
         "quant_noise": args.quant_noise,
         "init_from": init_from,
         "init": init_summary,

@@ -49,6 +49,10 @@ def _shim_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", action="store_true",
                    help="serve the buffer strictly by DSCP class (AF41 > AF42 > AF43 > default > "
                         "LE) with push-out; without it, one drop-tail FIFO")
+    p.add_argument("--max-queue-delay-ms", type=float, default=None, metavar="MS",
+                   help="drop a packet instead of sending it once it has waited longer than this in "
+                        "the bottleneck buffer (counted as expired): it would miss the receiver's "
+                        "playout deadline anyway. Off by default; pairs well with --priority")
     p.add_argument("--overhead", type=int, default=28,
                    help="bytes added to each datagram by the bottleneck accounting (IP+UDP: 28)")
     p.add_argument("--both-ways", action="store_true",
@@ -141,9 +145,12 @@ def _shim_main(args: argparse.Namespace) -> int:
         fwd = LinkConfig(loss=parse_loss_spec(args.loss), delay_s=args.delay_ms / 1e3,
                          jitter_s=args.jitter_ms / 1e3, rate_bps=rate, burst_bytes=burst,
                          queue_packets=args.queue_packets, queue_bytes=qbytes,
-                         priority=args.priority, overhead=args.overhead)
-        if args.priority and rate is None:
-            logging.getLogger(PROG).warning("--priority has no effect without --rate")
+                         priority=args.priority, overhead=args.overhead,
+                         max_queue_delay_s=(None if args.max_queue_delay_ms is None
+                                            else args.max_queue_delay_ms / 1e3))
+        if (args.priority or args.max_queue_delay_ms is not None) and rate is None:
+            logging.getLogger(PROG).warning("--priority and --max-queue-delay-ms have no effect "
+                                            "without --rate")
     except ValueError as exc:
         if type(exc).__name__ == "LossSpecError":
             raise

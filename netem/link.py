@@ -9,6 +9,12 @@ it with a simulated clock and the asyncio shim with ``loop.time()``.  The buffer
 per DSCP priority class: with ``priority`` it serves them strictly by rank and a full buffer
 makes room for an arrival by pushing out the newest packet of the least important class below
 it; without, it is one drop-tail FIFO (the class FIFOs then only keep the counters apart).
+
+``max_queue_delay_s`` bounds how long a packet may wait in that buffer: a packet that reaches
+the head later than that is dropped instead of sent (counted as ``expired``).  Real-time media
+needs this under strict priority: the least important class still served only gets the capacity
+left over by every newer frame's more important packets, so without a bound its queue stands
+and what it delivers arrives after the receiver's playout deadline, wasting the capacity.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Packet:
     dest: Any = None
     size: int = 0  # bytes the bottleneck charges (payload + IP/UDP overhead)
     rank: int = 3
+    t_in: float = 0.0  # when it entered the bottleneck buffer
 
     @classmethod
     def make(cls, data: bytes, tos: int = 0, dest: Any = None, overhead: int = 28) -> "Packet":
@@ -46,13 +53,15 @@ class Packet:
 @dataclass
 class ClassCounters:
     """Per-class fate of datagrams: in = arrived, lost = loss process, dropped = buffer full
-    (evicted counts the push-outs among them), out = delivered."""
+    or waited too long (evicted counts the push-outs among them, expired the ones that waited
+    longer than ``max_queue_delay_s``), out = delivered."""
 
     in_: int = 0
     out: int = 0
     lost: int = 0
     dropped: int = 0
     evicted: int = 0
+    expired: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -75,6 +84,7 @@ class LinkConfig:
     queue_bytes: int | None = None
     priority: bool = False
     overhead: int = 28
+    max_queue_delay_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.delay_s < 0 or self.jitter_s < 0:
@@ -85,6 +95,8 @@ class LinkConfig:
             raise ValueError("queue must hold at least one packet")
         if self.queue_bytes is not None and self.queue_bytes < 1:
             raise ValueError("queue bytes must be positive")
+        if self.max_queue_delay_s is not None and not self.max_queue_delay_s > 0:
+            raise ValueError("max queue delay must be positive")
 
 
 class PacketQueues:
@@ -259,6 +271,7 @@ class Link:
         if self._bucket is None:
             self._depart(pkt, now)
             return
+        pkt.t_in = now
         accepted, evicted = self.queues.push(pkt)
         for v in evicted:
             vc = self.counters[v.rank]
@@ -299,12 +312,19 @@ class Link:
             while self.queues:  # the bottleneck was removed at runtime
                 self._depart(self.queues.pop(), now)
             return
+        limit = self.config.max_queue_delay_s
         while self.queues:
             head = self.queues.peek()
             assert head is not None
             t = b.ready_at(head.size)
             if t > now:
                 break
+            if limit is not None and t - head.t_in > limit:
+                self.queues.pop()  # stale: it would only take capacity from fresher packets
+                c = self.counters[head.rank]
+                c.dropped += 1
+                c.expired += 1
+                continue
             b.advance(t)
             b.take(head.size)
             self._depart(self.queues.pop(), t)
@@ -331,4 +351,5 @@ class Link:
         return {"classes": per_class, "total": total, "queued_packets": len(self.queues),
                 "queued_bytes": self.queues.bytes, "in_delay": len(self._delayed),
                 "loss": str(self.config.loss), "rate_bps": self.config.rate_bps,
-                "priority": self.config.priority}
+                "priority": self.config.priority,
+                "max_queue_delay_s": self.config.max_queue_delay_s}

@@ -363,7 +363,9 @@ def _describe(cfg: LinkConfig) -> str:
     if cfg.rate_bps:
         parts.append(f"rate={cfg.rate_bps:g}bit/s queue={cfg.queue_packets}p"
                      + (f"/{cfg.queue_bytes}B" if cfg.queue_bytes else "")
-                     + (" priority" if cfg.priority else " drop-tail"))
+                     + (" priority" if cfg.priority else " drop-tail")
+                     + (f" max-delay={cfg.max_queue_delay_s * 1e3:g}ms"
+                        if cfg.max_queue_delay_s else ""))
     return " ".join(parts)
 
 

@@ -91,6 +91,52 @@ def test_priority_push_out_protects_af41_under_overload(bursty):
     assert sum(prio.values()) == pytest.approx(sum(fifo.values()), abs=0.05)
 
 
+def _frames_through(link: Link, seconds: float = 10.0) -> dict[str, list[float]]:
+    """A 30 fps stream of 8 x 600-byte blocks (2 per class, AF41 first) paced over each frame
+    interval into ``link``; returns each class's queueing delays (s) of what it delivered."""
+    fps, order = 30, [AF41, AF41, AF42, AF42, AF43, AF43, LE, LE]
+    waited: dict[str, list[float]] = {"af41": [], "af42": [], "af43": [], "le": []}
+    names = {AF41: "af41", AF42: "af42", AF43: "af43", LE: "le"}
+    arrivals = [(f / fps + i / len(order) / fps, tos)
+                for f in range(int(seconds * fps)) for i, tos in enumerate(order)]
+    tick, t, k = 1e-3, 0.0, 0
+    while k < len(arrivals) or link.next_event() is not None:
+        for p in link.due(t):
+            waited[names[p.tos]].append(t - p.t_in)
+        while k < len(arrivals) and arrivals[k][0] <= t:
+            link.arrive(pkt(arrivals[k][1], 600), t)
+            k += 1
+        t += tick
+    return waited
+
+
+def test_max_queue_delay_turns_stale_low_priority_service_into_fresh_service():
+    # 8 x 628 bytes x 30 fps = 1.2 Mbit/s offered into 800 kbit/s: 50 % overload.
+    def run(limit: float | None) -> tuple[Link, dict[str, list[float]]]:
+        link = Link(LinkConfig(rate_bps=8e5, priority=True, max_queue_delay_s=limit),
+                    np.random.default_rng(0))
+        return link, _frames_through(link)
+    link_free, free = run(None)
+    link_cap, capped = run(0.030)
+    n_sent = 300 * 2
+    for waited in (free, capped):
+        assert len(waited["af41"]) == n_sent and len(waited["af42"]) == n_sent
+    # Without a bound, the AF43 packets strict priority still serves wait for frames.
+    assert np.median(free["af43"]) > 0.1
+    # With it nothing waits longer than the bound (+ one tick of the simulated clock), the
+    # stale ones are counted as expired, and more AF43 packets arrive in time to be decoded.
+    assert max(max(w) for w in capped.values() if w) <= 0.030 + 1.5e-3
+    assert link_cap.stats()["classes"]["af43"]["expired"] > 0
+    assert link_free.stats()["classes"]["af43"]["expired"] == 0
+    on_time = lambda w: sum(d <= 0.050 for d in w)  # noqa: E731
+    assert on_time(capped["af43"]) > 5 * max(1, on_time(free["af43"]))
+
+
+def test_max_queue_delay_must_be_positive():
+    with pytest.raises(ValueError, match="max queue delay"):
+        LinkConfig(rate_bps=1e6, max_queue_delay_s=0)
+
+
 def test_link_rate_is_the_configured_rate():
     link = Link(LinkConfig(rate_bps=2e6, queue_packets=10_000), np.random.default_rng(0))
     arrivals = [(0.0, pkt(BE, 972)) for _ in range(1000)]  # 1000 bytes each on the wire
