@@ -75,20 +75,25 @@ class Outputs:
         return out
 
     def show(self, frame: np.ndarray | None, rec: FrameRecord) -> None:
-        if frame is not None:
-            if self.display:
-                cv2.imshow(self.window, self._overlay(frame, rec))
-                cv2.waitKey(1)
-            if self.record_path:
-                if self._writer is None:
-                    Path(self.record_path).parent.mkdir(parents=True, exist_ok=True)
-                    self._writer = cv2.VideoWriter(self.record_path, cv2.VideoWriter_fourcc(*"mp4v"),
-                                                   self._writer_fps, (frame.shape[1], frame.shape[0]))
-                    if not self._writer.isOpened():
-                        raise UserError(f"cannot write video {self.record_path}")
-                self._writer.write(frame)
-            if self.save_dir:
-                cv2.imwrite(str(self.save_dir / f"{rec.frame_id:08d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        """The moment of display: the window, when there is one (capture-to-display ends here)."""
+        if frame is not None and self.display:
+            cv2.imshow(self.window, self._overlay(frame, rec))
+            cv2.waitKey(1)
+
+    def store(self, frame: np.ndarray | None, rec: FrameRecord) -> None:
+        """After display: the mp4 and the PNG frames (file writes are not part of the latency)."""
+        if frame is None:
+            return
+        if self.record_path:
+            if self._writer is None:
+                Path(self.record_path).parent.mkdir(parents=True, exist_ok=True)
+                self._writer = cv2.VideoWriter(self.record_path, cv2.VideoWriter_fourcc(*"mp4v"),
+                                               self._writer_fps, (frame.shape[1], frame.shape[0]))
+                if not self._writer.isOpened():
+                    raise UserError(f"cannot write video {self.record_path}")
+            self._writer.write(frame)
+        if self.save_dir:
+            cv2.imwrite(str(self.save_dir / f"{rec.frame_id:08d}.png"), frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
 
     def log(self, rec: FrameRecord) -> None:
         if self._stats:

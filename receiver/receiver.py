@@ -209,6 +209,7 @@ class Receiver:
         rec.display_unix = time.time()
         if info.clock_epoch_unix_us:
             rec.capture_to_display_ms = round((rec.display_unix - slot.capture_unix()) * 1000, 2)
+        self.outputs.store(frame, rec)
         self.outputs.log(rec)
         return rec
 
