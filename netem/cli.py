@@ -142,6 +142,8 @@ def _shim_main(args: argparse.Namespace) -> int:
             raise ValueError("--queue-packets must be >= 1")
         if args.stats_interval < 0:
             raise ValueError("--stats-interval must be >= 0")
+        if args.max_queue_delay_ms is not None and not args.max_queue_delay_ms > 0:
+            raise ValueError("--max-queue-delay-ms must be > 0")
         fwd = LinkConfig(loss=parse_loss_spec(args.loss), delay_s=args.delay_ms / 1e3,
                          jitter_s=args.jitter_ms / 1e3, rate_bps=rate, burst_bytes=burst,
                          queue_packets=args.queue_packets, queue_bytes=qbytes,

@@ -267,6 +267,7 @@ def test_cli_runs_and_stops_cleanly_on_sigterm(tmp_path: Path):
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--loss", "ge:1,2"],
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--rate", "fast"],
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--queue-packets", "0"],
+    ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--rate", "1mbit", "--max-queue-delay-ms", "-5"],
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, capsys):
     from jscc_stream.netem.cli import main
