@@ -45,8 +45,6 @@ def event_loop_factory() -> Callable[[], "asyncio.AbstractEventLoop"]:
 
         return uvloop.new_event_loop
     except ImportError:  # pragma: no cover
-        import asyncio
-
         return asyncio.new_event_loop
 
 

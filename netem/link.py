@@ -7,8 +7,8 @@ A datagram's path through a :class:`Link` is what a congested access link does t
 Time is a number the caller passes in (``now``, seconds on any monotonic clock), so tests drive
 it with a simulated clock and the asyncio shim with ``loop.time()``.  The buffer holds one FIFO
 per DSCP priority class: with ``priority`` it serves them strictly by rank and a full buffer
-makes room for an arrival by pushing out the newest packet of the least important class below
-it; without, it is one drop-tail FIFO (the class FIFOs then only keep the counters apart).
+makes room for an arrival by pushing out the oldest packet of the least important class at or
+below its own (drop head); without, it is one drop-tail FIFO (the class FIFOs then only keep the counters apart).
 
 ``max_queue_delay_s`` bounds how long a packet may wait in that buffer: a packet that reaches
 the head later than that is dropped instead of sent (counted as ``expired``).  Real-time media

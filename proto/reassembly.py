@@ -49,6 +49,12 @@ class ReassemblyCounters:
     frames_complete: int = 0
 
 
+def _level(info: StreamInfo, block: int) -> int:
+    """Importance level of ``block`` (0 = most important); a description without levels ranks
+    blocks by index, as the sender sends them."""
+    return info.block_levels[block] if block < len(info.block_levels) else block
+
+
 @dataclass
 class FrameSlot:
     """One frame being collected (and, once released, what arrived of it)."""
@@ -81,8 +87,7 @@ class FrameSlot:
 
     def max_missing_level(self) -> int:
         """Least important level (largest number) among blocks not yet complete; -1 if none."""
-        levels = self.info.block_levels
-        missing = [levels[b] if b < len(levels) else b for b in range(self.received.shape[0])
+        missing = [_level(self.info, b) for b in range(self.received.shape[0])
                    if not self.received[b].all()]
         return max(missing, default=-1)
 
@@ -207,7 +212,7 @@ class Reassembler:
         # importance L means the older frames' packets of importance <= L are through (or lost):
         # an older frame missing only such blocks waits just for reordering.  Its less important
         # blocks may still sit behind this packet in a priority queue, so they keep the deadline.
-        level = info.block_levels[h.block] if h.block < len(info.block_levels) else h.block
+        level = _level(info, h.block)
         for (sc, fid), other in self.slots.items():
             if (sc == pkt.ssrc and frame_diff(fid, h.frame_id) < 0 and other.deadline > now + self.reorder_grace
                     and other.max_missing_level() <= level):
