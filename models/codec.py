@@ -12,13 +12,13 @@ stride inside and cropped back.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CodecConfig", "JSCCCodec", "ERASED"]
+__all__ = ["CodecConfig", "JSCCCodec", "ERASED", "checkerboard_swap"]
 
 ERASED = -1.0  # placeholder value of an erased latent element
 
@@ -38,7 +38,24 @@ class CodecConfig:
     # the natural order 0.6-1.0 dB better at 640x480, where blocks span several packets.
     scr: bool = False
     linear_path: bool = True  # a learnable linear transform (PCA-initialised) beside the CNN
+    # kernel (in latent elements) of the decoder's linear synthesis: 1 = each latent position
+    # paints its own s x s patch (block PCA); 3 = overlapping synthesis that also reads the eight
+    # neighbours, so it can interpolate across patch borders (what a frame missing most of its
+    # blocks needs: 2 values per patch painted as flat tiles is blocky)
+    linear_taps: int = 1
+    # pairs of latent channels that trade elements at odd checkerboard positions (see
+    # checkerboard_swap); ((1, 2),) gives the first block half of each chroma DC channel
+    checker_swap: tuple[tuple[int, int], ...] = ()
     arch: str = "jscc-res-ps-lin"
+
+    def __post_init__(self) -> None:
+        if self.linear_taps < 1 or self.linear_taps % 2 == 0:
+            raise ValueError(f"linear_taps must be an odd number >= 1, got {self.linear_taps}")
+        used = [c for pair in self.checker_swap for c in pair]
+        if (any(len(pair) != 2 for pair in self.checker_swap) or len(set(used)) != len(used)
+                or any(not 0 <= c < self.latent_channels for c in used)):
+            raise ValueError(f"checker_swap must be disjoint pairs of channels in 0..{self.latent_channels - 1}, "
+                             f"got {self.checker_swap}")
 
     @property
     def latent_channels(self) -> int:
@@ -61,7 +78,28 @@ class CodecConfig:
         for key in ("widths", "enc_res", "dec_res"):
             if key in d:
                 d[key] = tuple(d[key])
+        if "checker_swap" in d:
+            d["checker_swap"] = tuple(tuple(pair) for pair in d["checker_swap"])
         return cls(**d)
+
+
+def checkerboard_swap(t: Tensor, pairs: tuple[tuple[int, int], ...]) -> Tensor:
+    """Swap each pair of channels of ``t`` ``(N, C, h, w)`` where row + column is odd.
+
+    A fixed, lossless multiplex (its own inverse) between the model's channels and the
+    transmitted ones.  Why: the first two principal components after the luma DC are the two
+    chroma DCs, so a block of two channels carries luma and one chroma only; swapped in a
+    checkerboard, the first block carries both chromas at half density, which interpolate
+    well, and the second block the other half."""
+    if not pairs:
+        return t
+    h, w = t.shape[-2:]
+    odd = (torch.arange(h, device=t.device)[:, None] + torch.arange(w, device=t.device)) % 2 == 1
+    out = t.clone()
+    for a, b in pairs:
+        out[:, a] = torch.where(odd, t[:, b], t[:, a])
+        out[:, b] = torch.where(odd, t[:, a], t[:, b])
+    return out
 
 
 class ResBlock(nn.Module):
@@ -142,8 +180,10 @@ class Decoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.linear: nn.Module | None = None
         if cfg.linear_path:
-            s = cfg.stride
-            self.linear = nn.Sequential(nn.Conv2d(cfg.latent_channels, 3 * s * s, 1), nn.PixelShuffle(s))
+            s, k = cfg.stride, cfg.linear_taps
+            self.linear = nn.Sequential(
+                nn.Conv2d(cfg.latent_channels, 3 * s * s, k, padding=k // 2, padding_mode="replicate"),
+                nn.PixelShuffle(s))
             nn.init.zeros_(layers[-2].weight)  # start as the linear transform alone
             nn.init.zeros_(layers[-2].bias)
 
@@ -181,10 +221,12 @@ class JSCCCodec(nn.Module):
 
     # -- inference ------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
-        """Frames -> latent ``(N, K*alpha, ceil(H/s), ceil(W/s))`` in [0, 1]."""
+        """Frames -> latent ``(N, K*alpha, ceil(H/s), ceil(W/s))`` in [0, 1], channels in
+        transmission order (block i = channels ``i*alpha .. i*alpha+alpha-1``)."""
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"expected frames shaped (N, 3, H, W), got {tuple(x.shape)}")
-        return self.encoder(self._pad(x).contiguous(memory_format=torch.channels_last))
+        y = self.encoder(self._pad(x).contiguous(memory_format=torch.channels_last))
+        return checkerboard_swap(y, self.cfg.checker_swap)
 
     def decode(self, latent: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
         """Latent (erased elements anywhere) + mask (1 = received) -> frames cropped to size.
@@ -199,9 +241,15 @@ class JSCCCodec(nn.Module):
         if mask.shape != latent.shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != latent shape {tuple(latent.shape)}")
         mask = mask.to(latent.dtype)
-        y = (mask * latent + (1 - mask) * ERASED).contiguous(memory_format=torch.channels_last)
-        out = self.decoder(y, mask.contiguous(memory_format=torch.channels_last))
-        return out[..., : size[0], : size[1]]
+        y = mask * latent + (1 - mask) * ERASED
+        return self._decode(y, mask)[..., : size[0], : size[1]]
+
+    def _decode(self, y_tilde: Tensor, keep: Tensor) -> Tensor:
+        """Placeholder-filled latent and mask, both in transmission order -> frames."""
+        swap = self.cfg.checker_swap
+        y_tilde = checkerboard_swap(y_tilde, swap).contiguous(memory_format=torch.channels_last)
+        keep = checkerboard_swap(keep, swap).contiguous(memory_format=torch.channels_last)
+        return self.decoder(y_tilde, keep)
 
     # -- training -------------------------------------------------------------------------
     def forward(self, x: Tensor, keep: Tensor | None = None, noise: float = 0.0) -> Tensor:
@@ -214,8 +262,7 @@ class JSCCCodec(nn.Module):
         if keep is None:
             keep = torch.ones_like(y)
         y_tilde = keep * (y + 1) - 1
-        out = self.decoder(y_tilde, keep)
-        return out[..., : x.shape[-2], : x.shape[-1]]
+        return self._decode(y_tilde, keep)[..., : x.shape[-2], : x.shape[-1]]
 
     @torch.no_grad()
     def init_linear_from_pca(self, patches: Tensor, spread: float = 3.0) -> None:
@@ -236,9 +283,27 @@ class JSCCCodec(nn.Module):
         self.encoder.linear.weight.copy_(enc_w.reshape(c, 3, s, s).float())
         self.encoder.linear.bias.copy_((0.5 - enc_w @ mean).float())
         conv = self.decoder.linear[0]
-        # PixelShuffle(s) reads channel k*s*s + i*s + j as pixel (k, i, j): the patch layout
-        conv.weight.copy_((basis.T / scale[None, :]).reshape(3 * s * s, c, 1, 1).float())
+        # PixelShuffle(s) reads channel k*s*s + i*s + j as pixel (k, i, j): the patch layout;
+        # only the centre tap is set, so an overlapping synthesis starts as block PCA
+        k = self.cfg.linear_taps
+        conv.weight.zero_()
+        conv.weight[:, :, k // 2, k // 2] = (basis.T / scale[None, :]).float()
         conv.bias.copy_(mean.float())
+
+    def with_linear_taps(self, taps: int) -> "JSCCCodec":
+        """A copy whose decoder synthesis kernel is ``taps`` wide, the old kernel at its centre
+        (same outputs until trained): how a shipped codec is fine-tuned into the wider one."""
+        old = self.cfg.linear_taps
+        if taps < old:
+            raise ValueError(f"cannot shrink the linear synthesis kernel from {old} to {taps}")
+        wider = JSCCCodec(replace(self.cfg, linear_taps=taps))
+        state = self.state_dict()
+        key = "decoder.linear.0.weight"
+        w = torch.zeros_like(wider.state_dict()[key])
+        off = (taps - old) // 2
+        w[:, :, off:off + old, off:off + old] = state[key]
+        wider.load_state_dict({**state, key: w})
+        return wider
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

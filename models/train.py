@@ -8,6 +8,7 @@ and periodic validation PSNR.  Writes safetensors weights and a JSON model card.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant-noise", type=float, default=0.0,
                    help="uniform noise step added to the latent in training (0 = real-valued as "
                         "paper 000; 1/255 simulates 8-bit quantization)")
+    p.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights (0 = the raw "
+                        "weights): batch-of-8 gradient noise makes single snapshots jumpy")
     p.add_argument("--init", default=None, help="start from these weights (name or path)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.ckpt")
     p.add_argument("--seed", type=int, default=0)
@@ -90,11 +94,78 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision: auto = fp16 on CUDA, bf16 on CPUs that support it "
                         "(about 2x faster on AVX512-BF16), else fp32")
     p.add_argument("--widths", default=None, help="override encoder/decoder widths, e.g. 32,64,96,128")
+    p.add_argument("--linear-taps", type=int, default=None, metavar="K",
+                   help="kernel of the decoder's linear synthesis in latent elements (1 = block PCA, "
+                        "3 = overlapping, interpolates across patch borders); with --init, widens "
+                        "the loaded codec's kernel (default: 3 for a new codec, the loaded one's with --init)")
+    p.add_argument("--checker-swap", default=None, metavar="A,B",
+                   help="latent channels A and B trade elements at odd checkerboard positions, so the "
+                        "block holding A also carries half of B (1,2: the first block gets both chroma "
+                        "DCs at half density; 'none' clears it); a transmission order, like --scr")
     p.add_argument("--no-mca", action="store_true", help="ablation: decoder ignores the mask")
     p.add_argument("--scr", action="store_true",
                    help="train for the SCR byte order in packets (paper 001; off by default, see docs/codec.md)")
     add_common_args(p)
     return p
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point state (weights and buffers).
+
+    What gets validated and shipped: it smooths out the last steps' gradient noise without a
+    schedule change.  Decay 0 keeps the raw weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise UserError(f"--ema must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()} if decay else {}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        if not self.decay:
+            return
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # short warm-up
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].lerp_(v.detach(), 1 - d)
+            else:
+                self.state[k].copy_(v)
+
+    def model(self, model: JSCCCodec) -> JSCCCodec:
+        """``model`` itself (no averaging) or a copy holding the averaged weights."""
+        if not self.decay:
+            return model
+        avg = copy.deepcopy(model)
+        avg.load_state_dict(self.state)
+        return avg
+
+    def state_dict(self) -> dict:
+        return {"state": self.state, "updates": self.updates}
+
+    def load_state_dict(self, d: dict) -> None:
+        if self.decay:
+            self.state, self.updates = d["state"], int(d["updates"])
+
+
+def _parse_swap(spec: str) -> tuple[tuple[int, int], ...]:
+    """'1,2' -> ((1, 2),); 'none' -> ()."""
+    if spec.strip().lower() == "none":
+        return ()
+    try:
+        a, b = (int(v) for v in spec.split(","))
+    except ValueError:
+        raise ValueError(f"expected two channel numbers A,B or 'none', got {spec!r}") from None
+    return ((a, b),)
+
+
+def _chain_total(init: dict | None, total_key: str, own_key: str) -> float:
+    """What the --init codec's card says it cost in all (its own run if it has no total)."""
+    if not init:
+        return 0
+    return init.get(total_key) or init.get(own_key) or 0
 
 
 def _ddp_setup() -> tuple[int, int, int]:
@@ -118,12 +189,16 @@ def validate(model: JSCCCodec, val: torch.Tensor, loss: LossProcess, device: tor
     x = val.to(device)
     h, w = model.latent_hw(*x.shape[-2:])
     clean = psnr(model(x), x).mean().item()
+    first = torch.zeros(1, model.cfg.latent_channels, 1, 1, device=device)
+    first[:, : model.cfg.alpha] = 1
+    first_block = psnr(model(x, first.expand(x.shape[0], -1, h, w)), x).mean().item()
     rng = np.random.default_rng(seed)
     lost = packet_losses(loss, x.shape[0] * 4, model.cfg.blocks, 1, rng)
     keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
     lossy = psnr(model(x.repeat(4, 1, 1, 1), keep), x.repeat(4, 1, 1, 1)).mean().item()
     model.train()
-    return {"psnr_all_blocks": round(clean, 3), "psnr_train_loss": round(lossy, 3)}
+    return {"psnr_all_blocks": round(clean, 3), "psnr_train_loss": round(lossy, 3),
+            "psnr_first_block": round(first_block, 3)}
 
 
 def train(args: argparse.Namespace) -> Path | None:
@@ -157,14 +232,24 @@ def train(args: argparse.Namespace) -> Path | None:
     init_summary: dict | None = None
     if args.init:
         model, init_card = load_codec(args.init)
+        if args.linear_taps and args.linear_taps != model.cfg.linear_taps:
+            try:
+                model = model.with_linear_taps(args.linear_taps)
+            except ValueError as exc:
+                raise UserError(f"--linear-taps: {exc}") from None
         init_from = init_card.get("name", str(args.init))
         init_summary = {k: init_card.get(k) for k in ("name", "sha256", "training_loss", "steps", "wall_time_s",
+                                                       "total_steps", "total_wall_time_s",
                                                        "validation", "training_data", "init_from")}
     else:
         kw = {}
         if args.widths:
             kw["widths"] = tuple(int(v) for v in args.widths.split(","))
-        model, init_from = JSCCCodec(CodecConfig(mca=not args.no_mca, scr=args.scr, **kw)), None
+        try:
+            cfg = CodecConfig(mca=not args.no_mca, scr=args.scr, linear_taps=args.linear_taps or 3, **kw)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        model, init_from = JSCCCodec(cfg), None
         if model.cfg.linear_path:
             s = model.cfg.stride
             crops = sampler.batch(max(64, 20000 * s * s // args.crop ** 2), np.random.default_rng(args.seed))
@@ -174,15 +259,24 @@ def train(args: argparse.Namespace) -> Path | None:
         raise UserError("--no-mca changes the architecture; it cannot apply to a model loaded with --init")
     if model.cfg.scr != args.scr:  # SCR is a byte order, not weights: fine-tuning may switch it
         model.cfg = dataclasses.replace(model.cfg, scr=args.scr)
+    if args.checker_swap is not None:  # so is the checkerboard swap
+        try:
+            model.cfg = dataclasses.replace(model.cfg, checker_swap=_parse_swap(args.checker_swap))
+        except ValueError as exc:
+            raise UserError(f"--checker-swap: {exc}") from None
     model = model.to(device).train()
     net: torch.nn.Module = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-    # The PCA-initialised linear paths have fan-in 768: Adam's per-weight steps add up across it,
-    # so they learn at a twentieth of the rate or the latent saturates and training collapses.
-    linear = [p for n, p in model.named_parameters() if ".linear." in n]
-    rest = [p for n, p in model.named_parameters() if ".linear." not in n]
-    opt = torch.optim.Adam([{"params": rest}, {"params": linear, "lr": args.lr * 0.05}], lr=args.lr)
+    # The PCA-initialised encoder transform has fan-in 768: Adam's per-weight steps add up across
+    # it, so it learns at a twentieth of the rate or the latent saturates and training collapses.
+    # The decoder's synthesis (fan-in K*alpha*taps^2, no saturation downstream) can move faster:
+    # its neighbour taps start at zero and must grow to interpolate.
+    groups: dict[str, list[torch.nn.Parameter]] = {"encoder.linear.": [], "decoder.linear.": [], "": []}
+    for n, prm in model.named_parameters():
+        groups[next(g for g in groups if n.startswith(g))].append(prm)
+    rates = {"encoder.linear.": 0.05, "decoder.linear.": 0.25, "": 1.0}
+    opt = torch.optim.Adam([{"params": groups[g], "lr": args.lr * rates[g]} for g in groups], lr=args.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     try:
@@ -210,6 +304,9 @@ def train(args: argparse.Namespace) -> Path | None:
         torch.manual_seed(args.seed + rank + step)
         log.info("resumed %s at step %d", args.name, step)
 
+    ema = WeightAverage(model, args.ema)
+    if args.resume and "ema" in ck:
+        ema.load_state_dict(ck["ema"])
     h, w = model.latent_hw(args.crop, args.crop)
     t0 = time.time()
     from tqdm import tqdm
@@ -220,7 +317,8 @@ def train(args: argparse.Namespace) -> Path | None:
     def save_ckpt() -> None:
         if rank == 0:
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(),
+                        "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "step": step, "wall": wall_before + time.time() - t0,
                         "history": json.dumps(history)}, tmp)
             tmp.replace(ckpt_path)
@@ -247,15 +345,17 @@ def train(args: argparse.Namespace) -> Path | None:
         scaler.step(opt)
         scaler.update()
         sched.step()
+        ema.update(model)
         step += 1
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(psnr=f"{-10 * math.log10(max(mse.item(), 1e-10)):.2f}")
         if rank == 0 and (step % args.val_every == 0 or step == args.steps):
-            metrics = {"step": step, **validate(model, val, loss, device)}
+            metrics = {"step": step, **validate(ema.model(model), val, loss, device)}
             history.append(metrics)
             bar.write(f"[{args.name}] step {step}: val PSNR all blocks {metrics['psnr_all_blocks']:.2f} dB, "
-                      f"under {loss} {metrics['psnr_train_loss']:.2f} dB")
+                      f"under {loss} {metrics['psnr_train_loss']:.2f} dB, "
+                      f"first block alone {metrics['psnr_first_block']:.2f} dB")
         if step % args.ckpt_every == 0 or step == args.steps:
             save_ckpt()
     bar.close()
@@ -271,9 +371,13 @@ def train(args: argparse.Namespace) -> Path | None:
         "training_tail_drop": args.tail_drop,
         "training_first_block_share": args.first_block_share,
         "quant_noise": args.quant_noise,
+        "ema_decay": args.ema,
         "init_from": init_from,
         "init": init_summary,
-        "total_steps": step + (int((init_summary or {}).get("steps") or 0)),
+        # over the whole chain of --init runs (a fine-tune of a fine-tune counts every step)
+        "total_steps": step + _chain_total(init_summary, "total_steps", "steps"),
+        "total_wall_time_s": round(wall_before + time.time() - t0
+                                   + _chain_total(init_summary, "total_wall_time_s", "wall_time_s"), 1),
         "training_data": [f.name for f in train_files],
         "validation_data": [f.name for f in val_files],
         "steps": step, "batch": args.batch, "crop": args.crop, "lr": args.lr, "seed": args.seed,
@@ -283,7 +387,7 @@ def train(args: argparse.Namespace) -> Path | None:
         "validation_history": history,
         "parameters": model.param_count(),
     }
-    path = save_codec(model, out, args.name, card)
+    path = save_codec(ema.model(model), out, args.name, card)
     log.info("wrote %s", path)
     return path
 

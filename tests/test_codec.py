@@ -71,10 +71,10 @@ def test_dequantize_rejects_out_of_range_codes() -> None:
         dequantize(np.array([200], np.uint8), 4)
 
 
-def _small() -> JSCCCodec:
+def _small(**cfg) -> JSCCCodec:
     torch.manual_seed(0)
     return JSCCCodec(CodecConfig(widths=(8, 8, 16, 16), enc_res=(0, 0, 0, 1), dec_res=(0, 0, 0, 1),
-                                 mca_width=8)).eval()
+                                 mca_width=8, **cfg)).eval()
 
 
 @pytest.mark.parametrize("hw", [(240, 320), (100, 130), (16, 16), (33, 65)])
@@ -207,3 +207,87 @@ def test_pca_initialisation_reconstructs_and_orders_importance() -> None:
     assert err(full) < 0.2 * err(torch.full_like(imgs, 0.5))
     assert err(first) < err(last)
     assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+
+
+def test_linear_taps_must_be_odd_and_positive() -> None:
+    for bad in (0, 2, -1):
+        with pytest.raises(ValueError, match="linear_taps"):
+            CodecConfig(linear_taps=bad)
+
+
+def test_widening_the_synthesis_kernel_keeps_the_outputs() -> None:
+    """A shipped 1-tap codec fine-tuned into the overlapping 3-tap synthesis starts exactly where
+    it was (the old kernel sits at the centre, the new taps are zero), erasures included."""
+    torch.manual_seed(1)
+    m = _small().eval()
+    with torch.no_grad():
+        for p in m.decoder.linear.parameters():
+            p.normal_()
+    wide = m.with_linear_taps(3).eval()
+    assert wide.cfg.linear_taps == 3 and wide.decoder.linear[0].kernel_size == (3, 3)
+    x = torch.rand(2, 3, 48, 64)
+    keep = (torch.rand(2, m.cfg.latent_channels, 3, 4) > 0.3).float()
+    with torch.no_grad():
+        assert torch.allclose(m(x, keep), wide(x, keep), atol=1e-6)
+    with pytest.raises(ValueError, match="shrink"):
+        wide.with_linear_taps(1)
+
+
+def test_overlapping_synthesis_reads_the_neighbours() -> None:
+    """With 3 taps, a latent element changes the pixels of the neighbouring patches too (what
+    lets the decoder interpolate across patch borders); with 1 tap only its own patch."""
+    torch.manual_seed(2)
+    for taps, expect_outside in ((1, False), (3, True)):
+        m = _small(linear_taps=taps).eval()
+        with torch.no_grad():
+            for p in m.decoder.linear.parameters():
+                p.normal_()
+        y = torch.full((1, m.cfg.latent_channels, 3, 3), 0.5)
+        base = m.decoder.linear(y - 0.5)
+        y[0, 0, 1, 1] = 1.0
+        diff = (m.decoder.linear(y - 0.5) - base).abs().sum(1)[0]
+        s = m.cfg.stride
+        inside = diff[s:2 * s, s:2 * s].sum()
+        outside = diff.sum() - inside
+        assert inside > 0 and bool(outside > 1e-3 * inside) == expect_outside
+
+
+def test_checkerboard_swap_is_its_own_inverse_and_lossless() -> None:
+    from jscc_stream.models.codec import checkerboard_swap
+
+    t = torch.rand(2, 6, 5, 7)
+    once = checkerboard_swap(t, ((1, 2), (4, 0)))
+    assert torch.equal(checkerboard_swap(once, ((1, 2), (4, 0))), t)
+    assert torch.equal(once[:, 1, 0, 0], t[:, 1, 0, 0]) and torch.equal(once[:, 1, 0, 1], t[:, 2, 0, 1])
+    assert torch.equal(once[:, 3], t[:, 3])  # channels outside the pairs stay put
+    assert torch.equal(checkerboard_swap(t, ()), t)
+
+
+@pytest.mark.parametrize("bad", [((1, 1),), ((1, 2), (2, 3)), ((0, 99),), ((1, 2, 3),)])
+def test_checker_swap_must_be_disjoint_pairs_of_real_channels(bad) -> None:
+    with pytest.raises(ValueError, match="checker_swap"):
+        CodecConfig(checker_swap=bad)
+
+
+def test_checker_swap_gives_the_first_block_half_of_each_channel() -> None:
+    """With (1, 2) swapped, a frame with only block 0 reaches the decoder with channel 0 whole
+    and channels 1 and 2 each at the opposite half of a checkerboard; with every block received
+    the swap changes nothing the decoder sees (the codec's output is the same)."""
+    from dataclasses import replace
+
+    m = _small()
+    sw = JSCCCodec(replace(m.cfg, checker_swap=((1, 2),))).eval()
+    sw.load_state_dict(m.state_dict())
+    x = torch.rand(1, 3, 64, 80)
+    seen = {}
+    sw.decoder.register_forward_hook(lambda mod, args, out: seen.update(mask=args[1].clone()))
+    with torch.no_grad():
+        assert torch.allclose(m(x), sw(x), atol=1e-6)
+        keep = torch.zeros(1, sw.cfg.latent_channels, 4, 5)
+        keep[:, :2] = 1
+        sw(x, keep)
+    mask = seen["mask"][0]
+    assert bool(mask[0].all()) and not bool(mask[3:].any())
+    assert torch.equal(mask[1] + mask[2], torch.ones(4, 5))  # complementary checkerboards
+    assert mask[1, 0, 0] == 1 and mask[1, 0, 1] == 0 and mask[2, 0, 1] == 1
+    assert CodecConfig.from_dict(sw.cfg.to_dict()).checker_swap == ((1, 2),)
