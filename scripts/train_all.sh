@@ -56,8 +56,9 @@ in_lanes() {  # stage: run every fine-tune of the list through that stage, $jobs
 }
 finetune() { train "$1" "$2" "$ft_steps" 2e-4 --init "$base" "${@:3}"; }
 # The importance-ordered codecs also send the two chroma DC channels (1 and 2) in a checkerboard
-# across blocks 0 and 1, so a frame left with its first block still has colour.
-declare -A refine_extra=([ladder]="--checker-swap 1,2" [steep]="--checker-swap 1,2" [taildrop]="--checker-swap 1,2")
+# across blocks 0 and 1, so a frame left with its first block still has colour; the ladder codec
+# (for priority dropping, where that frame is common) also learns to decode it on an eighth of every batch.
+declare -A refine_extra=([ladder]="--checker-swap 1,2 --first-block-share 0.125" [steep]="--checker-swap 1,2" [taildrop]="--checker-swap 1,2")
 refine() {  # from the stage-2 weights (or the shipped ones when stage 2 was not run here)
   local init extra
   init=$(ls "$out/$1"-*.safetensors 2>/dev/null || echo "$1")
