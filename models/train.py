@@ -290,7 +290,7 @@ def train(args: argparse.Namespace) -> Path | None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{args.name}.ckpt"
-    step, wall_before, history = 0, 0.0, []
+    step, wall_before, history, ema_state = 0, 0.0, [], None
     if args.resume:
         if not ckpt_path.exists():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
@@ -300,13 +300,14 @@ def train(args: argparse.Namespace) -> Path | None:
         sched.load_state_dict(ck["sched"])
         step, wall_before = int(ck["step"]), float(ck["wall"])
         history = json.loads(ck["history"])
+        ema_state = ck.get("ema")  # absent in checkpoints written before the weight average
         rng = np.random.default_rng([args.seed + 7919 * rank, step])
         torch.manual_seed(args.seed + rank + step)
         log.info("resumed %s at step %d", args.name, step)
 
     ema = WeightAverage(model, args.ema)
-    if args.resume and "ema" in ck:
-        ema.load_state_dict(ck["ema"])
+    if ema_state is not None:
+        ema.load_state_dict(ema_state)
     h, w = model.latent_hw(args.crop, args.crop)
     t0 = time.time()
     from tqdm import tqdm
