@@ -27,7 +27,7 @@ from jscc_stream.netem.loss import LossProcess, TailDrop, parse_loss_spec
 
 from .codec import CodecConfig, JSCCCodec
 from .data import CropSampler, fit_to, list_images, load_rgb, to_tensor
-from .erasure import keep_mask, packet_losses
+from .erasure import block_keep_mask, keep_mask, packet_losses
 from .precision import PRECISIONS, resolve_precision
 from .zoo import load_codec, save_codec
 
@@ -189,9 +189,10 @@ def validate(model: JSCCCodec, val: torch.Tensor, loss: LossProcess, device: tor
     x = val.to(device)
     h, w = model.latent_hw(*x.shape[-2:])
     clean = psnr(model(x), x).mean().item()
-    first = torch.zeros(1, model.cfg.latent_channels, 1, 1, device=device)
-    first[:, : model.cfg.alpha] = 1
-    first_block = psnr(model(x, first.expand(x.shape[0], -1, h, w)), x).mean().item()
+    only_first = torch.zeros(x.shape[0], model.cfg.blocks)
+    only_first[:, 0] = 1
+    first = block_keep_mask(only_first, model.cfg.alpha, h, w).to(device)
+    first_block = psnr(model(x, first), x).mean().item()
     rng = np.random.default_rng(seed)
     lost = packet_losses(loss, x.shape[0] * 4, model.cfg.blocks, 1, rng)
     keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)

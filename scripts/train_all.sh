@@ -30,7 +30,8 @@ train() {  # name loss steps lr [extra args...]; OUT may be overridden per call
 }
 
 if [ "${SKIP_FINETUNE:-0}" != 1 ]; then  # SKIP_FINETUNE=1: refine the shipped weights only
-  train base none "$base_steps" 2e-4
+  # stages 1 and 2 as the shipped weights had them: 1-tap synthesis, raw weights (no average)
+  train base none "$base_steps" 2e-4 --linear-taps 1 --ema 0
   base=$(ls "$out"/base-*.safetensors)
 fi
 finetunes=(
@@ -54,7 +55,7 @@ in_lanes() {  # stage: run every fine-tune of the list through that stage, $jobs
   done
   wait
 }
-finetune() { train "$1" "$2" "$ft_steps" 2e-4 --init "$base" "${@:3}"; }
+finetune() { train "$1" "$2" "$ft_steps" 2e-4 --init "$base" --ema 0 "${@:3}"; }
 # The importance-ordered codecs also send the two chroma DC channels (1 and 2) in a checkerboard
 # across blocks 0 and 1, so a frame left with its first block still has colour; the ladder codec
 # (for priority dropping, where that frame is common) also learns to decode it on an eighth of every batch.
@@ -67,4 +68,4 @@ refine() {  # from the stage-2 weights (or the shipped ones when stage 2 was not
     "${@:3}" "${extra[@]}"
 }
 [ "${SKIP_FINETUNE:-0}" = 1 ] || in_lanes finetune
-[ "$refine_steps" -gt 0 ] && in_lanes refine
+if [ "$refine_steps" -gt 0 ]; then in_lanes refine; fi  # (a bare && would end the script with 1)
