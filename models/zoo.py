@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from jscc_stream.cli import UserError
 
 from .codec import CodecConfig, JSCCCodec
+from .transform import RDCodec, RDConfig
 
 __all__ = ["WEIGHTS_DIR", "CodecLoadError", "available_codecs", "load_codec", "save_codec",
            "resolve_weights", "sha256_file"]
@@ -59,8 +60,16 @@ def resolve_weights(name_or_path: str | Path) -> Path:
     return matches[0]
 
 
+def _model_from_card(config: dict) -> JSCCCodec | RDCodec:
+    """The architecture a card names: the rate-distortion codec (``rd-*``) or the
+    fixed-rate JSCC codec of papers 000/001."""
+    if str(config.get("arch", "")).startswith("rd-"):
+        return RDCodec(RDConfig.from_dict(config))
+    return JSCCCodec(CodecConfig.from_dict(config))
+
+
 def load_codec(name_or_path: str | Path = "uniform", device: str | torch.device = "cpu",
-               verify_hash: bool = True) -> tuple[JSCCCodec, dict[str, Any]]:
+               verify_hash: bool = True) -> tuple[JSCCCodec | RDCodec, dict[str, Any]]:
     """Load a codec by shipped name or path; returns ``(model in eval mode, model card)``."""
     path = resolve_weights(name_or_path)
     if verify_hash and "-" in path.stem:
@@ -83,10 +92,9 @@ def load_codec(name_or_path: str | Path = "uniform", device: str | torch.device 
         raise CodecLoadError(f"{path} has no model card in its metadata")
     try:
         card = json.loads(meta["card"])
-        cfg = CodecConfig.from_dict(card["config"])
+        model = _model_from_card(card["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CodecLoadError(f"{path} has an invalid model card ({exc})") from None
-    model = JSCCCodec(cfg)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -96,7 +104,7 @@ def load_codec(name_or_path: str | Path = "uniform", device: str | torch.device 
     return model.to(device=device, memory_format=torch.channels_last).eval(), card
 
 
-def save_codec(model: JSCCCodec, out_dir: str | Path, name: str, card: dict[str, Any]) -> Path:
+def save_codec(model: JSCCCodec | RDCodec, out_dir: str | Path, name: str, card: dict[str, Any]) -> Path:
     """Write ``NAME-HASH8.safetensors`` (card embedded) and ``NAME.json``; returns the weights."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,329 @@
+"""The packet API of the rate-distortion codec: BGR frame <-> self-contained payloads.
+
+``encode(frame_bgr, max_bytes)`` returns payloads in importance order (level 0 first), each at
+most :data:`MAX_PAYLOAD` bytes and each decodable alone; ``decode(payloads, width, height)``
+takes the same list with ``None`` for every payload that was lost (or any subset, in any
+order: a payload names its own place) and returns the frame.
+
+A payload holds one importance level's coefficients at one group of latent positions.  The
+positions of a level are dealt into ``n`` groups through a fixed pseudo-random permutation, so
+a lost payload erases scattered positions that the decoder fills from their neighbours,
+never a whole region.  Layout (little-endian)::
+
+    0  version (high 4 bits) | level (low 4 bits)
+    1  levels sent (high 4 bits) | levels kept (low 4 bits)
+    2  group index            3  group count          4  rate index (quantizer step)
+    5  CRC-16 of the whole payload (this field zeroed)
+    7  5-bit Laplace scale index per channel of the level, packed, padded to a byte
+    .. range-coded symbols (32-bit words), channel-major over the group's positions
+    (an empty body: every coefficient of the group is zero)
+
+Levels below "levels sent" have payloads; levels from there to "levels kept" are all zero at
+this rate (known, not erased: nothing is sent for them); levels from "levels kept" on were
+left out by rate control and decode as erased.
+
+Rate control picks one rate index per frame from the entropy model's ideal code length (no
+network re-run), then checks the real size; levels that do not fit the budget even at the
+coarsest step are left out, least important first.
+"""
+
+from __future__ import annotations
+
+import binascii
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .entropy import (MAX_SYMBOL, SCALE_BITS, SCALES, decode_symbols, encode_symbols,
+                      fit_scale_index)
+from .precision import resolve_precision
+from .transform import Q_INDEXES, STRIDE, RDCodec, q_of_index
+
+__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions"]
+
+MAX_PAYLOAD = 876  # 900-byte datagram - 12 (RTP) - 12 (JSCC packet header)
+VERSION = 2
+HEADER = struct.Struct("<BBBBBH")
+MAX_GROUPS = 255
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be used (truncated, corrupted, or of another layout)."""
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    level: int
+    levels_sent: int
+    levels_kept: int
+    group: int
+    groups: int
+    rate_index: int
+
+    def pack(self, crc: int = 0) -> bytes:
+        return HEADER.pack((VERSION << 4) | self.level, (self.levels_sent << 4) | self.levels_kept,
+                           self.group, self.groups, self.rate_index, crc)
+
+
+def _crc16(data: bytes) -> int:
+    return binascii.crc_hqx(data, 0xFFFF)
+
+
+def parse_payload(payload: bytes, n_levels: int) -> tuple[PayloadHeader, bytes]:
+    """Header and body of ``payload``; :class:`PayloadError` if it is not a valid payload."""
+    if len(payload) < HEADER.size:
+        raise PayloadError(f"payload of {len(payload)} bytes is shorter than its header")
+    vl, sk, group, groups, rate, crc = HEADER.unpack_from(payload)
+    if _crc16(payload[:5] + b"\0\0" + payload[7:]) != crc:
+        raise PayloadError("payload checksum mismatch")
+    if vl >> 4 != VERSION:
+        raise PayloadError(f"payload version {vl >> 4}, expected {VERSION}")
+    head = PayloadHeader(vl & 15, sk >> 4, sk & 15, group, groups, rate)
+    if (not head.level < head.levels_sent <= head.levels_kept <= n_levels
+            or not 0 <= head.group < head.groups or head.rate_index >= Q_INDEXES):
+        raise PayloadError(f"payload header out of range: {head}")
+    return head, payload[HEADER.size:]
+
+
+@lru_cache(maxsize=64)
+def _permutation(n_positions: int) -> np.ndarray:
+    # fixed for a frame size on both ends: a seed derived from the size, numpy's PCG64
+    return np.random.default_rng(n_positions * 7919 + 17).permutation(n_positions)
+
+
+def group_positions(n_positions: int, group: int, groups: int) -> np.ndarray:
+    """Raster indexes of the latent positions in ``group`` of ``groups`` (sorted)."""
+    return np.sort(_permutation(n_positions)[group::groups])
+
+
+def _pack_scales(idx: np.ndarray) -> bytes:
+    bits = ((idx[:, None] >> np.arange(SCALE_BITS - 1, -1, -1)) & 1).astype(np.uint8)
+    return np.packbits(bits.ravel()).tobytes()
+
+
+def _unpack_scales(data: bytes, n: int) -> np.ndarray:
+    nbytes = (n * SCALE_BITS + 7) // 8
+    if len(data) < nbytes:
+        raise PayloadError("payload too short for its scale indexes")
+    bits = np.unpackbits(np.frombuffer(data[:nbytes], dtype=np.uint8))[: n * SCALE_BITS]
+    return (bits.reshape(n, SCALE_BITS).astype(np.int64) << np.arange(SCALE_BITS - 1, -1, -1)).sum(1)
+
+
+def _bits_table() -> np.ndarray:
+    """``T[s, |k|]``: ideal bits of symbol magnitude ``|k|`` under scale index ``s``."""
+    b = SCALES[1:, None]
+    a = np.arange(MAX_SYMBOL + 1, dtype=np.float64)[None]
+    p = np.where(a >= 0.5, np.sinh(0.5 / b) * np.exp(-a / b), 1.0 - np.exp(-0.5 / b))
+    t = -np.log2(np.maximum(p, 1e-300))
+    return np.vstack([np.zeros((1, MAX_SYMBOL + 1)), t]).astype(np.float32)
+
+
+_BITS = _bits_table()
+
+
+class PacketCodec:
+    """Wraps an :class:`RDCodec` with padding, rate control, packetization and entropy coding."""
+
+    def __init__(self, model: RDCodec, card: dict[str, Any] | None = None,
+                 device: str | torch.device = "cpu", precision: str = "auto",
+                 max_payload: int = MAX_PAYLOAD) -> None:
+        self.device = torch.device(device) if isinstance(device, str) else device
+        self.amp_dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.card = card or {}
+        self.name = self.card.get("name", "unnamed")
+        self.max_payload = max_payload
+        self.levels = model.cfg.level_slices()
+        self._rate_hint = Q_INDEXES // 2
+        with torch.no_grad():
+            self._steps = torch.exp(model.log_step).double().cpu().numpy()
+
+    @classmethod
+    def load(cls, name_or_path: str | Path = "uniform", device: str = "auto",
+             precision: str = "auto") -> "PacketCodec":
+        from .frame_codec import pick_device
+        from .zoo import CodecLoadError, load_codec
+
+        dev = pick_device(device)
+        model, card = load_codec(name_or_path, device=dev)
+        if not isinstance(model, RDCodec):
+            raise CodecLoadError(f"codec {name_or_path!r} is a fixed-rate JSCC codec, not an "
+                                 f"entropy-coded one (architecture {card['config'].get('arch')})")
+        return cls(model, card, dev, precision)
+
+    # --- helpers --------------------------------------------------------------------------
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    @staticmethod
+    def latent_hw(width: int, height: int) -> tuple[int, int]:
+        return -(-height // STRIDE), -(-width // STRIDE)
+
+    def _analyse(self, frame_bgr: np.ndarray) -> np.ndarray:
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
+        height, width = frame_bgr.shape[:2]
+        h, w = self.latent_hw(width, height)
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+        x = F.pad(x, (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")
+        with torch.inference_mode():
+            # the analysis is linear and cheap: fp32 keeps the symbols exact at fine steps
+            y = self.model.analyse(x)[0]
+        return y.reshape(y.shape[0], -1).double().cpu().numpy()
+
+    def _symbols(self, y: np.ndarray, rate_index: int) -> np.ndarray:
+        step = q_of_index(rate_index) * self._steps[:, None]
+        return np.clip(np.rint(y / step), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
+
+    def _level_bytes(self, sym: np.ndarray) -> np.ndarray:
+        """Estimated bytes per level (one group each; side information included)."""
+        out = np.empty(len(self.levels))
+        for i, sl in enumerate(self.levels):
+            s = sym[sl]
+            idx = fit_scale_index(s)
+            if not idx.any():
+                out[i] = 0.0
+                continue
+            bits = _BITS[idx[:, None], np.abs(s)].sum()
+            out[i] = bits / 8 + (sl.stop - sl.start) * SCALE_BITS / 8 + HEADER.size + 2
+        return out
+
+    # --- encode ---------------------------------------------------------------------------
+    def choose_rate(self, y: np.ndarray, max_bytes: int) -> tuple[int, int]:
+        """(rate index, levels kept): the finest step whose estimated size fits ``max_bytes``.
+
+        The search starts at the previous frame's index (a stream's frames need similar
+        steps) and gallops outwards before it bisects: two to four size estimates a frame."""
+        fits = lambda i: self._estimate(y, i) <= max_bytes  # noqa: E731
+        start = min(max(self._rate_hint, 0), Q_INDEXES - 1)
+        if fits(start):  # finest fitting index is <= start
+            hi, step = start, 1
+            lo = start - step
+            while lo >= 0 and fits(lo):
+                hi, step = lo, step * 2
+                lo = hi - step
+            lo = max(lo + 1, 0)
+        else:  # finest fitting index is > start
+            lo, step = start + 1, 1
+            hi = start + step
+            while hi < Q_INDEXES - 1 and not fits(hi):
+                lo, step = hi + 1, step * 2
+                hi = min(Q_INDEXES - 1, hi + step)
+            hi = min(hi, Q_INDEXES - 1)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        self._rate_hint = lo
+        levels = len(self.levels)
+        per_level = self._level_bytes(self._symbols(y, lo))
+        while levels > 1 and self._packet_total(per_level[:levels]) > max_bytes:
+            levels -= 1
+        return lo, levels
+
+    def _packet_total(self, per_level: np.ndarray) -> float:
+        room = self.max_payload - HEADER.size - 16
+        groups = np.where(per_level > 0, np.maximum(1, np.ceil(per_level / room)), 0)
+        # each extra group repeats header and side information; 2 bytes of word padding each
+        return float(per_level.sum() + (groups - 1).sum() * 24 + groups.sum() * 2)
+
+    def _estimate(self, y: np.ndarray, rate_index: int) -> float:
+        return self._packet_total(self._level_bytes(self._symbols(y, rate_index)))
+
+    def _encode_level(self, sym: np.ndarray, level: int, sent: int, kept: int, rate_index: int,
+                      est: float, min_groups: int) -> list[bytes]:
+        room = self.max_payload - HEADER.size - 16
+        n_pos = sym.shape[1]
+        groups = int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / room))))
+        while True:
+            out = []
+            for g in range(groups):
+                pos = group_positions(n_pos, g, groups)
+                s = sym[:, pos]
+                idx = fit_scale_index(s)
+                body = _pack_scales(idx) + encode_symbols(s, idx) if idx.any() else b""
+                head = PayloadHeader(level, sent, kept, g, groups, rate_index)
+                raw = head.pack() + body
+                crc = _crc16(raw)
+                out.append(head.pack(crc) + body)
+            if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
+                return out
+            groups += 1
+
+    def encode(self, frame_bgr: np.ndarray, max_bytes: int) -> list[bytes]:
+        """BGR frame -> payloads in importance order, together at most ``max_bytes`` (when the
+        budget allows level 0 at the coarsest step at all)."""
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        y = self._analyse(frame_bgr)
+        rate, levels = self.choose_rate(y, max_bytes)
+        while True:
+            payloads = self._encode_levels(y, rate, levels)
+            if sum(map(len, payloads)) <= max_bytes or rate == Q_INDEXES - 1:
+                return payloads
+            rate += 1
+
+    def _encode_levels(self, y: np.ndarray, rate: int, levels: int) -> list[bytes]:
+        sym = self._symbols(y, rate)
+        est = self._level_bytes(sym)
+        nonzero = [lv for lv in range(levels) if est[lv] > 0]
+        sent = max(nonzero, default=0) + 1  # level 0 is always sent: it carries the frame's header
+        payloads: list[bytes] = []
+        for lv in range(sent):
+            # level 0 (the DCs) in at least two payloads: one loss then costs half the DCs,
+            # which the decoder interpolates, instead of the whole picture
+            payloads += self._encode_level(sym[self.levels[lv]], lv, sent, levels, rate, est[lv],
+                                           2 if lv == 0 else 1)
+        return payloads
+
+    # --- decode ---------------------------------------------------------------------------
+    def decode(self, payloads: Sequence[bytes | None], width: int, height: int) -> np.ndarray:
+        """Payloads (``None`` or damaged ones are erasures) -> BGR uint8 frame."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        h, w = self.latent_hw(width, height)
+        n_pos = h * w
+        c = self.model.cfg.channels
+        coef = np.zeros((c, n_pos), dtype=np.float32)
+        mask = np.zeros((len(self.levels), n_pos), dtype=np.float32)
+        rates: list[int] = []
+        known_zero: tuple[int, int] | None = None
+        for p in payloads:
+            if p is None:
+                continue
+            try:
+                head, body = parse_payload(bytes(p), len(self.levels))
+                sl = self.levels[head.level]
+                pos = group_positions(n_pos, head.group, head.groups)
+                if body:
+                    idx = _unpack_scales(body, sl.stop - sl.start)
+                    sym = decode_symbols(body[(len(idx) * SCALE_BITS + 7) // 8:], idx, len(pos))
+                else:
+                    sym = np.zeros((sl.stop - sl.start, len(pos)), dtype=np.int32)
+            except (PayloadError, ValueError, RuntimeError):
+                continue  # an unusable payload is an erasure
+            known_zero = known_zero or (head.levels_sent, head.levels_kept)
+            step = q_of_index(head.rate_index) * self._steps[sl]
+            coef[sl][:, pos] = sym * step[:, None].astype(np.float32)
+            mask[head.level, pos] = 1.0
+            rates.append(head.rate_index)
+        if known_zero:
+            mask[known_zero[0]:known_zero[1]] = 1.0
+        q = q_of_index(int(np.median(rates))) if rates else q_of_index(64)
+        y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device)
+        m = torch.from_numpy(mask.reshape(1, -1, h, w)).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            x = self.model.synthesise(y, m, q)[0, :, :height, :width].float()
+        rgb = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

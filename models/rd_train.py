@@ -1,0 +1,245 @@
+"""Rate-distortion training of :class:`.transform.RDCodec` (``jscc-train --arch rd``).
+
+One model serves every rate: each sample draws a rate index (the quantizer step ``q``), and the
+loss is ``MSE / q**2 + gamma * bpp``, the high-rate Lagrangian of a uniform quantizer divided
+by ``q**2`` so that every rate weighs the same (``gamma = 2 ln 2 / 12 * 256 / 768`` for an
+orthonormal 16x16 RGB transform).  Erasures are simulated as the packet API makes them: each
+level's positions are split into a few random groups (one packet each) and each packet is lost
+with the sample's loss rate; the ``ladder`` schedule also keeps only the first ``j`` levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data import CropSampler, list_images
+from .transform import Q_INDEXES, RDCodec, RDConfig, q_of_index
+
+log = logging.getLogger("jscc.rd_train")
+
+GAMMA = 2 * math.log(2) / 12 * 256 / 768
+ERASED_Q_FLOOR = 0.3
+
+
+@dataclass
+class ErasureSchedule:
+    """How training samples lose packets.  ``max_loss``: per-sample packet-loss rate drawn
+    uniformly in [0, max_loss] for a ``lossy_share`` of samples; ``ladder_share``: share of
+    samples that keep only a random prefix of levels (the rest nothing lost)."""
+
+    max_loss: float = 0.0
+    lossy_share: float = 0.0
+    ladder_share: float = 0.0
+    max_groups: int = 4
+
+    @classmethod
+    def named(cls, name: str) -> "ErasureSchedule":
+        table = {
+            "none": cls(),
+            "uniform": cls(max_loss=0.3, lossy_share=0.6),
+            "ladder": cls(max_loss=0.2, lossy_share=0.3, ladder_share=0.4),
+        }
+        if name not in table:
+            raise ValueError(f"erasure schedule must be one of {sorted(table)}, got {name!r}")
+        return table[name]
+
+    def masks(self, n: int, levels: int, h: int, w: int, rng: np.random.Generator) -> torch.Tensor:
+        """``(n, levels, h, w)`` float mask, 1 = the element's packet arrived."""
+        out = np.ones((n, levels, h, w), dtype=np.float32)
+        for i in range(n):
+            r = rng.random()
+            if r < self.ladder_share:
+                out[i, rng.integers(1, levels + 1):] = 0
+            elif r < self.ladder_share + self.lossy_share:
+                eps = rng.uniform(0, self.max_loss)
+                for lv in range(levels):
+                    groups = rng.integers(1, self.max_groups + 1)
+                    which = rng.integers(0, groups, size=(h, w))
+                    lost = rng.random(groups) < eps
+                    out[i, lv] = ~lost[which]
+        return torch.from_numpy(out)
+
+
+def klt_patches(sampler: CropSampler, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """``(n, 768)`` random 16x16 RGB patches (conv-weight order) for the KLT."""
+    crops = sampler.batch(max(1, n // 64), rng)  # 128x128 crops hold 64 patches each
+    p = crops.unfold(2, 16, 16).unfold(3, 16, 16)  # N,3,8,8,16,16
+    return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * 256)
+
+
+def psnr_db(mse: torch.Tensor) -> torch.Tensor:
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jscc-train --arch rd", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder of training photographs")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log, weights)")
+    p.add_argument("--name", default="uniform", help="codec name written to the model card")
+    p.add_argument("--erasures", default="uniform", help="none | uniform | ladder")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--gamma", type=float, default=GAMMA, help="rate weight (default %(default).4f)")
+    p.add_argument("--channels", type=int, default=192)
+    p.add_argument("--levels", default="4,8,12,20,36,48,64")
+    p.add_argument("--latent-width", type=int, default=96)
+    p.add_argument("--pixel-width", type=int, default=32)
+    p.add_argument("--analysis-width", type=int, default=0)
+    p.add_argument("--q-min", type=float, default=0.0283, help="finest quantizer step trained")
+    p.add_argument("--q-max", type=float, default=1.81, help="coarsest quantizer step trained")
+    p.add_argument("--val-images", type=int, default=3, help="photographs held out for validation")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("--export", metavar="DIR", help="write OUT/last.ckpt's averaged weights as "
+                   "NAME-HASH.safetensors + NAME.json into DIR and exit (no training)")
+    return p
+
+
+def export(run: Path, out_dir: Path, name: str) -> Path:
+    """The checkpoint's weight average (EMA) as shipped weights with a model card."""
+    from .zoo import save_codec
+
+    ck = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    model = RDCodec(RDConfig.from_dict(ck["config"]))
+    model.load_state_dict(ck["ema"])
+    a = ck["args"]
+    last_val = {}
+    log_path = run / "train.log"
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            rec = json.loads(line)
+            if "psnr@64" in rec:
+                last_val = {k: v for k, v in rec.items() if "@" in k}
+    card = {"architecture": model.cfg.arch, "trainer": "jscc-train --arch rd",
+            "erasures": a["erasures"], "steps": ck["step"], "wall_time_s": round(ck["wall"]),
+            "batch": a["batch"], "crop": a["crop"], "lr": a["lr"], "gamma": a["gamma"],
+            "q_range": [a["q_min"], a["q_max"]], "data": a["data"], "ema_decay": 0.999,
+            "validation (held-out crops, 256x256, EMA)": last_val}
+    return save_codec(model, out_dir, name, card)
+
+
+def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> dict[str, float]:
+    model.eval()
+    out = {}
+    with torch.no_grad():
+        for qi in q_indexes:
+            q = torch.full((len(val),), float(q_of_index(qi)))
+            r = model(val, q)
+            mse = ((r.x_hat.clamp(0, 1) - val) ** 2).mean(dim=(1, 2, 3))
+            out[f"psnr@{qi}"] = float(psnr_db(mse).mean())
+            out[f"bpp@{qi}"] = float(r.bits.mean() / (val.shape[2] * val.shape[3]))
+    model.train()
+    return out
+
+
+def train(args: argparse.Namespace) -> Path:
+    torch.set_num_threads(args.threads)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed + 1000 * rank)
+    torch.manual_seed(args.seed)
+    files = list_images(args.data)
+    val_files, train_files = files[: args.val_images], files[args.val_images:]
+    sampler = CropSampler.from_files(train_files, args.crop)
+    val = CropSampler.from_files(val_files, 256).batch(8, np.random.default_rng(123))
+    cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
+                   latent_width=args.latent_width, pixel_width=args.pixel_width,
+                   analysis_width=args.analysis_width)
+    model = RDCodec(cfg)
+    schedule = ErasureSchedule.named(args.erasures)
+    ckpt_path = out / "last.ckpt"
+    step, wall = 0, 0.0
+    if args.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"])
+        step, wall = ck["step"], ck["wall"]
+    else:
+        model.init_from_klt(klt_patches(sampler, 40000, rng))
+    ema = RDCodec(cfg)
+    ema.load_state_dict(model.state_dict())
+    # the KLT transform is already good: it moves ten times slower than the CNNs
+    linear = [model.analysis.weight, model.analysis.bias, model.synthesis.weight, model.synthesis.bias]
+    rest = [p for p in model.parameters() if all(p is not t for t in linear)]
+    opt = torch.optim.Adam([{"params": rest}, {"params": linear, "lr": args.lr * 0.1}], lr=args.lr)
+    if args.resume and ckpt_path.exists():
+        opt.load_state_dict(ck["opt"])
+        ema.load_state_dict(ck["ema"])
+        rng = np.random.default_rng(args.seed + step + 1000 * rank)
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
+        last_epoch=step - 1) if step else torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    logf = open(out / "train.log", "a") if rank == 0 else None
+    last_ckpt = time.monotonic()
+    t_start = time.monotonic() - wall
+    hw = args.crop // 16
+    while step < args.steps:
+        x = sampler.batch(args.batch, rng)
+        # log-uniform steps: every rate the rate control may pick is trained alike
+        q = torch.from_numpy(np.exp(rng.uniform(math.log(args.q_min), math.log(args.q_max), args.batch))).float()
+        masks = schedule.masks(args.batch, cfg.n_levels, hw, hw, rng)
+        r = net(x, q, masks)
+        mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
+        bpp = r.bits / (args.crop * args.crop)
+        # an erasure's distortion does not shrink with q: weigh it as at a mid rate, or the
+        # finest-step samples with losses would dominate the batch
+        erased = (masks < 1).flatten(1).any(1)
+        norm = torch.where(erased, q.clamp_min(ERASED_Q_FLOOR), q) ** 2
+        loss = (mse / norm + args.gamma * bpp).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - 0.999 if step > 1000 else 1.0)
+            for be, bm in zip(ema.buffers(), model.buffers()):
+                be.copy_(bm)
+        if rank == 0 and (step % 100 == 0 or step == args.steps):
+            rec = {"step": step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse).mean()),
+                   "bpp": float(bpp.mean()), "lr": sched.get_last_lr()[0], "erased": float(erased.float().mean()),
+                   "wall": time.monotonic() - t_start}
+            if step % 1000 == 0 or step == args.steps:
+                rec.update(validate(ema, val, (48, 64, 80)))
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+        if rank == 0 and (time.monotonic() - last_ckpt > args.ckpt_minutes * 60 or step == args.steps):
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "step": step, "wall": time.monotonic() - t_start, "config": cfg.to_dict(),
+                        "args": vars(args)}, ckpt_path.with_suffix(".tmp"))
+            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            last_ckpt = time.monotonic()
+    return ckpt_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO)
+    args = build_parser().parse_args(argv)
+    if args.export:
+        print(export(Path(args.out), Path(args.export), args.name))
+        return 0
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

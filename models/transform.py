@@ -1,0 +1,205 @@
+"""The rate-distortion codec's networks: a KLT-initialised transform with a learned entropy cost.
+
+Analysis: a linear 16x16 patch transform (initialised from a KLT of photographs, channels in
+decreasing variance) plus a small zero-initialised CNN correction, to ``C`` channels at H/16.
+Quantization: ``u = y / (q * step_c)``, rounded; ``q`` is the one rate knob (rate control picks
+it per frame), ``step_c`` a learned per-channel multiplier.  Channels are grouped into ``K``
+importance levels (contiguous channel ranges: level 0 holds the DCs).
+
+Synthesis (erasure-aware): the decoder gets the dequantized latent with every erased element
+set to 0 (the coefficient's mean) and the mask of what arrived, one channel per level
+(paper 000's placeholder + mask; with signed zero-mean coefficients the placeholder is 0, and
+the mask, not the value, marks the erasure).  A latent-domain CNN conditioned on the mask
+and on ``log2 q`` (MCA, paper 001) fills and refines the latent; an overlapping (3x3-tap)
+linear synthesis paints pixels; a CNN at H/4 refines them.  Expensive layers stay at low
+resolution so a 640x480 frame decodes in tens of milliseconds on one CPU core.
+
+``forward`` is the training path (noise proxy for the rate, straight-through rounding for the
+distortion, erasures applied); ``analyse`` / ``synthesise`` are the inference path used by
+:mod:`.packet_codec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .entropy import laplace_bits
+
+__all__ = ["RDConfig", "RDCodec", "RDOutput", "q_of_index", "Q_INDEXES"]
+
+STRIDE = 16
+Q_INDEXES = 128  # q = Q0 * 2 ** (index / 16): 16 steps per octave (~4 % in rate) over 8 octaves
+Q0 = 0.01
+
+
+def q_of_index(index: int | Tensor) -> float | Tensor:
+    """Quantizer step of rate index ``index`` (0 = finest)."""
+    return Q0 * 2.0 ** (index / 16.0)
+
+
+@dataclass(frozen=True)
+class RDConfig:
+    """Architecture hyper-parameters; stored in every model card."""
+
+    channels: int = 192
+    # channels per importance level, in order; must sum to ``channels``
+    levels: tuple[int, ...] = (4, 8, 12, 20, 36, 48, 64)
+    latent_width: int = 96  # hidden channels of the latent-domain CNN
+    pixel_width: int = 32  # hidden channels of the H/4 refinement CNN (0 = none)
+    analysis_width: int = 0  # hidden channels of the analysis correction CNN (0 = linear only)
+    # linear synthesis kernel in latent positions: 1 = each coefficient paints its own 16x16
+    # patch (cheap); 3 = overlapping, also its 8 neighbours' (smoother, ~9x the multiplies)
+    synthesis_taps: int = 1
+    arch: str = "rd-klt-v2"
+
+    def __post_init__(self) -> None:
+        if sum(self.levels) != self.channels or any(n <= 0 for n in self.levels):
+            raise ValueError(f"levels {self.levels} must be positive and sum to channels={self.channels}")
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.levels)
+
+    def level_slices(self) -> list[slice]:
+        out, start = [], 0
+        for n in self.levels:
+            out.append(slice(start, start + n))
+            start += n
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RDConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown codec config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "levels" in d:
+            d["levels"] = tuple(d["levels"])
+        return cls(**d)
+
+
+@dataclass
+class RDOutput:
+    x_hat: Tensor  # reconstruction (N, 3, H, W)
+    bits: Tensor  # estimated bits per image (N,)
+
+
+class RDCodec(nn.Module):
+    """Images are float tensors ``(N, 3, H, W)`` in [0, 1], H and W multiples of 16 inside
+    (callers pad; :mod:`.packet_codec` does)."""
+
+    def __init__(self, cfg: RDConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or RDConfig()
+        c, k = cfg.channels, cfg.n_levels
+        self.analysis = nn.Conv2d(3, c, STRIDE, stride=STRIDE)
+        self.analysis_cnn: nn.Module | None = None
+        if cfg.analysis_width:
+            w = cfg.analysis_width
+            self.analysis_cnn = nn.Sequential(
+                nn.PixelUnshuffle(4), nn.Conv2d(48, w, 3, padding=1), nn.GELU(),
+                nn.Conv2d(w, w, 4, stride=4), nn.GELU(), nn.Conv2d(w, c, 1))
+            nn.init.zeros_(self.analysis_cnn[-1].weight)
+            nn.init.zeros_(self.analysis_cnn[-1].bias)
+        # per-channel scale (std of the KLT coefficient) to normalise the decoder's inputs
+        self.register_buffer("coef_std", torch.ones(c))
+        self.log_step = nn.Parameter(torch.zeros(c))
+        # latent-domain CNN: fills erased coefficients and refines kept ones (MCA-style input)
+        lw = cfg.latent_width
+        self.latent_in = nn.Conv2d(c + k + 1, lw, 3, padding=1, padding_mode="replicate")
+        self.latent_mid = nn.Conv2d(lw, lw, 3, padding=1, padding_mode="replicate")
+        self.latent_out = nn.Conv2d(lw, c, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(self.latent_out.weight)
+        nn.init.zeros_(self.latent_out.bias)
+        # overlapping linear synthesis: each coefficient paints its patch and the 8 around it
+        t = cfg.synthesis_taps
+        self.synthesis = nn.Conv2d(c, 3 * STRIDE * STRIDE, t, padding=t // 2, padding_mode="replicate")
+        self.pixel: nn.Module | None = None
+        if cfg.pixel_width:
+            pw = cfg.pixel_width
+            self.feat_up = nn.Conv2d(lw, 16 * 16, 1)  # latent features -> 16 ch at H/4
+            self.pixel = nn.Sequential(
+                nn.Conv2d(48 + 16, pw, 3, padding=1), nn.GELU(),
+                nn.Conv2d(pw, pw, 3, padding=1), nn.GELU(),
+                nn.Conv2d(pw, 48, 3, padding=1))
+            nn.init.zeros_(self.pixel[-1].weight)
+            nn.init.zeros_(self.pixel[-1].bias)
+
+    # --- initialisation -------------------------------------------------------------------
+    @torch.no_grad()
+    def init_from_klt(self, patches: Tensor) -> None:
+        """Set the linear analysis/synthesis to the KLT of ``patches`` ``(n, 3*16*16)`` (RGB,
+        channel-major like a conv weight), channels in decreasing variance."""
+        c = self.cfg.channels
+        mean = patches.mean(0)
+        centred = patches - mean
+        cov = centred.T @ centred / len(patches)
+        evals, evecs = torch.linalg.eigh(cov.double())
+        order = torch.argsort(evals, descending=True)[:c]
+        basis = evecs[:, order].float().T  # (c, 768), orthonormal rows
+        basis *= torch.sign(basis.sum(1, keepdim=True) + 1e-12)  # DC-like rows positive
+        self.analysis.weight.copy_(basis.reshape(c, 3, STRIDE, STRIDE))
+        self.analysis.bias.copy_(-(basis @ mean))
+        self.coef_std.copy_(evals[order].clamp_min(1e-8).sqrt().float())
+        w = torch.zeros_like(self.synthesis.weight)  # (768, c, 3, 3)
+        t = self.cfg.synthesis_taps
+        w[:, :, t // 2, t // 2] = basis.T
+        self.synthesis.weight.copy_(w)
+        self.synthesis.bias.copy_(mean)
+
+    # --- pieces ---------------------------------------------------------------------------
+    def steps(self, q: Tensor | float) -> Tensor:
+        """Quantizer step per channel, ``(N or 1, C, 1, 1)``."""
+        q = torch.as_tensor(q, dtype=torch.float32, device=self.log_step.device).reshape(-1, 1, 1, 1)
+        return q * torch.exp(self.log_step).reshape(1, -1, 1, 1)
+
+    def analyse(self, x: Tensor) -> Tensor:
+        y = self.analysis(x)
+        if self.analysis_cnn is not None:
+            y = y + self.analysis_cnn(x) * self.coef_std.reshape(1, -1, 1, 1)
+        return y
+
+    def level_mask(self, mask_levels: Tensor) -> Tensor:
+        """``(N, K, h, w)`` per-level mask -> ``(N, C, h, w)`` per-channel mask."""
+        reps = torch.tensor(self.cfg.levels, device=mask_levels.device)
+        return torch.repeat_interleave(mask_levels, reps, dim=1)
+
+    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
+        """Dequantized latent (erased elements already 0) + per-level mask -> image."""
+        n, _, h, w = y_hat.shape
+        std = self.coef_std.reshape(1, -1, 1, 1)
+        logq = torch.log2(torch.as_tensor(q, dtype=y_hat.dtype, device=y_hat.device) / 0.1)
+        logq = logq.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
+        z = torch.cat([y_hat / std, mask_levels.to(y_hat.dtype), logq], dim=1)
+        feat = F.gelu(self.latent_in(z))
+        feat = F.gelu(self.latent_mid(feat)) + feat
+        y_ref = y_hat + self.latent_out(feat) * std
+        x = F.pixel_shuffle(self.synthesis(y_ref), STRIDE)
+        if self.pixel is not None:
+            up = F.pixel_shuffle(self.feat_up(feat), 4)
+            x = x + F.pixel_shuffle(self.pixel(torch.cat([F.pixel_unshuffle(x, 4), up], 1)), 4)
+        return x
+
+    # --- training -------------------------------------------------------------------------
+    def forward(self, x: Tensor, q: Tensor, mask_levels: Tensor | None = None) -> RDOutput:
+        """Training pass: ``q`` ``(N,)`` steps, ``mask_levels`` ``(N, K, h, w)`` (1 = arrived)."""
+        y = self.analyse(x)
+        step = self.steps(q)
+        u = y / step
+        u_noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
+        # forward-adapted scale per image and channel (the encoder sends it in every packet)
+        scale = u.detach().abs().mean(dim=(2, 3), keepdim=True).clamp_min(0.06)
+        bits = laplace_bits(u_noisy, scale).sum(dim=(1, 2, 3))
+        u_hat = u + (torch.round(u) - u).detach()
+        y_hat = u_hat * step
+        if mask_levels is None:
+            mask_levels = torch.ones(x.shape[0], self.cfg.n_levels, *y.shape[2:], device=x.device)
+        y_hat = y_hat * self.level_mask(mask_levels)
+        return RDOutput(self.synthesise(y_hat, mask_levels, q), bits)

@@ -1,0 +1,140 @@
+"""The entropy-coded codec's packet API: every payload decodes alone, rate control meets its
+budget, damaged payloads are erasures, and the entropy coder is exact."""
+
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from jscc_stream.models.data import builtin_eval_images
+from jscc_stream.models.entropy import SCALES, decode_symbols, encode_symbols, fit_scale_index
+from jscc_stream.models.packet_codec import PacketCodec, parse_payload, PayloadError
+from jscc_stream.models.transform import RDCodec, RDConfig
+
+
+def _patches(images: dict[str, np.ndarray]) -> torch.Tensor:
+    out = []
+    for rgb in images.values():
+        x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+        p = x.unfold(1, 16, 8).unfold(2, 16, 8)  # overlapping 16x16 patches
+        out.append(p.permute(1, 2, 0, 3, 4).reshape(-1, 768))
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, np.ndarray]:
+    return {k: cv2.cvtColor(v, cv2.COLOR_RGB2BGR) for k, v in builtin_eval_images(320, 240).items()}
+
+
+@pytest.fixture(scope="module")
+def codec(images) -> PacketCodec:
+    """An untrained codec: the KLT of the test photographs (the transform a trained one starts
+    from), small enough to build in a second."""
+    torch.manual_seed(0)
+    model = RDCodec(RDConfig(channels=64, levels=(4, 8, 16, 36), latent_width=16, pixel_width=0))
+    model.init_from_klt(_patches({k: cv2.cvtColor(v, cv2.COLOR_BGR2RGB) for k, v in images.items()}))
+    return PacketCodec(model, {"name": "klt-test"}, precision="fp32")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return 10 * np.log10(255.0 ** 2 / np.mean((a.astype(float) - b) ** 2))
+
+
+def test_entropy_coder_round_trips_exactly():
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 300):
+        scales = rng.choice([0.1, 1.0, 8.0, 40.0], size=12)
+        sym = np.rint(rng.laplace(0, scales[:, None], size=(12, n))).astype(np.int32)
+        sym[3] = 0  # an all-zero channel is not coded at all
+        sym[5, 0] = 900  # a far outlier in a narrow channel still codes exactly
+        idx = fit_scale_index(sym)
+        np.testing.assert_array_equal(idx == 0, ~sym.any(axis=1))
+        data = encode_symbols(sym, idx)
+        assert len(data) % 4 == 0
+        np.testing.assert_array_equal(decode_symbols(data, idx, n), sym)
+
+
+def test_entropy_coder_rejects_partial_words():
+    idx = np.array([5, 0])
+    with pytest.raises(ValueError, match="32-bit words"):
+        decode_symbols(b"\x01\x02\x03", idx, 4)
+    assert len(SCALES) == 32  # 5-bit indexes
+
+
+@pytest.mark.parametrize("bpp", [0.1, 0.25, 0.5, 1.0, 1.5])
+def test_rate_control_meets_the_budget(codec, images, bpp):
+    budget = int(bpp * 320 * 240 / 8)
+    for bgr in images.values():
+        payloads = codec.encode(bgr, budget)
+        total = sum(map(len, payloads))
+        assert 0.9 * budget <= total <= budget, (bpp, total, budget)
+        assert max(map(len, payloads)) <= codec.max_payload
+
+
+def test_quality_rises_with_the_budget(codec, images):
+    bgr = images["astronaut"]
+    psnrs = [_psnr(codec.decode(codec.encode(bgr, b), 320, 240), bgr) for b in (1000, 3000, 9600)]
+    assert psnrs[0] < psnrs[1] < psnrs[2]
+    assert psnrs[2] > 27  # a KLT with an entropy code is a JPEG-class transform coder
+
+
+def test_every_subset_of_payloads_decodes(images):
+    # small payloads so that one frame spreads over several
+    model = RDCodec(RDConfig(channels=16, levels=(3, 5, 8), latent_width=8, pixel_width=0))
+    model.init_from_klt(_patches({"a": cv2.cvtColor(images["coffee"], cv2.COLOR_BGR2RGB)}))
+    codec = PacketCodec(model, precision="fp32", max_payload=120)
+    bgr = cv2.resize(images["coffee"], (80, 48))
+    payloads = codec.encode(bgr, 600)
+    assert 5 <= len(payloads) <= 12
+    full = codec.decode(payloads, 80, 48)
+    seen = set()
+    for keep in itertools.product([True, False], repeat=len(payloads)):
+        out = codec.decode([p if k else None for p, k in zip(payloads, keep)], 80, 48)
+        assert out.shape == (48, 80, 3) and out.dtype == np.uint8
+        seen.add(out.tobytes())
+    assert len(seen) > len(payloads)  # losses change the picture, each in its own way
+    assert _psnr(full, bgr) > _psnr(codec.decode([None] * len(payloads), 80, 48), bgr)
+
+
+def test_level_zero_is_split_and_levels_come_in_order(codec, images):
+    payloads = codec.encode(images["chelsea"], 4800)
+    levels = [parse_payload(p, 4)[0].level for p in payloads]
+    assert levels == sorted(levels)
+    assert levels.count(0) >= 2
+
+
+def test_damaged_reordered_and_duplicated_payloads(codec, images):
+    bgr = images["rocket"]
+    payloads = codec.encode(bgr, 4800)
+    ref = codec.decode(payloads, 320, 240)
+    np.testing.assert_array_equal(codec.decode(payloads[::-1], 320, 240), ref)
+    np.testing.assert_array_equal(codec.decode(payloads + payloads[:3], 320, 240), ref)
+    one_lost = codec.decode([None] + payloads[1:], 320, 240)
+    rng = np.random.default_rng(0)
+    damaged = [
+        payloads[0][: len(payloads[0]) // 2],  # truncated
+        payloads[0][:5],  # shorter than its header
+        bytes(rng.integers(0, 256, len(payloads[0]), dtype=np.uint8)),  # garbage
+        bytes([payloads[0][0] ^ 0x10]) + payloads[0][1:],  # flipped bit in the header
+        payloads[0][:-4] + bytes(4),  # zeroed tail
+        b"",
+    ]
+    for bad in damaged:
+        with pytest.raises(PayloadError):
+            parse_payload(bad, 4)
+        np.testing.assert_array_equal(codec.decode([bad] + payloads[1:], 320, 240), one_lost)
+
+
+def test_bad_arguments(codec, images):
+    with pytest.raises(ValueError, match="max_bytes"):
+        codec.encode(images["camera"], 0)
+    with pytest.raises(ValueError, match="BGR uint8"):
+        codec.encode(images["camera"].astype(np.float32), 4800)
+    with pytest.raises(ValueError, match="positive"):
+        codec.decode([], 0, 240)
+    # nothing arrived: still a frame of the right size
+    assert codec.decode([], 320, 240).shape == (240, 320, 3)
