@@ -14,9 +14,8 @@ never a whole region.  Layout (little-endian)::
     1  levels sent (high 4 bits) | levels kept (low 4 bits)
     2  group index            3  group count          4  rate index (quantizer step)
     5  CRC-16 of the whole payload (this field zeroed)
-    7  5-bit Laplace scale index per channel of the level, packed, padded to a byte
-    .. range-coded symbols (32-bit words), channel-major over the group's positions
-    (an empty body: every coefficient of the group is zero)
+    7  the group's body (:func:`.entropy.encode_group`: skip flags, scales, symbols);
+       empty when every coefficient of the group is zero
 
 Levels below "levels sent" have payloads; levels from there to "levels kept" are all zero at
 this rate (known, not erased: nothing is sent for them); levels from "levels kept" on were
@@ -41,10 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .entropy import (MAX_SYMBOL, SCALE_BITS, SCALES, decode_symbols, encode_symbols,
-                      fit_scale_index)
+from .entropy import MAX_SYMBOL, decode_group, encode_group, group_bits
 from .precision import resolve_precision
-from .transform import Q_INDEXES, STRIDE, RDCodec, q_of_index
+from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
 __all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions"]
 
@@ -103,31 +101,6 @@ def group_positions(n_positions: int, group: int, groups: int) -> np.ndarray:
     return np.sort(_permutation(n_positions)[group::groups])
 
 
-def _pack_scales(idx: np.ndarray) -> bytes:
-    bits = ((idx[:, None] >> np.arange(SCALE_BITS - 1, -1, -1)) & 1).astype(np.uint8)
-    return np.packbits(bits.ravel()).tobytes()
-
-
-def _unpack_scales(data: bytes, n: int) -> np.ndarray:
-    nbytes = (n * SCALE_BITS + 7) // 8
-    if len(data) < nbytes:
-        raise PayloadError("payload too short for its scale indexes")
-    bits = np.unpackbits(np.frombuffer(data[:nbytes], dtype=np.uint8))[: n * SCALE_BITS]
-    return (bits.reshape(n, SCALE_BITS).astype(np.int64) << np.arange(SCALE_BITS - 1, -1, -1)).sum(1)
-
-
-def _bits_table() -> np.ndarray:
-    """``T[s, |k|]``: ideal bits of symbol magnitude ``|k|`` under scale index ``s``."""
-    b = SCALES[1:, None]
-    a = np.arange(MAX_SYMBOL + 1, dtype=np.float64)[None]
-    p = np.where(a >= 0.5, np.sinh(0.5 / b) * np.exp(-a / b), 1.0 - np.exp(-0.5 / b))
-    t = -np.log2(np.maximum(p, 1e-300))
-    return np.vstack([np.zeros((1, MAX_SYMBOL + 1)), t]).astype(np.float32)
-
-
-_BITS = _bits_table()
-
-
 class PacketCodec:
     """Wraps an :class:`RDCodec` with padding, rate control, packetization and entropy coding."""
 
@@ -181,21 +154,16 @@ class PacketCodec:
         return y.reshape(y.shape[0], -1).double().cpu().numpy()
 
     def _symbols(self, y: np.ndarray, rate_index: int) -> np.ndarray:
-        step = q_of_index(rate_index) * self._steps[:, None]
-        return np.clip(np.rint(y / step), -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
+        # rounding with a small dead zone: values just above a half step cost more bits than
+        # the distortion they save (+0.3 dB at the same bytes on the evaluation photographs)
+        u = y / (q_of_index(rate_index) * self._steps[:, None])
+        k = np.sign(u) * np.floor(np.abs(u) + 0.5 - DEADZONE)
+        return np.clip(k, -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
 
     def _level_bytes(self, sym: np.ndarray) -> np.ndarray:
         """Estimated bytes per level (one group each; side information included)."""
-        out = np.empty(len(self.levels))
-        for i, sl in enumerate(self.levels):
-            s = sym[sl]
-            idx = fit_scale_index(s)
-            if not idx.any():
-                out[i] = 0.0
-                continue
-            bits = _BITS[idx[:, None], np.abs(s)].sum()
-            out[i] = bits / 8 + (sl.stop - sl.start) * SCALE_BITS / 8 + HEADER.size + 2
-        return out
+        bits = np.array([group_bits(sym[sl]) for sl in self.levels])
+        return np.where(bits > 0, bits / 8 + HEADER.size + 2, 0.0)
 
     # --- encode ---------------------------------------------------------------------------
     def choose_rate(self, y: np.ndarray, max_bytes: int) -> tuple[int, int]:
@@ -250,9 +218,7 @@ class PacketCodec:
             out = []
             for g in range(groups):
                 pos = group_positions(n_pos, g, groups)
-                s = sym[:, pos]
-                idx = fit_scale_index(s)
-                body = _pack_scales(idx) + encode_symbols(s, idx) if idx.any() else b""
+                body = encode_group(sym[:, pos])
                 head = PayloadHeader(level, sent, kept, g, groups, rate_index)
                 raw = head.pack() + body
                 crc = _crc16(raw)
@@ -306,11 +272,7 @@ class PacketCodec:
                 head, body = parse_payload(bytes(p), len(self.levels))
                 sl = self.levels[head.level]
                 pos = group_positions(n_pos, head.group, head.groups)
-                if body:
-                    idx = _unpack_scales(body, sl.stop - sl.start)
-                    sym = decode_symbols(body[(len(idx) * SCALE_BITS + 7) // 8:], idx, len(pos))
-                else:
-                    sym = np.zeros((sl.stop - sl.start, len(pos)), dtype=np.int32)
+                sym = decode_group(body, sl.stop - sl.start, len(pos))
             except (PayloadError, ValueError, RuntimeError):
                 continue  # an unusable payload is an erasure
             known_zero = known_zero or (head.levels_sent, head.levels_kept)

@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 from .entropy import laplace_bits
 
-__all__ = ["RDConfig", "RDCodec", "RDOutput", "q_of_index", "Q_INDEXES"]
+__all__ = ["RDConfig", "RDCodec", "RDOutput", "q_of_index", "Q_INDEXES", "DEADZONE", "STRIDE"]
 
 STRIDE = 16
+DEADZONE = 0.12  # rounding threshold 0.5 + DEADZONE: small values go to zero (cheaper)
 Q_INDEXES = 128  # q = Q0 * 2 ** (index / 16): 16 steps per octave (~4 % in rate) over 8 octaves
 Q0 = 0.01
 
@@ -188,16 +189,33 @@ class RDCodec(nn.Module):
         return x
 
     # --- training -------------------------------------------------------------------------
+    def rate_bits(self, u: Tensor, u_hat: Tensor) -> Tensor:
+        """Estimated bits per image as :func:`.entropy.encode_group` codes a level: a skip flag
+        per position and level, Laplace-coded symbols at the non-skipped positions with a
+        scale fitted per image and channel (noise proxy ``u`` + U(-1/2, 1/2) for the rate)."""
+        u_noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
+        reps = torch.tensor(self.cfg.levels, device=u.device)
+        level_of = torch.repeat_interleave(torch.arange(self.cfg.n_levels, device=u.device), reps)
+        nz_levels = torch.zeros(u.shape[0], self.cfg.n_levels, *u.shape[2:], device=u.device)
+        nz_levels.index_add_(1, level_of, (u_hat.detach() != 0).float())
+        nz_levels = (nz_levels > 0).float()  # (N, K, h, w): some symbol of the level is nonzero
+        nz = nz_levels[:, level_of]  # (N, C, h, w)
+        count = nz.sum(dim=(2, 3), keepdim=True).clamp_min(1)
+        scale = ((u_hat.detach().abs() * nz).sum(dim=(2, 3), keepdim=True) / count).clamp_min(0.06)
+        data = (laplace_bits(u_noisy, scale) * nz).sum(dim=(1, 2, 3))
+        p = nz_levels.mean(dim=(2, 3), keepdim=True).clamp(1 / 32, 31 / 32)
+        flags = -(nz_levels * torch.log2(p) + (1 - nz_levels) * torch.log2(1 - p)).sum(dim=(1, 2, 3))
+        return data + flags
+
     def forward(self, x: Tensor, q: Tensor, mask_levels: Tensor | None = None) -> RDOutput:
         """Training pass: ``q`` ``(N,)`` steps, ``mask_levels`` ``(N, K, h, w)`` (1 = arrived)."""
         y = self.analyse(x)
         step = self.steps(q)
         u = y / step
-        u_noisy = u + torch.empty_like(u).uniform_(-0.5, 0.5)
-        # forward-adapted scale per image and channel (the encoder sends it in every packet)
-        scale = u.detach().abs().mean(dim=(2, 3), keepdim=True).clamp_min(0.06)
-        bits = laplace_bits(u_noisy, scale).sum(dim=(1, 2, 3))
-        u_hat = u + (torch.round(u) - u).detach()
+        # dead-zone rounding as the packet codec does, straight through for the gradient
+        k = torch.sign(u) * torch.floor(u.abs() + 0.5 - DEADZONE)
+        u_hat = u + (k - u).detach()
+        bits = self.rate_bits(u, k)
         y_hat = u_hat * step
         if mask_levels is None:
             mask_levels = torch.ones(x.shape[0], self.cfg.n_levels, *y.shape[2:], device=x.device)

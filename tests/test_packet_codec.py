@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jscc_stream.models.data import builtin_eval_images
-from jscc_stream.models.entropy import SCALES, decode_symbols, encode_symbols, fit_scale_index
+from jscc_stream.models.entropy import SCALES, decode_group, encode_group, fit_scale_index
 from jscc_stream.models.packet_codec import PacketCodec, parse_payload, PayloadError
 from jscc_stream.models.transform import RDCodec, RDConfig
 
@@ -51,17 +51,33 @@ def test_entropy_coder_round_trips_exactly():
         sym = np.rint(rng.laplace(0, scales[:, None], size=(12, n))).astype(np.int32)
         sym[3] = 0  # an all-zero channel is not coded at all
         sym[5, 0] = 900  # a far outlier in a narrow channel still codes exactly
+        if n > 10:
+            sym[:, 2:9] = 0  # skipped positions
         idx = fit_scale_index(sym)
         np.testing.assert_array_equal(idx == 0, ~sym.any(axis=1))
-        data = encode_symbols(sym, idx)
-        assert len(data) % 4 == 0
-        np.testing.assert_array_equal(decode_symbols(data, idx, n), sym)
+        body = encode_group(sym)
+        np.testing.assert_array_equal(decode_group(body, 12, n), sym)
+    assert encode_group(np.zeros((4, 9), dtype=np.int32)) == b""
+    np.testing.assert_array_equal(decode_group(b"", 4, 9), 0)
 
 
-def test_entropy_coder_rejects_partial_words():
-    idx = np.array([5, 0])
+def test_skip_flags_make_flat_regions_cheap():
+    rng = np.random.default_rng(2)
+    busy = np.rint(rng.laplace(0, 2.0, size=(16, 400))).astype(np.int32)
+    half_flat = busy.copy()
+    half_flat[:, ::2] = 0
+    assert len(encode_group(half_flat)) < 0.6 * len(encode_group(busy))
+
+
+def test_entropy_coder_rejects_malformed_bodies():
+    sym = np.array([[3, 0, -1, 2], [0, 0, 1, 0]], dtype=np.int32)
+    body = encode_group(sym)
     with pytest.raises(ValueError, match="32-bit words"):
-        decode_symbols(b"\x01\x02\x03", idx, 4)
+        decode_group(body[:-1], 2, 4)
+    with pytest.raises(ValueError):
+        decode_group(body[:1], 2, 4)
+    with pytest.raises(ValueError, match="flag probability"):
+        decode_group(bytes([200]) + body[1:], 2, 4)
     assert len(SCALES) == 32  # 5-bit indexes
 
 

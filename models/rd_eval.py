@@ -1,0 +1,198 @@
+"""Experiments of the entropy-coded codec, run through its packet API as the daemons run it.
+
+* ``rd``: PSNR and MS-SSIM against bits per pixel (0.1-1.5 bpp) for the codec, JPEG, JPEG 2000
+  and WebP at the same bytes, and the BD-rate against JPEG over 0.15-1.0 bpp;
+* ``rdloss``: PSNR at one rate under uniform and Gilbert-Elliott packet loss (several draws),
+  against JPEG with a restart marker per MCU row and row concealment;
+* ``rdlevels``: PSNR decoded from the first j importance levels alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+import torch
+
+from jscc_stream.netem.loss import GE_10, ErasureVector, LossProcess
+
+from .baselines import decode_with_loss, encode_jpeg
+from .packet_codec import PacketCodec, parse_payload
+
+__all__ = ["RD_BPPS", "rd_rows", "bd_rate", "loss_rows", "level_rows", "classical_encoder"]
+
+RD_BPPS = (0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5)
+LOSS_CONDITIONS: list[tuple[str, LossProcess]] = [
+    ("none", ErasureVector.uniform(0.0)),
+    ("uniform 5%", ErasureVector.uniform(0.05)),
+    ("uniform 10%", ErasureVector.uniform(0.10)),
+    ("uniform 20%", ErasureVector.uniform(0.20)),
+    ("GE ~10%", GE_10),
+]
+
+
+def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return float(10 * math.log10(255.0 ** 2 / max(mse, 1e-12)))
+
+
+def ms_ssim_u8(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_msssim import ms_ssim, ssim
+
+    ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+    tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255
+    fn = ms_ssim if min(a.shape[:2]) > 160 else ssim  # five scales need > 160 pixels
+    return float(fn(ta, tb, data_range=1.0))
+
+
+def _largest_fitting(encode: Callable[[int], bytes], max_bytes: int, lo: int = 1,
+                     hi: int = 100) -> bytes | None:
+    """The output of the highest quality setting in [lo, hi] whose size fits (bisection)."""
+    best = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        data = encode(mid)
+        if len(data) <= max_bytes:
+            best, lo = data, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def classical_encoder(name: str) -> Callable[[np.ndarray, int], bytes | None]:
+    """``(BGR frame, max_bytes) -> file bytes`` at the best quality that fits, or None."""
+    def jpeg(bgr: np.ndarray, max_bytes: int) -> bytes | None:
+        return _largest_fitting(lambda q: cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q,
+                                                                      cv2.IMWRITE_JPEG_OPTIMIZE, 1])[1].tobytes(), max_bytes)
+
+    def webp(bgr: np.ndarray, max_bytes: int) -> bytes | None:
+        return _largest_fitting(lambda q: cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, q])[1].tobytes(), max_bytes)
+
+    def jp2(bgr: np.ndarray, max_bytes: int) -> bytes | None:
+        # compression ratio x1000 is the knob: bisect on it (higher = better quality)
+        return _largest_fitting(lambda r: cv2.imencode(".jp2", bgr, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, r])[1].tobytes(),
+                                max_bytes, 1, 1000)
+
+    table = {"jpeg": jpeg, "webp": webp, "jpeg2000": jp2}
+    if name not in table:
+        raise ValueError(f"unknown classical codec {name!r}")
+    return table[name]
+
+
+def rd_rows(codec: PacketCodec, images: dict[str, np.ndarray], bpps: Iterable[float] = RD_BPPS,
+            baselines: Iterable[str] = ("jpeg", "jpeg2000", "webp"),
+            label: str = "jscc") -> list[dict]:
+    """One row per (codec, image, target bpp): bytes used, bpp, PSNR, MS-SSIM.  Images RGB."""
+    rows = []
+    for name, rgb in images.items():
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        h, w = bgr.shape[:2]
+        for bpp in bpps:
+            budget = int(bpp * w * h / 8)
+            payloads = codec.encode(bgr, budget)
+            out = codec.decode(payloads, w, h)
+            used = sum(map(len, payloads))
+            rows.append({"codec": label, "image": name, "target_bpp": bpp, "bytes": used,
+                         "bpp": used * 8 / (w * h), "psnr": psnr_u8(out, bgr),
+                         "ms_ssim": ms_ssim_u8(out, bgr), "payloads": len(payloads)})
+            for base in baselines:
+                data = classical_encoder(base)(bgr, budget)
+                if data is None:
+                    continue  # cannot go this low at all
+                dec = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                rows.append({"codec": base, "image": name, "target_bpp": bpp, "bytes": len(data),
+                             "bpp": len(data) * 8 / (w * h), "psnr": psnr_u8(dec, bgr),
+                             "ms_ssim": ms_ssim_u8(dec, bgr), "payloads": None})
+    return rows
+
+
+def bd_rate(rate_a: np.ndarray, psnr_a: np.ndarray, rate_b: np.ndarray, psnr_b: np.ndarray) -> float:
+    """Bjøntegaard delta rate of curve B against curve A, in percent (negative: B needs fewer
+    bits for the same quality).  Cubic fits of log-rate over PSNR, integrated over the PSNR
+    range both curves cover."""
+    la, lb = np.log(rate_a), np.log(rate_b)
+    pa, pb = np.polyfit(psnr_a, la, 3), np.polyfit(psnr_b, lb, 3)
+    lo, hi = max(psnr_a.min(), psnr_b.min()), min(psnr_a.max(), psnr_b.max())
+    if hi <= lo:
+        raise ValueError("the two curves share no PSNR range")
+    ia, ib = np.polyint(pa), np.polyint(pb)
+    mean_diff = ((np.polyval(ib, hi) - np.polyval(ib, lo)) - (np.polyval(ia, hi) - np.polyval(ia, lo))) / (hi - lo)
+    return float((math.exp(mean_diff) - 1) * 100)
+
+
+def bd_rate_rows(rows: list[dict], anchor: str = "jpeg", lo: float = 0.15, hi: float = 1.0) -> list[dict]:
+    """BD-rate of every codec against ``anchor``, per image, over target bpp in [lo, hi]."""
+    out = []
+    codecs = sorted({r["codec"] for r in rows} - {anchor})
+    for image in sorted({r["image"] for r in rows}):
+        def curve(c: str) -> tuple[np.ndarray, np.ndarray]:
+            pts = sorted((r["bpp"], r["psnr"]) for r in rows
+                         if r["codec"] == c and r["image"] == image and lo <= r["target_bpp"] <= hi)
+            return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        ra, pa = curve(anchor)
+        for c in codecs:
+            rb, pb = curve(c)
+            if len(ra) >= 4 and len(rb) >= 4:
+                try:
+                    out.append({"codec": c, "anchor": anchor, "image": image, "bd_rate_pct": bd_rate(ra, pa, rb, pb)})
+                except ValueError:
+                    pass
+    return out
+
+
+def loss_rows(codec: PacketCodec, images: dict[str, np.ndarray], bpp: float, trials: int,
+              seed: int = 0, label: str = "jscc") -> list[dict]:
+    """PSNR under packet loss: every condition, ``trials`` draws per image, codec and JPEG."""
+    rows = []
+    for ci, (cond, proc) in enumerate(LOSS_CONDITIONS):
+        n_draws = 1 if cond == "none" else trials
+        for name, rgb in images.items():
+            bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            h, w = bgr.shape[:2]
+            budget = int(bpp * w * h / 8)
+            payloads = codec.encode(bgr, budget)
+            jpeg = encode_jpeg(rgb, budget)
+            rng = np.random.default_rng(seed + 1000 * ci)
+            for t in range(n_draws):
+                lost = proc.sample(1, len(payloads), rng)[0]
+                out = codec.decode([None if x else p for p, x in zip(payloads, lost)], w, h)
+                rows.append({"codec": label, "condition": cond, "image": name, "trial": t,
+                             "psnr": psnr_u8(out, bgr), "lost": float(lost.mean()),
+                             "bytes": sum(map(len, payloads))})
+                jl = proc.sample(1, len(jpeg.packets), rng)[0]
+                dec, _ = decode_with_loss(jpeg, jl)
+                rows.append({"codec": "jpeg", "condition": cond, "image": name, "trial": t,
+                             "psnr": psnr_u8(dec, rgb), "lost": float(jl.mean()), "bytes": len(jpeg.data)})
+    return rows
+
+
+def level_rows(codec: PacketCodec, images: dict[str, np.ndarray], bpp: float, label: str = "jscc") -> list[dict]:
+    """PSNR decoded from the payloads of levels < j only, for every j."""
+    rows = []
+    n_levels = len(codec.levels)
+    for name, rgb in images.items():
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        h, w = bgr.shape[:2]
+        payloads = codec.encode(bgr, int(bpp * w * h / 8))
+        lv = [parse_payload(p, n_levels)[0].level for p in payloads]
+        for j in range(1, n_levels + 1):
+            kept = [p if level < j else None for p, level in zip(payloads, lv)]
+            used = sum(len(p) for p in kept if p)
+            out = codec.decode(kept, w, h)
+            rows.append({"codec": label, "image": name, "levels": j, "bytes": used,
+                         "psnr": psnr_u8(out, bgr)})
+    return rows
+
+
+@dataclass
+class Summary:
+    """Medians/means the issue's bars are stated in."""
+
+    rows: list[dict]
+
+    def mean(self, **where) -> float:
+        vals = [r["psnr"] for r in self.rows if all(r.get(k) == v for k, v in where.items())]
+        return float(np.mean(vals)) if vals else float("nan")
