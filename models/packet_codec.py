@@ -286,6 +286,8 @@ class PacketCodec:
         y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device)
         m = torch.from_numpy(mask.reshape(1, -1, h, w)).to(self.device)
         with torch.inference_mode(), self._autocast():
-            x = self.model.synthesise(y, m, q)[0, :, :height, :width].float()
-        rgb = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+            x4 = self.model.synthesise_s2d(y, m, q)[0]
+            x4 = (x4.float().clamp_(0, 1) * 255).round_().byte().cpu().numpy()
+        # depth-to-space on bytes, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
+        bgr = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
+        return np.ascontiguousarray(bgr[:height, :width])

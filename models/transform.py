@@ -42,6 +42,16 @@ def q_of_index(index: int | Tensor) -> float | Tensor:
     return Q0 * 2.0 ** (index / 16.0)
 
 
+def _synthesis_order() -> Tensor:
+    """Synthesis output channel k -> index of the pixel (colour, row, column) in a 16x16 patch.
+
+    Channel ``k = ((c*4 + ii)*4 + jj)*16 + di*4 + dj`` paints colour ``c`` at row
+    ``4*di + ii``, column ``4*dj + jj``; a depth-to-space by 4 then yields 48 channels
+    ``(c, ii, jj)`` at H/4 (``pixel_unshuffle(image, 4)``'s layout)."""
+    c, ii, jj, di, dj = torch.meshgrid(*(torch.arange(n) for n in (3, 4, 4, 4, 4)), indexing="ij")
+    return (c * 256 + (4 * di + ii) * 16 + (4 * dj + jj)).reshape(-1)
+
+
 @dataclass(frozen=True)
 class RDConfig:
     """Architecture hyper-parameters; stored in every model card."""
@@ -116,10 +126,13 @@ class RDCodec(nn.Module):
         lw = cfg.latent_width
         self.latent_in = nn.Conv2d(c + k + 1, lw, 3, padding=1, padding_mode="replicate")
         self.latent_mid = nn.Conv2d(lw, lw, 3, padding=1, padding_mode="replicate")
-        self.latent_out = nn.Conv2d(lw, c, 3, padding=1, padding_mode="replicate")
+        self.latent_out = nn.Conv2d(lw, c, 1)
         nn.init.zeros_(self.latent_out.weight)
         nn.init.zeros_(self.latent_out.bias)
-        # overlapping linear synthesis: each coefficient paints its patch and the 8 around it
+        # linear synthesis; its 768 outputs per position are ordered (colour, sub-pixel row and
+        # column at H/4) x (4x4 offset), so one depth-to-space by 4 gives the image at H/4 as
+        # 48 channels, the layout the refinement CNN reads: no shuffle by 16 and back (those
+        # two copies took a third of the decode time)
         t = cfg.synthesis_taps
         self.synthesis = nn.Conv2d(c, 3 * STRIDE * STRIDE, t, padding=t // 2, padding_mode="replicate")
         self.pixel: nn.Module | None = None
@@ -149,11 +162,12 @@ class RDCodec(nn.Module):
         self.analysis.weight.copy_(basis.reshape(c, 3, STRIDE, STRIDE))
         self.analysis.bias.copy_(-(basis @ mean))
         self.coef_std.copy_(evals[order].clamp_min(1e-8).sqrt().float())
-        w = torch.zeros_like(self.synthesis.weight)  # (768, c, 3, 3)
+        w = torch.zeros_like(self.synthesis.weight)  # (768, c, t, t)
         t = self.cfg.synthesis_taps
-        w[:, :, t // 2, t // 2] = basis.T
+        order = _synthesis_order()
+        w[:, :, t // 2, t // 2] = basis.T[order]
         self.synthesis.weight.copy_(w)
-        self.synthesis.bias.copy_(mean)
+        self.synthesis.bias.copy_(mean[order])
 
     # --- pieces ---------------------------------------------------------------------------
     def steps(self, q: Tensor | float) -> Tensor:
@@ -172,8 +186,9 @@ class RDCodec(nn.Module):
         reps = torch.tensor(self.cfg.levels, device=mask_levels.device)
         return torch.repeat_interleave(mask_levels, reps, dim=1)
 
-    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
-        """Dequantized latent (erased elements already 0) + per-level mask -> image."""
+    def synthesise_s2d(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
+        """Dequantized latent (erased elements already 0) + per-level mask -> image at H/4
+        as ``(N, 48, H/4, W/4)``, channels (colour, row, column) of each 4x4 pixel block."""
         n, _, h, w = y_hat.shape
         std = self.coef_std.reshape(1, -1, 1, 1)
         logq = torch.log2(torch.as_tensor(q, dtype=y_hat.dtype, device=y_hat.device) / 0.1)
@@ -182,11 +197,15 @@ class RDCodec(nn.Module):
         feat = F.gelu(self.latent_in(z))
         feat = F.gelu(self.latent_mid(feat)) + feat
         y_ref = y_hat + self.latent_out(feat) * std
-        x = F.pixel_shuffle(self.synthesis(y_ref), STRIDE)
+        x4 = F.pixel_shuffle(self.synthesis(y_ref), 4)  # (N, 48, H/4, W/4): 4x4 pixels per channel
         if self.pixel is not None:
             up = F.pixel_shuffle(self.feat_up(feat), 4)
-            x = x + F.pixel_shuffle(self.pixel(torch.cat([F.pixel_unshuffle(x, 4), up], 1)), 4)
-        return x
+            x4 = x4 + self.pixel(torch.cat([x4, up], 1))
+        return x4
+
+    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
+        """Dequantized latent (erased elements already 0) + per-level mask -> image."""
+        return F.pixel_shuffle(self.synthesise_s2d(y_hat, mask_levels, q), 4)
 
     # --- training -------------------------------------------------------------------------
     def rate_bits(self, u: Tensor, u_hat: Tensor) -> Tensor:
