@@ -104,6 +104,31 @@ def group_bits(symbols: np.ndarray) -> float:
     return side + data + _flag_bits(n_nz, symbols.shape[1], _flag_index(nonzero))
 
 
+def levels_bits(symbols: np.ndarray, level_starts: np.ndarray) -> np.ndarray:
+    """:func:`group_bits` of every level at once (levels = channel ranges starting at
+    ``level_starts``), vectorised over the whole frame: what rate control evaluates a few
+    times a frame."""
+    a = np.minimum(np.abs(symbols), MAX_SYMBOL)
+    n_ch, n_pos = a.shape
+    sizes = np.diff(np.append(level_starts, n_ch))
+    nz_level = np.add.reduceat(a, level_starts, axis=0) > 0  # (K, P)
+    count_level = nz_level.sum(1)
+    count = np.repeat(count_level, sizes)  # per channel: positions coded
+    mean_abs = a.sum(1) / np.maximum(count, 1)
+    idx = np.clip(np.round(np.log2(np.maximum(mean_abs, SCALES[1]) / SCALES[1]) * 3.0) + 1,
+                  1, len(SCALES) - 1).astype(np.int64)
+    idx[mean_abs == 0] = 0
+    per_ch = _BITS[idx[:, None], a].sum(1) - (n_pos - count) * _BITS[idx, 0]
+    data = np.add.reduceat(per_ch, level_starts)
+    out = np.zeros(len(level_starts))
+    for lv, n_nz in enumerate(count_level):
+        if n_nz:
+            flags = _flag_bits(int(n_nz), n_pos, int(np.clip(np.round(n_nz / n_pos * FLAG_LEVELS), 1, FLAG_LEVELS - 1))
+                               if n_nz < n_pos else 0)
+            out[lv] = 8 + sizes[lv] * SCALE_BITS + data[lv] + flags
+    return out
+
+
 @lru_cache(maxsize=None)
 def _model(scale_index: int) -> constriction.stream.model.Categorical:
     """Lookup-table model of scale ``scale_index`` over symbols -MAX_SYMBOL..MAX_SYMBOL (shifted

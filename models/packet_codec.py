@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .entropy import MAX_SYMBOL, decode_group, encode_group, group_bits
+from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
@@ -115,8 +115,10 @@ class PacketCodec:
         self.max_payload = max_payload
         self.levels = model.cfg.level_slices()
         self._rate_hint = Q_INDEXES // 2
+        self._level_starts = np.array([sl.start for sl in self.levels])
         with torch.no_grad():
             self._steps = torch.exp(model.log_step).double().cpu().numpy()
+        self._inv_steps = (1.0 / self._steps[:, None]).astype(np.float32)
 
     @classmethod
     def load(cls, name_or_path: str | Path = "uniform", device: str = "auto",
@@ -151,18 +153,18 @@ class PacketCodec:
         with torch.inference_mode():
             # the analysis is linear and cheap: fp32 keeps the symbols exact at fine steps
             y = self.model.analyse(x)[0]
-        return y.reshape(y.shape[0], -1).double().cpu().numpy()
+        return y.reshape(y.shape[0], -1).cpu().numpy()
 
     def _symbols(self, y: np.ndarray, rate_index: int) -> np.ndarray:
         # rounding with a small dead zone: values just above a half step cost more bits than
         # the distortion they save (+0.3 dB at the same bytes on the evaluation photographs)
-        u = y / (q_of_index(rate_index) * self._steps[:, None])
-        k = np.sign(u) * np.floor(np.abs(u) + 0.5 - DEADZONE)
-        return np.clip(k, -MAX_SYMBOL, MAX_SYMBOL).astype(np.int32)
+        u = y * (self._inv_steps * np.float32(1.0 / q_of_index(rate_index)))
+        k = np.minimum(np.floor(np.abs(u) + np.float32(0.5 - DEADZONE)), MAX_SYMBOL)
+        return np.copysign(k, u).astype(np.int32)
 
     def _level_bytes(self, sym: np.ndarray) -> np.ndarray:
         """Estimated bytes per level (one group each; side information included)."""
-        bits = np.array([group_bits(sym[sl]) for sl in self.levels])
+        bits = levels_bits(sym, self._level_starts)
         return np.where(bits > 0, bits / 8 + HEADER.size + 2, 0.0)
 
     # --- encode ---------------------------------------------------------------------------
