@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import cv2
@@ -187,12 +186,67 @@ def level_rows(codec: PacketCodec, images: dict[str, np.ndarray], bpp: float, la
     return rows
 
 
-@dataclass
-class Summary:
-    """Medians/means the issue's bars are stated in."""
+def _mean(rows: list[dict], key: str = "psnr", **where) -> float:
+    vals = [r[key] for r in rows if all(r.get(k) == v for k, v in where.items())]
+    return float(np.mean(vals)) if vals else float("nan")
 
-    rows: list[dict]
 
-    def mean(self, **where) -> float:
-        vals = [r["psnr"] for r in self.rows if all(r.get(k) == v for k, v in where.items())]
-        return float(np.mean(vals)) if vals else float("nan")
+def plot_rd(path, rows: list[dict], key: str, title: str) -> None:
+    """Mean quality against mean bpp per codec (one point per target rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for codec in dict.fromkeys(r["codec"] for r in rows):
+        pts = []
+        for bpp in sorted({r["target_bpp"] for r in rows}):
+            sub = [r for r in rows if r["codec"] == codec and r["target_bpp"] == bpp]
+            images = {r["image"] for r in rows if r["target_bpp"] == bpp}
+            if len(sub) == len(images):  # only rates every image reached (JPEG cannot go lowest)
+                pts.append((np.mean([r["bpp"] for r in sub]), np.mean([r[key] for r in sub])))
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=codec)
+    ax.set_title(title)
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("PSNR (dB)" if key == "psnr" else "MS-SSIM")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summary_lines(size: str, rd: list[dict], bd: list[dict], loss: list[dict], levels: list[dict],
+                  label: str) -> list[str]:
+    """Markdown lines with the numbers the issue states its bars in."""
+    out = [f"### {size}", ""]
+    if rd:
+        out += ["| target bpp | " + " | ".join(dict.fromkeys(r["codec"] for r in rd)) + " |",
+                "|---|" + "---|" * len(dict.fromkeys(r["codec"] for r in rd))]
+        for bpp in sorted({r["target_bpp"] for r in rd}):
+            cells = []
+            for c in dict.fromkeys(r["codec"] for r in rd):
+                sub = [r for r in rd if r["codec"] == c and r["target_bpp"] == bpp]
+                cells.append(f"{np.mean([r['psnr'] for r in sub]):.2f} dB / {np.mean([r['bpp'] for r in sub]):.3f}"
+                             + ("" if len(sub) == len({r['image'] for r in rd}) else f" ({len(sub)} img)")
+                             if sub else "-")
+            out.append(f"| {bpp} | " + " | ".join(cells) + " |")
+        out.append("")
+    if bd:
+        for c in dict.fromkeys(r["codec"] for r in bd):
+            vals = [r["bd_rate_pct"] for r in bd if r["codec"] == c]
+            out.append(f"- BD-rate of {c} against JPEG (0.15-1.0 bpp, mean over {len(vals)} images): "
+                       f"{np.mean(vals):+.1f} % (median {np.median(vals):+.1f} %)")
+    if loss:
+        for cond in dict.fromkeys(r["condition"] for r in loss):
+            j, b = _mean(loss, codec=label, condition=cond), _mean(loss, codec="jpeg", condition=cond)
+            per_image_var = [np.var([r["psnr"] for r in loss if r["codec"] == label and r["condition"] == cond
+                                     and r["image"] == im]) for im in dict.fromkeys(r["image"] for r in loss)]
+            out.append(f"- {cond}: {label} {j:.2f} dB, JPEG (restart markers + concealment) {b:.2f} dB "
+                       f"({j - b:+.2f}); {label} PSNR variance across draws {np.mean(per_image_var):.2f} dB^2")
+    if levels:
+        means = [_mean(levels, levels=j) for j in sorted({r["levels"] for r in levels})]
+        out.append("- decoded from the first j levels: " + ", ".join(f"{j + 1}: {m:.2f}" for j, m in enumerate(means)))
+    return out + [""]
