@@ -44,7 +44,8 @@ from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
-__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions"]
+__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions",
+           "load_stream_codec"]
 
 MAX_PAYLOAD = 876  # 900-byte datagram - 12 (RTP) - 12 (JSCC packet header)
 VERSION = 2
@@ -132,6 +133,30 @@ class PacketCodec:
             raise CodecLoadError(f"codec {name_or_path!r} is a fixed-rate JSCC codec, not an "
                                  f"entropy-coded one (architecture {card['config'].get('arch')})")
         return cls(model, card, dev, precision)
+
+    # --- what the daemons ask -------------------------------------------------------------
+    entropy_coded = True
+
+    @property
+    def sha256(self) -> str:
+        return self.card.get("sha256", "")
+
+    def layout(self, width: int, height: int):
+        """The stream description's view: one block per importance level, 1 channel each."""
+        from .frame_codec import LatentLayout
+
+        if width <= 0 or height <= 0:
+            raise ValueError(f"frame size must be positive, got {width}x{height}")
+        h, w = self.latent_hw(width, height)
+        return LatentLayout(width, height, len(self.levels), 1, h, w, 8, False)
+
+    def max_frame_payloads(self, width: int, height: int) -> int:
+        h, w = self.latent_hw(width, height)
+        return len(self.levels) * min(h * w, MAX_GROUPS)
+
+    def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
+        """Importance level of each payload (from its first byte)."""
+        return [p[0] & 15 for p in payloads]
 
     # --- helpers --------------------------------------------------------------------------
     def _autocast(self) -> torch.autocast:
@@ -293,3 +318,17 @@ class PacketCodec:
         # depth-to-space on bytes, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
         bgr = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
         return np.ascontiguousarray(bgr[:height, :width])
+
+
+def load_stream_codec(name_or_path: str | Path, device: str = "auto", precision: str = "auto",
+                      bits: int = 8):
+    """The codec a stream runs, by shipped name or weights path: a :class:`PacketCodec` for an
+    entropy-coded model, a :class:`.frame_codec.FrameCodec` for a fixed-rate one."""
+    from .frame_codec import FrameCodec, pick_device
+    from .zoo import load_codec
+
+    dev = pick_device(device)
+    model, card = load_codec(name_or_path, device=dev)
+    if isinstance(model, RDCodec):
+        return PacketCodec(model, card, dev, precision)
+    return FrameCodec(model, card, dev, bits, precision)

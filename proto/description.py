@@ -35,6 +35,8 @@ class StreamInfo:
     dscp_map: dict[int, int]
     clock_epoch_unix_us: int
     mtu: int
+    entropy_coded: bool = False  # media are whole codec payloads (PT 98), one level each
+    max_frame_payloads: int = 0
 
     @property
     def block_bytes(self) -> int:
@@ -47,7 +49,7 @@ class StreamInfo:
 
 def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256: str, layout,
                      fps: float, block_levels: list[int], dscp_map: dict[int, int] | None,
-                     clock_epoch_unix_us: int, mtu: int) -> bytes:
+                     clock_epoch_unix_us: int, mtu: int, max_frame_payloads: int = 0) -> bytes:
     """Serialize a description for a :class:`~jscc_stream.models.frame_codec.LatentLayout`."""
     from .stream_pb2 import StreamDescription
 
@@ -56,7 +58,7 @@ def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256:
         codec_sha256=codec_sha256, blocks=layout.blocks, alpha=layout.alpha, latent_h=layout.h,
         latent_w=layout.w, quant_bits=layout.bits, scr=layout.scr, width=layout.width,
         height=layout.height, fps=fps, block_level=block_levels, clock_epoch_unix_us=clock_epoch_unix_us,
-        mtu=mtu)
+        mtu=mtu, entropy_coded=max_frame_payloads > 0, max_frame_payloads=max_frame_payloads)
     for level, dscp in sorted((dscp_map or {}).items()):
         msg.dscp_map.add(level=level, dscp=dscp)
     return msg.SerializeToString()
@@ -82,9 +84,12 @@ def parse_description(body: bytes) -> StreamInfo:
         raise WireError(f"{len(msg.block_level)} importance levels for {msg.blocks} blocks")
     if not 1 <= msg.quant_bits <= 8:
         raise WireError(f"quantization bits {msg.quant_bits} out of range")
+    if msg.entropy_coded and not 0 < msg.max_frame_payloads <= MAX_FRAME_BYTES // 512:
+        raise WireError(f"entropy-coded stream with {msg.max_frame_payloads} payloads per frame at most")
     return StreamInfo(
         ssrc=msg.ssrc, revision=msg.revision, codec_name=msg.codec_name, codec_sha256=msg.codec_sha256,
         blocks=msg.blocks, alpha=msg.alpha, latent_h=msg.latent_h, latent_w=msg.latent_w,
         quant_bits=msg.quant_bits, scr=msg.scr, width=msg.width, height=msg.height, fps=msg.fps,
         block_levels=tuple(msg.block_level), dscp_map={r.level: r.dscp for r in msg.dscp_map},
-        clock_epoch_unix_us=msg.clock_epoch_unix_us, mtu=msg.mtu)
+        clock_epoch_unix_us=msg.clock_epoch_unix_us, mtu=msg.mtu, entropy_coded=msg.entropy_coded,
+        max_frame_payloads=msg.max_frame_payloads if msg.entropy_coded else 0)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packet import (JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, build_description,
-                     build_media)
+from .packet import (JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, PayloadHeader,
+                     build_description, build_media, build_payload)
 
 __all__ = ["Datagram", "Packetizer", "fragment_bounds", "MIN_MTU"]
 
@@ -71,6 +71,21 @@ class Packetizer:
                 data = build_media(self.ssrc, self._next_seq(), timestamp, len(out) == total - 1, hdr,
                                    row[off:off + n].tobytes())
                 out.append(Datagram(data, level, b))
+        return out
+
+    def packetize_payloads(self, frame_id: int, timestamp: int, payloads: list[bytes],
+                           levels: list[int], revision: int = 0) -> list[Datagram]:
+        """Whole codec payloads (importance order) -> one datagram each; the last carries the
+        marker.  A payload too large for the MTU is a codec bug, raised."""
+        if len(payloads) != len(levels):
+            raise ValueError(f"{len(payloads)} payloads but {len(levels)} levels")
+        out: list[Datagram] = []
+        for i, (data, level) in enumerate(zip(payloads, levels)):
+            if len(data) > self.max_payload:
+                raise ValueError(f"payload of {len(data)} bytes exceeds the {self.max_payload}-byte room of the MTU")
+            hdr = PayloadHeader(frame_id, level, i, len(payloads), revision)
+            gram = build_payload(self.ssrc, self._next_seq(), timestamp, i == len(payloads) - 1, hdr, data)
+            out.append(Datagram(gram, level, i))
         return out
 
     def description(self, timestamp: int, body: bytes) -> Datagram:

@@ -1,4 +1,5 @@
-"""Datagrams -> per-frame (K, L) wire arrays + received masks, released at the playout deadline.
+"""Datagrams -> per-frame (K, L) wire arrays + received masks (fixed-rate codecs) or lists of
+whole payloads (entropy-coded codecs), released at the playout deadline.
 
 Pure and clock-free: every call takes ``now`` (seconds, any monotonic clock), so the playout
 logic is tested without sleeping.  A frame is released when the first of these happens:
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .description import StreamInfo, parse_description
-from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, WireError, parse_datagram
+from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, PayloadPacket, WireError, parse_datagram
 
 __all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler", "frame_diff"]
 
@@ -67,10 +68,17 @@ class FrameSlot:
     wire: np.ndarray
     received: np.ndarray
     dscp: list[int]  # DSCP seen per block (-1: none seen / not reported)
-    bytes_received: int = 0
+    bytes_received: int = 0  # payloads received, for an entropy-coded stream
     packets: int = 0
     reason: str = ""
     released_at: float = 0.0
+    #: entropy-coded stream: payloads by index (``received`` is then ``(count, 1)``, one unit each)
+    payloads: dict[int, bytes] | None = None
+    payload_levels: dict[int, int] = field(default_factory=dict)
+
+    def payload_list(self) -> list[bytes | None]:
+        """All payloads in frame order, ``None`` for each that did not arrive."""
+        return [self.payloads.get(i) if self.payloads else None for i in range(self.received.shape[0])]
 
     @property
     def ssrc(self) -> int:
@@ -87,9 +95,37 @@ class FrameSlot:
 
     def max_missing_level(self) -> int:
         """Least important level (largest number) among blocks not yet complete; -1 if none."""
+        if self.payloads is not None:
+            return self._max_missing_payload_level()
         missing = [_level(self.info, b) for b in range(self.received.shape[0])
                    if not self.received[b].all()]
         return max(missing, default=-1)
+
+    def level_units(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per block (fixed-rate) or importance level (entropy-coded): units expected and
+        received, bytes or payloads.  A missing payload counts at the level of the next one
+        that arrived (payloads go out in level order), the last level if none did."""
+        if self.payloads is None:
+            return np.full(self.received.shape[0], self.received.shape[1]), self.received.sum(axis=1)
+        levels = np.full(self.received.shape[0], self.info.blocks - 1)
+        for i in range(len(levels) - 1, -1, -1):
+            if i in self.payload_levels:
+                levels[i] = self.payload_levels[i]
+            elif i + 1 < len(levels):
+                levels[i] = levels[i + 1]
+        n = self.info.blocks
+        return (np.bincount(levels, minlength=n)[:n],
+                np.bincount(levels[self.received[:, 0]], minlength=n)[:n])
+
+    def _max_missing_payload_level(self) -> int:
+        # payloads go out in level order, so a missing one's level is at most that of the next
+        # payload that arrived (the least important level if none did)
+        count = self.received.shape[0]
+        if self.received.all():
+            return -1
+        last_missing = int(np.flatnonzero(~self.received[:, 0])[-1])
+        later = [lv for i, lv in self.payload_levels.items() if i > last_missing]
+        return min(later) if later else self.info.blocks - 1 if count else -1
 
     def missing_ranges(self) -> list[tuple[int, int, int]]:
         """``(block, offset, length)`` runs of bytes that did not arrive."""
@@ -153,6 +189,8 @@ class Reassembler:
         self.last_rtp = (pkt.ssrc, pkt.seq, pkt.timestamp)
         if isinstance(pkt, DescriptionPacket):
             return self._on_description(pkt, now)
+        if isinstance(pkt, PayloadPacket):
+            return self._on_payload(pkt, now, dscp)
         return self._on_media(pkt, now, dscp)
 
     def _on_description(self, pkt: DescriptionPacket, now: float) -> list[FrameSlot]:
@@ -180,43 +218,78 @@ class Reassembler:
         self.current_ssrc = pkt.ssrc
         return []
 
-    def _on_media(self, pkt: MediaPacket, now: float, dscp: int | None) -> list[FrameSlot]:
+    def _described(self, pkt: MediaPacket | PayloadPacket, entropy_coded: bool) -> _Stream | None:
+        """The packet's stream if its description (at the packet's revision) is known."""
         h = pkt.header
         stream = self.streams.get(pkt.ssrc)
-        if stream is None or (stream.info.revision & 0xFF) != h.revision:
-            self.counters.no_description += 1
-            key = (pkt.ssrc, h.frame_id)
-            if key not in self._undescribed:
-                self._undescribed[key] = None
-                self.counters.undecodable_frames += 1
-                while len(self._undescribed) > 256:
-                    self._undescribed.popitem(last=False)
-            return []
-        info = stream.info
-        if h.block >= info.blocks or h.offset + len(pkt.data) > info.block_bytes or not pkt.data:
-            self.counters.invalid += 1
-            return []
+        if stream is not None and (stream.info.revision & 0xFF) == h.revision:
+            if stream.info.entropy_coded != entropy_coded:
+                self.counters.invalid += 1
+                return None
+            return stream
+        self.counters.no_description += 1
         key = (pkt.ssrc, h.frame_id)
-        slot = self.slots.get(key)
+        if key not in self._undescribed:
+            self._undescribed[key] = None
+            self.counters.undecodable_frames += 1
+            while len(self._undescribed) > 256:
+                self._undescribed.popitem(last=False)
+        return None
+
+    def _slot(self, stream: _Stream, pkt: MediaPacket | PayloadPacket, now: float, units: int,
+              unit_bytes: int) -> FrameSlot | None:
+        """The frame's slot, made on its first packet; None if the frame was already released."""
+        fid = pkt.header.frame_id
+        slot = self.slots.get((pkt.ssrc, fid))
         if slot is None:
-            if h.frame_id in stream.released_set or (
-                    stream.newest_released is not None and frame_diff(h.frame_id, stream.newest_released) < 0):
+            if fid in stream.released_set or (
+                    stream.newest_released is not None and frame_diff(fid, stream.newest_released) < 0):
                 self.counters.late += 1
-                return []
-            slot = FrameSlot(info, h.frame_id, pkt.timestamp, now, now + self.latency,
-                             np.zeros((info.blocks, info.block_bytes), np.uint8),
-                             np.zeros((info.blocks, info.block_bytes), bool), [-1] * info.blocks)
-            self.slots[key] = slot
+                return None
+            info = stream.info
+            slot = FrameSlot(info, fid, pkt.timestamp, now, now + self.latency,
+                             np.zeros((units, unit_bytes), np.uint8), np.zeros((units, max(unit_bytes, 1)), bool),
+                             [-1] * info.blocks, payloads={} if info.entropy_coded else None)
+            self.slots[(pkt.ssrc, fid)] = slot
+        return slot
+
+    def _shorten_older(self, ssrc: int, frame_id: int, level: int, now: float) -> None:
         # The sender sends frames in order and, inside a frame, the most important block first; a
         # priority network serves each importance class in order.  So a newer frame's packet of
         # importance L means the older frames' packets of importance <= L are through (or lost):
         # an older frame missing only such blocks waits just for reordering.  Its less important
         # blocks may still sit behind this packet in a priority queue, so they keep the deadline.
-        level = _level(info, h.block)
         for (sc, fid), other in self.slots.items():
-            if (sc == pkt.ssrc and frame_diff(fid, h.frame_id) < 0 and other.deadline > now + self.reorder_grace
+            if (sc == ssrc and frame_diff(fid, frame_id) < 0 and other.deadline > now + self.reorder_grace
                     and other.max_missing_level() <= level):
                 other.deadline = now + self.reorder_grace
+
+    def _stored(self, slot: FrameSlot, pkt: MediaPacket | PayloadPacket, now: float) -> list[FrameSlot]:
+        """After a packet's bytes went into its slot: deadline, completion, memory bound."""
+        slot.packets += 1
+        if pkt.marker:
+            slot.deadline = min(slot.deadline, now + self.reorder_grace)
+        out: list[FrameSlot] = []
+        if slot.complete:
+            out = self._release_through(pkt.ssrc, pkt.header.frame_id, now)
+        if len(self.slots) > self.max_frames:
+            oldest = min(self.slots.values(), key=lambda s: s.deadline)
+            out += self._release([oldest], now, "evicted")
+        return out
+
+    def _on_media(self, pkt: MediaPacket, now: float, dscp: int | None) -> list[FrameSlot]:
+        h = pkt.header
+        stream = self._described(pkt, entropy_coded=False)
+        if stream is None:
+            return []
+        info = stream.info
+        if h.block >= info.blocks or h.offset + len(pkt.data) > info.block_bytes or not pkt.data:
+            self.counters.invalid += 1
+            return []
+        slot = self._slot(stream, pkt, now, info.blocks, info.block_bytes)
+        if slot is None:
+            return []
+        self._shorten_older(pkt.ssrc, h.frame_id, _level(info, h.block), now)
         span = slice(h.offset, h.offset + len(pkt.data))
         if slot.received[h.block, span].all():
             self.counters.duplicates += 1
@@ -225,18 +298,37 @@ class Reassembler:
         newly = int((~slot.received[h.block, span]).sum())
         slot.received[h.block, span] = True
         slot.bytes_received += newly
-        slot.packets += 1
         if dscp is not None:
             slot.dscp[h.block] = dscp
-        if pkt.marker:
-            slot.deadline = min(slot.deadline, now + self.reorder_grace)
-        out: list[FrameSlot] = []
-        if slot.complete:
-            out = self._release_through(pkt.ssrc, h.frame_id, now)
-        if len(self.slots) > self.max_frames:
-            oldest = min(self.slots.values(), key=lambda s: s.deadline)
-            out += self._release([oldest], now, "evicted")
-        return out
+        return self._stored(slot, pkt, now)
+
+    def _on_payload(self, pkt: PayloadPacket, now: float, dscp: int | None) -> list[FrameSlot]:
+        h = pkt.header
+        stream = self._described(pkt, entropy_coded=True)
+        if stream is None:
+            return []
+        info = stream.info
+        if (h.level >= info.blocks or h.count > info.max_frame_payloads or not pkt.data
+                or len(pkt.data) > info.mtu):
+            self.counters.invalid += 1
+            return []
+        slot = self._slot(stream, pkt, now, h.count, 0)
+        if slot is None:
+            return []
+        if slot.received.shape[0] != h.count:  # another count for the same frame: forged or broken
+            self.counters.invalid += 1
+            return []
+        self._shorten_older(pkt.ssrc, h.frame_id, h.level, now)
+        if slot.received[h.index, 0]:
+            self.counters.duplicates += 1
+            return []
+        slot.payloads[h.index] = pkt.data
+        slot.payload_levels[h.index] = h.level
+        slot.received[h.index, 0] = True
+        slot.bytes_received += 1
+        if dscp is not None:
+            slot.dscp[h.level] = dscp
+        return self._stored(slot, pkt, now)
 
     # -- output --------------------------------------------------------------------------
     def _release(self, slots: list[FrameSlot], now: float, reason: str) -> list[FrameSlot]:

@@ -36,11 +36,11 @@ class CodecCache:
 
         key = self.forced or info.codec_name
         if key not in self._cache:
-            from jscc_stream.models.frame_codec import FrameCodec
+            from jscc_stream.models.packet_codec import load_stream_codec
 
             try:
-                codec = FrameCodec.load(key, device=self.device, bits=info.quant_bits,
-                                        precision=self.precision)
+                codec = load_stream_codec(key, device=self.device, bits=info.quant_bits,
+                                          precision=self.precision)
             except (CodecLoadError, ValueError) as exc:
                 log.error("cannot decode stream %08x: %s", info.ssrc, exc)
                 codec = None
@@ -51,7 +51,8 @@ class CodecCache:
         codec = self._cache[key]
         if codec is not None:
             lay = codec.layout(info.width, info.height)
-            if (lay.blocks, lay.block_bytes) != (info.blocks, info.block_bytes):
+            if ((lay.blocks, lay.block_bytes) != (info.blocks, info.block_bytes)
+                    or bool(getattr(codec, "entropy_coded", False)) != info.entropy_coded):
                 return None
         return codec
 

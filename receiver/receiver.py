@@ -191,17 +191,20 @@ class Receiver:
         if codec is None:
             return None, 0.0
         t = time.perf_counter()
-        frame = codec.decode(slot.wire, slot.received, slot.info.width, slot.info.height)
+        if slot.payloads is not None:
+            frame = codec.decode(slot.payload_list(), slot.info.width, slot.info.height)
+        else:
+            frame = codec.decode(slot.wire, slot.received, slot.info.width, slot.info.height)
         return frame, (time.perf_counter() - t) * 1000
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float) -> FrameRecord:
         """Runs on the output thread, in frame order: display/record/save, then the stats line."""
         info = slot.info
-        full = slot.received.all(axis=1)
+        expected, got = slot.level_units()
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
-            blocks_expected=info.blocks, blocks_received=int(full.sum()),
-            blocks_partial=int((slot.received.any(axis=1) & ~full).sum()), bytes_expected=slot.received.size,
+            blocks_expected=info.blocks, blocks_received=int((got == expected).sum()),
+            blocks_partial=int(((got > 0) & (got < expected)).sum()), bytes_expected=int(expected.sum()),
             bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
             dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),
             decode_ms=round(decode_ms, 2), capture_to_display_ms=None)
@@ -246,9 +249,9 @@ class Receiver:
                 self._lat_window.append(rec.capture_to_display_ms)
             if self._block_missing is None or len(self._block_missing) != rec.blocks_expected:
                 self._block_missing = np.zeros((rec.blocks_expected, 2))
-            miss = slot.received.size // rec.blocks_expected - slot.received.sum(axis=1)
-            self._block_missing[:, 0] += miss
-            self._block_missing[:, 1] += slot.received.shape[1]
+            expected, got = slot.level_units()
+            self._block_missing[:, 0] += expected - got
+            self._block_missing[:, 1] += expected
             if self.on_frame is not None:
                 self.on_frame(rec, frame)
             if self.cfg.frames is not None and self.stats.frames_out >= self.cfg.frames:

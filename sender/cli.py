@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="320x240", help="frame size WxH (multiples of 16)")
     p.add_argument("--fps", type=float, default=30.0, help="capture rate")
     p.add_argument("--codec", default="uniform", help="shipped codec name or a .safetensors path")
+    p.add_argument("--kbps", type=float,
+                   help="bitrate of an entropy-coded codec, kbit/s (each frame's byte budget is this at the "
+                        "current frame rate; default 0.5 bit per pixel: 1152 at 320x240@30)"),
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="encoder arithmetic: auto = bf16 on CPUs with fast bf16 (2x faster), fp16 on CUDA")
@@ -87,13 +90,18 @@ def _main(argv: Sequence[str] | None) -> int:
 
     import torch
 
-    from jscc_stream.models.frame_codec import FrameCodec
+    from jscc_stream.models.packet_codec import load_stream_codec
 
     torch.set_num_threads(args.threads)
     try:
-        codec = FrameCodec.load(args.codec, device=args.device, precision=args.precision)
+        codec = load_stream_codec(args.codec, device=args.device, precision=args.precision)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    entropy_coded = getattr(codec, "entropy_coded", False)
+    if args.kbps is not None and (args.kbps <= 0 or not entropy_coded):
+        raise UserError("--kbps must be positive" if entropy_coded else
+                        f"--kbps needs an entropy-coded codec; {args.codec} sends a fixed size per frame")
+    kbps = args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
     layout = codec.layout(width, height)
     dscp_map = None
     if args.dscp_map:
@@ -111,14 +119,15 @@ def _main(argv: Sequence[str] | None) -> int:
         source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
-                       adapt=not args.no_adapt)
+                       adapt=not args.no_adapt, kbps=kbps if entropy_coded else None)
     try:
         sender = Sender(codec, source, cfg)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    log.info("sending %s %dx%d@%g fps, codec %s (K=%d, L=%d bytes), ssrc %08x -> %s%s", args.source, width, height,
-             args.fps, codec.name, layout.blocks, layout.block_bytes, sender.ssrc, ", ".join(dests),
-             f", DSCP {dscp_map}" if dscp_map else "")
+    shape = (f"{kbps:g} kbit/s, {layout.blocks} importance levels" if entropy_coded
+             else f"K={layout.blocks}, L={layout.block_bytes} bytes")
+    log.info("sending %s %dx%d@%g fps, codec %s (%s), ssrc %08x -> %s%s", args.source, width, height,
+             args.fps, codec.name, shape, sender.ssrc, ", ".join(dests), f", DSCP {dscp_map}" if dscp_map else "")
 
     async def go():
         loop = asyncio.get_running_loop()

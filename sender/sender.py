@@ -58,6 +58,7 @@ class SenderConfig:
     mtu: int = 900
     dests: list[str] = field(default_factory=lambda: ["127.0.0.1:5004"])
     dscp_map: dict[int, int] | None = None  # level -> DSCP; None: no marking
+    kbps: float | None = None  # entropy-coded codecs: the bitrate (frame budget = kbps / fps)
     frames: int | None = None  # stop after this many frames sent
     duration: float | None = None  # ... or this many seconds
     pace_fraction: float = 0.5  # spread a frame's packets over this share of the frame interval
@@ -97,6 +98,9 @@ class Sender:
         self.layout = codec.layout(cfg.width, cfg.height)
         self.ssrc = cfg.ssrc if cfg.ssrc is not None else int.from_bytes(os.urandom(4), "big")
         self.levels = list(range(self.layout.blocks))  # block i has importance level i
+        self.entropy_coded = bool(getattr(codec, "entropy_coded", False))
+        if self.entropy_coded and not cfg.kbps:
+            raise ValueError("an entropy-coded codec needs a bitrate (kbps)")
         self.packetizer = Packetizer(self.ssrc, self.levels, cfg.mtu, first_seq=int.from_bytes(os.urandom(2), "big"))
         self.stats = SenderStats()
         self.stop_event = asyncio.Event()
@@ -214,9 +218,10 @@ class Sender:
 
     # -- stream description --------------------------------------------------------------
     def _description(self) -> Datagram:
+        max_payloads = self.codec.max_frame_payloads(self.cfg.width, self.cfg.height) if self.entropy_coded else 0
         kw = dict(ssrc=self.ssrc, codec_name=self.codec.name, codec_sha256=self.codec.sha256,
                   layout=self.layout, fps=self.cfg.fps, block_levels=self.levels, dscp_map=self.cfg.dscp_map,
-                  clock_epoch_unix_us=self._epoch_us, mtu=self.cfg.mtu)
+                  clock_epoch_unix_us=self._epoch_us, mtu=self.cfg.mtu, max_frame_payloads=max_payloads)
         key = make_description(revision=0, **kw)
         if self._desc_key is not None and key != self._desc_key:
             self._revision += 1
@@ -237,13 +242,17 @@ class Sender:
                 pass
 
     # -- capture / encode / pace ---------------------------------------------------------
-    def _capture_encode(self, index: int) -> tuple[int, float, np.ndarray] | None:
+    def frame_budget(self) -> int:
+        """Bytes an entropy-coded frame may take: the bitrate over the current frame rate."""
+        return max(64, int(self.cfg.kbps * 1000 / 8 / self.stats.target_fps))
+
+    def _capture_encode(self, index: int) -> tuple[int, float, np.ndarray | list[bytes]] | None:
         frame = self.source.read(index)
         if frame is None:
             return None
         mono = time.monotonic()
         t = time.perf_counter()
-        wire = self.codec.encode(frame)
+        wire = self.codec.encode(frame, self.frame_budget()) if self.entropy_coded else self.codec.encode(frame)
         self.stats.encode_ms.append((time.perf_counter() - t) * 1000)
         return index, mono, wire
 
@@ -292,7 +301,11 @@ class Sender:
                 ended.set()
                 return
             index, mono, wire = res
-            grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
+            if self.entropy_coded:
+                grams = self.packetizer.packetize_payloads(index, self._timestamp(mono), wire,
+                                                           self.codec.payload_levels(wire), self._revision)
+            else:
+                grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
             if self.stats.frames_sent < 3:  # repeat the description with the first frames: it may be lost
                 grams.insert(0, self._description())
                 self.stats.descriptions_sent += 1
