@@ -31,13 +31,8 @@ def images() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def codec(images) -> PacketCodec:
-    """An untrained codec: the KLT of the test photographs (the transform a trained one starts
-    from), small enough to build in a second."""
-    torch.manual_seed(0)
-    model = RDCodec(RDConfig(channels=64, levels=(4, 8, 16, 36), latent_width=16, pixel_width=0))
-    model.init_from_klt(_patches({k: cv2.cvtColor(v, cv2.COLOR_BGR2RGB) for k, v in images.items()}))
-    return PacketCodec(model, {"name": "klt-test"}, precision="fp32")
+def codec(tiny_rd_codec) -> PacketCodec:
+    return tiny_rd_codec
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,0 +1,173 @@
+"""The entropy-coded codec's wire path: PT 98 payload packets, the stream description's flag,
+reassembly of payload frames under the one playout rule, and a live stream end to end."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from jscc_stream.proto.description import make_description, parse_description
+from jscc_stream.proto.packet import PT_PAYLOAD, PayloadHeader, PayloadPacket, WireError, parse_datagram
+from jscc_stream.proto.packetizer import Packetizer
+from jscc_stream.proto.reassembly import Reassembler
+
+W, H = 320, 240
+
+
+def _desc(codec, ssrc=7, max_payloads=None, mtu=900) -> bytes:
+    lay = codec.layout(W, H)
+    levels = list(range(lay.blocks))
+    body = make_description(ssrc=ssrc, revision=0, codec_name="tiny-rd", codec_sha256="", layout=lay, fps=30,
+                            block_levels=levels, dscp_map=None, clock_epoch_unix_us=0, mtu=mtu,
+                            max_frame_payloads=max_payloads or codec.max_frame_payloads(W, H))
+    return Packetizer(ssrc, levels).description(0, body).data
+
+
+def _frame(codec, pk, fid, budget=4800):
+    from jscc_stream.models.data import builtin_eval_images
+
+    import cv2
+
+    bgr = cv2.cvtColor(list(builtin_eval_images(W, H).values())[fid % 8], cv2.COLOR_RGB2BGR)
+    payloads = codec.encode(bgr, budget)
+    return payloads, pk.packetize_payloads(fid, fid * 3000, payloads, codec.payload_levels(payloads))
+
+
+def test_payload_packets_round_trip(tiny_rd_codec):
+    pk = Packetizer(5, list(range(4)), mtu=900, first_seq=65534)
+    payloads, grams = _frame(tiny_rd_codec, pk, 3)
+    assert len(grams) == len(payloads) >= 3
+    assert all(len(g.data) <= 900 for g in grams)
+    for i, (g, p) in enumerate(zip(grams, payloads)):
+        pkt = parse_datagram(g.data)
+        assert isinstance(pkt, PayloadPacket) and pkt.data == p
+        assert pkt.header == PayloadHeader(3, p[0] & 15, i, len(payloads), 0)
+        assert pkt.marker == (i == len(grams) - 1) and g.level == pkt.header.level
+    with pytest.raises(ValueError, match="exceeds"):
+        pk.packetize_payloads(4, 0, [bytes(900)], [0])
+    with pytest.raises(WireError):
+        PayloadHeader.unpack(PayloadHeader(1, 0, 0, 1, 0).pack()[:8])
+    assert PT_PAYLOAD == 98
+
+
+def test_description_carries_the_entropy_coded_flag(tiny_rd_codec):
+    info = parse_description(parse_datagram(_desc(tiny_rd_codec)).body)
+    assert info.entropy_coded and info.blocks == 4 and info.max_frame_payloads == 4 * 255
+    with pytest.raises(WireError, match="payloads per frame"):
+        parse_description(parse_datagram(_desc(tiny_rd_codec, max_payloads=10 ** 7)).body)
+
+
+def test_payload_frames_reassemble_with_the_playout_rule(tiny_rd_codec):
+    pk = Packetizer(7, list(range(4)))
+    r = Reassembler(latency=0.05)
+    r.push(_desc(tiny_rd_codec), 0.0)
+    payloads, grams = _frame(tiny_rd_codec, pk, 1)
+    out = []
+    for g in reversed(grams):  # any order
+        out += r.push(g.data, 0.001)
+    (slot,) = out
+    assert slot.reason == "complete" and slot.payload_list() == payloads
+    assert r.push(grams[0].data, 0.002) == [] and r.counters.late == 1
+    # frame 2 loses payloads 0 and 2: released once the marker's reorder grace is over, with
+    # None in their places
+    payloads2, grams2 = _frame(tiny_rd_codec, pk, 2)
+    for i, g in enumerate(grams2):
+        if i not in (0, 2):
+            assert r.push(g.data, 0.01) == []
+    assert r.pop_due(0.015) == []
+    (slot2,) = r.pop_due(0.021)
+    assert slot2.reason == "deadline"
+    assert slot2.payload_list() == [None if i in (0, 2) else p for i, p in enumerate(payloads2)]
+    expected, got = slot2.level_units()
+    assert expected.sum() == len(payloads2) and got.sum() == len(payloads2) - 2
+    decoded = tiny_rd_codec.decode(slot2.payload_list(), W, H)
+    assert decoded.shape == (H, W, 3)
+
+
+def test_forged_payload_packets_are_invalid_not_fatal(tiny_rd_codec):
+    pk = Packetizer(7, list(range(4)))
+    r = Reassembler(latency=0.05)
+    r.push(_desc(tiny_rd_codec, max_payloads=40), 0.0)
+    payloads, grams = _frame(tiny_rd_codec, pk, 1)
+    r.push(grams[0].data, 0.001)
+    forged = Packetizer(7, list(range(4)), first_seq=100)
+    bad = [forged.packetize_payloads(1, 3000, [b"x" * 20], [0])[0].data,  # same frame, other count
+           forged.packetize_payloads(9, 3000, [b"x" * 20] * 41, [0] * 41)[0].data,  # over the bound
+           forged.packetize_payloads(9, 3000, [b"x" * 20], [9])[0].data]  # level out of range
+    for b in bad:
+        assert r.push(b, 0.002) == []
+    assert r.counters.invalid == 3
+    # a fixed-rate packet on an entropy-coded stream is invalid too
+    from jscc_stream.proto.packet import FragmentHeader, build_media
+
+    r.push(build_media(7, 500, 0, True, FragmentHeader(3, 0, 0, 0, 1, 0, 0), b"abc"), 0.003)
+    assert r.counters.invalid == 4
+
+
+@pytest.mark.parametrize("path", ["direct", "shim"])
+async def test_entropy_coded_stream_end_to_end(tiny_rd_codec, path):
+    import torch
+
+    from jscc_stream.proto.dscp import default_dscp_map
+    from jscc_stream.receiver.outputs import Outputs
+    from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
+    from jscc_stream.sender.sender import Sender, SenderConfig
+    from jscc_stream.sender.sources import SyntheticSource
+
+    from test_stream_e2e import _free_port, _start_shim, psnr
+
+    torch.set_num_threads(1)
+    frames, kbps = 40, 1152.0
+    sock = open_listen_socket("127.0.0.1:0")
+    rport = sock.getsockname()[1]
+    got: list = []
+    rcfg = ReceiverConfig(latency=0.25, duration=30, max_decode_queue=frames)
+    receiver = Receiver(sock, lambda info: tiny_rd_codec, Outputs(), rcfg, on_frame=lambda r, f: got.append((r, f)))
+    rtask = asyncio.create_task(receiver.run())
+    shim, dest = None, rport
+    try:
+        if path == "shim":
+            dest = _free_port()
+            shim = await _start_shim(dest, rport, receiver)
+        sender = Sender(tiny_rd_codec, SyntheticSource(W, H, 30.0, seed=1),
+                        SenderConfig(width=W, height=H, fps=30.0, dests=[f"127.0.0.1:{dest}"],
+                                     dscp_map=default_dscp_map(4), frames=frames, kbps=kbps, adapt=False))
+        sstats = await sender.run()
+        for _ in range(100):
+            if not receiver.reasm.slots and receiver._queue.empty() and len(got) >= receiver.reasm.counters.frames_released:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        receiver.stop_event.set()
+        await rtask
+        sock.close()
+        if shim is not None:
+            shim.terminate()
+            await shim.wait()
+    recs = [r for r, _ in got]
+    budget = int(kbps * 1000 / 8 / 30)
+    assert sstats.frames_sent == frames
+    # the bitrate holds: payload bytes per frame within the budget (RTP + payload headers on top)
+    assert sstats.bytes_sent <= frames * (budget + 30 * 24) + 40 * 200
+    assert all(r.decoded for r in recs) and len(recs) >= frames - 3
+    assert receiver.reasm.counters.late == 0 and receiver.reasm.counters.undecodable_frames == 0
+    full = [r for r in recs if r.bytes_received == r.bytes_expected]
+    # DSCP by importance level (AF41, AF42, AF43, LE) as seen at the receiver; -1: level not sent
+    assert full and all(r.dscp[0] == 34 and all(d in (-1, e) for d, e in zip(r.dscp, (34, 36, 38, 1)))
+                        for r in full)
+    assert any(r.dscp == [34, 36, 38, 1] for r in full)
+    if path == "direct":
+        assert all(r.bytes_received == r.bytes_expected for r in recs)
+    else:
+        lost = 1 - sum(r.bytes_received for r in recs) / sum(r.bytes_expected for r in recs)
+        assert 0.02 < lost < 0.3
+    # the live picture is the offline decode of the same payloads with the same ones missing
+    src = SyntheticSource(W, H, 30.0, seed=1)
+    for rec, frame in got[::5]:
+        ref = src.read(rec.frame_id)
+        payloads = tiny_rd_codec.encode(ref, budget)
+        missing = {m[0] for m in rec.missing}
+        offline = tiny_rd_codec.decode([None if i in missing else p for i, p in enumerate(payloads)], W, H)
+        assert abs(psnr(ref, frame) - psnr(ref, offline)) < 0.5
