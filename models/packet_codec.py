@@ -6,9 +6,10 @@ takes the same list with ``None`` for every payload that was lost (or any subset
 order: a payload names its own place) and returns the frame.
 
 A payload holds one importance level's coefficients at one group of latent positions.  The
-positions of a level are dealt into ``n`` groups through a fixed pseudo-random permutation, so
-a lost payload erases scattered positions that the decoder fills from their neighbours,
-never a whole region.  Layout (little-endian)::
+positions of a level are dealt into ``n = a * b`` groups on a lattice (:func:`lattice`): group
+``(gx, gy)`` holds the positions with ``x % a == gx`` and ``y % b == gy``.  A lost payload then
+erases a regular sub-grid whose every position has received neighbours (all four of them for
+a 2x2 lattice), which the decoder interpolates; never a whole region.  Layout::
 
     0  version (high 4 bits) | level (low 4 bits)
     1  levels sent (high 4 bits) | levels kept (low 4 bits)
@@ -51,6 +52,9 @@ MAX_PAYLOAD = 876  # 900-byte datagram - 12 (RTP) - 12 (JSCC packet header)
 VERSION = 2
 HEADER = struct.Struct("<BBBBBH")
 MAX_GROUPS = 255
+# the first levels go out in at least this many payloads: one loss then costs a quarter (a
+# half) of their positions, which the decoder interpolates from the received neighbours
+MIN_GROUPS = (4, 2)
 
 
 class PayloadError(ValueError):
@@ -91,15 +95,32 @@ def parse_payload(payload: bytes, n_levels: int) -> tuple[PayloadHeader, bytes]:
     return head, payload[HEADER.size:]
 
 
-@lru_cache(maxsize=64)
-def _permutation(n_positions: int) -> np.ndarray:
-    # fixed for a frame size on both ends: a seed derived from the size, numpy's PCG64
-    return np.random.default_rng(n_positions * 7919 + 17).permutation(n_positions)
+@lru_cache(maxsize=1024)
+def lattice(groups: int, h: int, w: int) -> tuple[int, int] | None:
+    """``(a, b)`` with ``a * b == groups``, ``a <= w``, ``b <= h``, as square as possible
+    (columns first); None when ``groups`` cannot tile an ``h x w`` grid that way."""
+    best = None
+    for b in range(1, groups + 1):
+        if groups % b == 0:
+            a = groups // b
+            if a <= w and b <= h and a >= b:
+                best = (a, b)  # the last one found is the squarest with a >= b
+    if best is None:
+        for b in range(1, groups + 1):
+            if groups % b == 0 and groups // b <= w and b <= h:
+                return groups // b, b
+    return best
 
 
-def group_positions(n_positions: int, group: int, groups: int) -> np.ndarray:
-    """Raster indexes of the latent positions in ``group`` of ``groups`` (sorted)."""
-    return np.sort(_permutation(n_positions)[group::groups])
+def group_positions(h: int, w: int, group: int, groups: int) -> np.ndarray:
+    """Raster indexes of the latent positions in ``group`` of ``groups`` (see :func:`lattice`)."""
+    ab = lattice(groups, h, w)
+    if ab is None or not 0 <= group < groups:
+        raise PayloadError(f"{groups} groups do not tile a {h}x{w} latent grid")
+    a, b = ab
+    ys = np.arange(group // a, h, b)
+    xs = np.arange(group % a, w, a)
+    return (ys[:, None] * w + xs[None, :]).ravel()
 
 
 class PacketCodec:
@@ -153,6 +174,12 @@ class PacketCodec:
     def max_frame_payloads(self, width: int, height: int) -> int:
         h, w = self.latent_hw(width, height)
         return len(self.levels) * min(h * w, MAX_GROUPS)
+
+    def _groups_at_least(self, n: int, h: int, w: int) -> int:
+        """The smallest group count >= ``n`` that tiles the grid."""
+        while n < min(h * w, MAX_GROUPS) and lattice(n, h, w) is None:
+            n += 1
+        return n
 
     def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
         """Importance level of each payload (from its first byte)."""
@@ -236,15 +263,16 @@ class PacketCodec:
     def _estimate(self, y: np.ndarray, rate_index: int) -> float:
         return self._packet_total(self._level_bytes(self._symbols(y, rate_index)))
 
-    def _encode_level(self, sym: np.ndarray, level: int, sent: int, kept: int, rate_index: int,
-                      est: float, min_groups: int) -> list[bytes]:
+    def _encode_level(self, sym: np.ndarray, grid: tuple[int, int], level: int, sent: int, kept: int,
+                      rate_index: int, est: float, min_groups: int) -> list[bytes]:
         room = self.max_payload - HEADER.size - 16
+        h, w = grid
         n_pos = sym.shape[1]
-        groups = int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / room))))
+        groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / room)))), h, w)
         while True:
             out = []
             for g in range(groups):
-                pos = group_positions(n_pos, g, groups)
+                pos = group_positions(h, w, g, groups)
                 body = encode_group(sym[:, pos])
                 head = PayloadHeader(level, sent, kept, g, groups, rate_index)
                 raw = head.pack() + body
@@ -252,7 +280,7 @@ class PacketCodec:
                 out.append(head.pack(crc) + body)
             if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
                 return out
-            groups += 1
+            groups = self._groups_at_least(groups + 1, h, w)
 
     def encode(self, frame_bgr: np.ndarray, max_bytes: int) -> list[bytes]:
         """BGR frame -> payloads in importance order, together at most ``max_bytes`` (when the
@@ -260,14 +288,15 @@ class PacketCodec:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         y = self._analyse(frame_bgr)
+        grid = self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0])
         rate, levels = self.choose_rate(y, max_bytes)
         while True:
-            payloads = self._encode_levels(y, rate, levels)
+            payloads = self._encode_levels(y, grid, rate, levels)
             if sum(map(len, payloads)) <= max_bytes or rate == Q_INDEXES - 1:
                 return payloads
             rate += 1
 
-    def _encode_levels(self, y: np.ndarray, rate: int, levels: int) -> list[bytes]:
+    def _encode_levels(self, y: np.ndarray, grid: tuple[int, int], rate: int, levels: int) -> list[bytes]:
         sym = self._symbols(y, rate)
         est = self._level_bytes(sym)
         nonzero = [lv for lv in range(levels) if est[lv] > 0]
@@ -276,8 +305,8 @@ class PacketCodec:
         for lv in range(sent):
             # level 0 (the DCs) in at least two payloads: one loss then costs half the DCs,
             # which the decoder interpolates, instead of the whole picture
-            payloads += self._encode_level(sym[self.levels[lv]], lv, sent, levels, rate, est[lv],
-                                           2 if lv == 0 else 1)
+            payloads += self._encode_level(sym[self.levels[lv]], grid, lv, sent, levels, rate, est[lv],
+                                           MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1)
         return payloads
 
     # --- decode ---------------------------------------------------------------------------
@@ -298,7 +327,7 @@ class PacketCodec:
             try:
                 head, body = parse_payload(bytes(p), len(self.levels))
                 sl = self.levels[head.level]
-                pos = group_positions(n_pos, head.group, head.groups)
+                pos = group_positions(h, w, head.group, head.groups)
                 sym = decode_group(body, sl.stop - sl.start, len(pos))
             except (PayloadError, ValueError, RuntimeError):
                 continue  # an unusable payload is an erasure

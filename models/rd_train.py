@@ -28,6 +28,8 @@ from .transform import Q_INDEXES, RDCodec, RDConfig, q_of_index
 log = logging.getLogger("jscc.rd_train")
 
 GAMMA = 2 * math.log(2) / 12 * 256 / 768
+# (columns, rows) of the payload lattices a level is split into (packet_codec.lattice)
+LATTICES = ((1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 2))
 ERASED_Q_FLOOR = 0.3
 
 
@@ -40,7 +42,6 @@ class ErasureSchedule:
     max_loss: float = 0.0
     lossy_share: float = 0.0
     ladder_share: float = 0.0
-    max_groups: int = 4
 
     @classmethod
     def named(cls, name: str) -> "ErasureSchedule":
@@ -63,10 +64,10 @@ class ErasureSchedule:
             elif r < self.ladder_share + self.lossy_share:
                 eps = rng.uniform(0, self.max_loss)
                 for lv in range(levels):
-                    groups = rng.integers(1, self.max_groups + 1)
-                    which = rng.integers(0, groups, size=(h, w))
-                    lost = rng.random(groups) < eps
-                    out[i, lv] = ~lost[which]
+                    # groups on the lattice the packet codec deals positions on
+                    a, b = LATTICES[rng.integers(len(LATTICES))]
+                    lost = rng.random((b, a)) < eps
+                    out[i, lv] = ~np.tile(lost, (-(-h // b), -(-w // a)))[:h, :w]
         return torch.from_numpy(out)
 
 

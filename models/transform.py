@@ -52,6 +52,25 @@ def _synthesis_order() -> Tensor:
     return (c * 256 + (4 * di + ii) * 16 + (4 * dj + jj)).reshape(-1)
 
 
+def fill_erased(y: Tensor, mask: Tensor, passes: int = 2) -> Tensor:
+    """Erased coefficients (mask 0) filled with the weighted mean of their received neighbours
+    (normalised convolution, 3x3 binomial kernel, ``passes`` times for wider holes); where no
+    neighbour arrived they stay 0.  The CNN refines from there: it starts from a smooth guess
+    instead of a grey hole, which the measured single-payload losses showed it could not learn
+    to fill quickly (level-0 loss: -13 to -17 dB at 4,000 steps)."""
+    c = y.shape[1]
+    k = torch.tensor([1.0, 2.0, 1.0], dtype=y.dtype, device=y.device)
+    kernel = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
+    y = y * mask
+    for _ in range(passes):
+        num = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+        den = F.conv2d(F.pad(mask, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+        have = den > 0.5
+        y = torch.where(mask > 0, y, torch.where(have, num / den.clamp_min(0.5), y))
+        mask = torch.where(have, torch.ones_like(mask), mask)
+    return y
+
+
 @dataclass(frozen=True)
 class RDConfig:
     """Architecture hyper-parameters; stored in every model card."""
@@ -191,6 +210,7 @@ class RDCodec(nn.Module):
         as ``(N, 48, H/4, W/4)``, channels (colour, row, column) of each 4x4 pixel block."""
         n, _, h, w = y_hat.shape
         std = self.coef_std.reshape(1, -1, 1, 1)
+        y_hat = fill_erased(y_hat, self.level_mask(mask_levels.to(y_hat.dtype)))
         logq = torch.log2(torch.as_tensor(q, dtype=y_hat.dtype, device=y_hat.device) / 0.1)
         logq = logq.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
         z = torch.cat([y_hat / std, mask_levels.to(y_hat.dtype), logq], dim=1)
