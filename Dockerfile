@@ -17,9 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # iproute2: the kernel tc path (jscc-netem tc, needs cap_add NET_ADMIN);
-# libglib2.0-0: OpenCV's runtime.
+# the rest: OpenCV's runtime with its GUI (jscc-recv --display opens an X11 window through the
+# Qt build in the opencv-python wheel; it needs these system libraries, checked with ldd).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends iproute2 libglib2.0-0 libgl1 libsm6 libice6 \
+       libx11-6 libxext6 libxcb1 \
     && rm -rf /var/lib/apt/lists/*
 
 RUN pip install "${TORCH_SPEC}" --index-url "${TORCH_INDEX}"

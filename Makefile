@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU build from the local wheel cache; a bare "torch" would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
+	# The GUI build of OpenCV (jscc-recv --display); the headless one, which older versions of
+	# this project installed, shares its cv2 module: remove it first or the two break each other.
+	$(BIN)/python -m pip uninstall -y -q opencv-python-headless 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 

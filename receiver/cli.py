@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-workers", type=int, default=1,
                    help="frames decoded in parallel, each on its own thread with --threads torch threads (2 raises throughput "
                         "when the receiver has 2 idle cores; on a shared machine it only adds latency)")
-    p.add_argument("--display", action="store_true", help="show frames in an OpenCV window with fps/loss overlay")
+    p.add_argument("--display", action="store_true",
+                   help="show frames in a window at their real size with an fps/loss/levels/latency overlay; "
+                        "q, Esc or closing the window stops the receiver (needs a desktop: see --web otherwise)")
     p.add_argument("--record", metavar="OUT.mp4", help="record the decoded frames to a video file")
     p.add_argument("--save-frames", metavar="DIR", help="save every decoded frame as DIR/<frame id>.png")
     p.add_argument("--stats-json", metavar="FILE", help="one JSON record per frame (JSON lines)")
@@ -117,8 +119,15 @@ def _main(argv: Sequence[str] | None) -> int:
         from jscc_stream.models.zoo import resolve_weights
 
         resolve_weights(args.codec)  # fail early, one line, on a wrong name/path
+    running: dict = {}  # the event loop, once it runs: the window's q/Esc/close stops the receiver
+
+    def window_closed() -> None:
+        loop = running.get("loop")
+        if loop is not None:
+            loop.call_soon_threadsafe(running["stop"].set)
+
     outputs = Outputs(display=args.display, record=args.record, save_frames=args.save_frames,
-                      stats_json=args.stats_json)
+                      stats_json=args.stats_json, on_close=window_closed)
     cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
                          duration=args.duration, decode_workers=args.decode_workers)
     from .web import viewer_from_args
@@ -131,6 +140,7 @@ def _main(argv: Sequence[str] | None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, receiver.stop_event.set)
+        running.update(loop=loop, stop=receiver.stop_event)
         if viewer is None:
             return await receiver.run()
         await viewer.start(receiver)

@@ -1,5 +1,5 @@
-"""Where decoded frames go: an OpenCV window with an overlay, an mp4 file, PNG frames, and the
-per-frame JSON-lines stats."""
+"""Where decoded frames go: an OpenCV window with an overlay (on its own GUI thread, see
+:mod:`.display`), an mp4 file, PNG frames, and the per-frame JSON-lines stats."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -39,10 +40,12 @@ class FrameRecord:
 
 
 class Outputs:
-    """Display, recording, frame saving and stats. Called from the decode thread only."""
+    """Display, recording, frame saving and stats. Called from the output thread only; the
+    window itself lives on its GUI thread and never makes this one wait."""
 
     def __init__(self, display: bool = False, record: str | None = None, save_frames: str | None = None,
-                 stats_json: str | None = None, window: str = "jscc-recv") -> None:
+                 stats_json: str | None = None, window: str = "jscc-recv",
+                 on_close: Callable[[], None] | None = None) -> None:
         self.display = display
         self.window = window
         self.record_path = record
@@ -51,14 +54,14 @@ class Outputs:
         self._writer_fps = 30.0
         self._stats = open(stats_json, "w", buffering=1) if stats_json else None
         self._shown: list[float] = []
+        self._last_latency_ms: float | None = None
+        self._window = None
         if self.save_dir:
             self.save_dir.mkdir(parents=True, exist_ok=True)
         if display:
-            try:
-                cv2.namedWindow(window, cv2.WINDOW_AUTOSIZE)
-            except cv2.error:
-                raise UserError("this OpenCV has no GUI support (opencv-python-headless?): use --record or "
-                                "--save-frames instead of --display") from None
+            from .display import DisplayWindow
+
+            self._window = DisplayWindow(window, on_close)
 
     def set_fps(self, fps: float) -> None:
         if fps > 0:
@@ -68,20 +71,30 @@ class Outputs:
         now = time.monotonic()
         self._shown = [t for t in self._shown if now - t < 1.0] + [now]
         loss = 1 - rec.bytes_received / max(1, rec.bytes_expected)
-        text = f"{len(self._shown)} fps  loss {100 * loss:.0f}%  blocks {rec.blocks_received}/{rec.blocks_expected}"
+        lines = [f"{len(self._shown)} fps  loss {100 * loss:.0f}%",
+                 f"levels {rec.blocks_received}/{rec.blocks_expected}  "
+                 + (f"latency {self._last_latency_ms:.0f} ms" if self._last_latency_ms is not None else "")]
         out = frame.copy()
-        cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
+        for i, text in enumerate(lines):
+            (tw, th), base = cv2.getTextSize(text, font, scale, 1)
+            y = 16 + 18 * i
+            # a darkened band behind the text (an outline drawn with a thicker stroke does not line
+            # up with the thin one in every OpenCV's font renderer)
+            band = out[max(0, y - th - 3):y + base + 1, 2:min(out.shape[1], tw + 10)]
+            band //= 3
+            cv2.putText(out, text, (6, y), font, scale, (255, 255, 255), 1, cv2.LINE_AA)
         return out
 
     def show(self, frame: np.ndarray | None, rec: FrameRecord) -> None:
         """The moment of display: the window, when there is one (capture-to-display ends here)."""
-        if frame is not None and self.display:
-            cv2.imshow(self.window, self._overlay(frame, rec))
-            cv2.waitKey(1)
+        if frame is not None and self._window is not None:
+            self._window.show(self._overlay(frame, rec))
 
     def store(self, frame: np.ndarray | None, rec: FrameRecord) -> None:
         """After display: the mp4 and the PNG frames (file writes are not part of the latency)."""
+        if rec.capture_to_display_ms is not None:
+            self._last_latency_ms = rec.capture_to_display_ms
         if frame is None:
             return
         if self.record_path:
@@ -107,8 +120,5 @@ class Outputs:
             self._writer.release()
         if self._stats:
             self._stats.close()
-        if self.display:
-            try:
-                cv2.destroyWindow(self.window)
-            except cv2.error:
-                pass
+        if self._window is not None:
+            self._window.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import math
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -103,10 +104,20 @@ class CaptureSource:
     """A webcam or video file through OpenCV, resized to the stream size (ends with the file)."""
 
     def __init__(self, target: int | str, width: int, height: int) -> None:
-        self.cap = cv2.VideoCapture(target)
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one line says it
+        try:
+            if isinstance(target, int) and sys.platform.startswith("linux"):
+                self.cap = cv2.VideoCapture(target, cv2.CAP_V4L2)  # V4L2: what Linux cameras speak
+            else:
+                self.cap = cv2.VideoCapture(target)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not self.cap.isOpened():
-            what = f"webcam {target}" if isinstance(target, int) else f"video file {target}"
-            raise UserError(f"cannot open {what}")
+            if isinstance(target, int):
+                where = f" (no camera at /dev/video{target}?)" if sys.platform.startswith("linux") else ""
+                raise UserError(f"cannot open webcam {target}{where}")
+            raise UserError(f"cannot open video file {target}")
         if isinstance(target, int):
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)

@@ -1,0 +1,126 @@
+"""``jscc-recv --display`` as a person sees it: a real window under Xvfb, screenshots of the X
+display, ``q`` pressed through the X server; and the one-line error where there is no display."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+NEEDED = ("Xvfb", "xdotool", "import")
+
+
+def _missing_tools() -> list[str]:
+    return [t for t in NEEDED if shutil.which(t) is None]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def xserver():
+    missing = _missing_tools()
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (Debian: apt-get install xvfb xdotool imagemagick; .ci/run does)")
+    r, w = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r) as f:
+        number = f.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.skip("Xvfb could not start here")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(5)
+
+
+def _screenshot(display: str, path: Path) -> np.ndarray:
+    subprocess.run(["import", "-display", display, "-window", "root", str(path)], check=True, timeout=20)
+    img = cv2.imread(str(path))
+    assert img is not None
+    return img
+
+
+def _window_id(display: str, name: str, proc: subprocess.Popen, timeout: float = 60.0) -> str:
+    env = {**os.environ, "DISPLAY": display}
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        out = subprocess.run(["xdotool", "search", "--name", name], env=env, capture_output=True, text=True)
+        if out.stdout.strip():
+            return out.stdout.split()[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"jscc-recv exited {proc.returncode}: {proc.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"no window named {name} appeared")
+
+
+def test_display_window_shows_the_stream_and_q_quits(xserver, tiny_rd_weights, tmp_path):
+    rport, sport = _free_port(), _free_port()
+    env = {**os.environ, "DISPLAY": xserver, "QT_QPA_PLATFORM": "xcb"}
+    py = sys.executable
+    summary, stats = tmp_path / "summary.json", tmp_path / "frames.jsonl"
+    recv = subprocess.Popen([py, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{rport}", "--display",
+                             "--codec", str(tiny_rd_weights), "--latency-ms", "150", "--summary-json", str(summary),
+                             "--stats-json", str(stats), "--log-level", "warning"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    shim = subprocess.Popen([py, "-m", "jscc_stream.netem.cli", "--listen", f"127.0.0.1:{sport}", "--forward",
+                             f"127.0.0.1:{rport}", "--loss", "ge10", "--seed", "1", "--stats-interval", "0",
+                             "--log-level", "warning"])
+    send = subprocess.Popen([py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--codec",
+                             str(tiny_rd_weights), "--duration", "60", "--priority-dscp", "--log-level", "warning"])
+    try:
+        wid = _window_id(xserver, "jscc-recv", recv)
+        time.sleep(2.0)
+        a = _screenshot(xserver, tmp_path / "a.png")
+        time.sleep(0.7)
+        b = _screenshot(xserver, tmp_path / "b.png")
+        # the window sits at the top left of the bare X screen, at the frame's real size
+        win_a, win_b = a[:240, :320].astype(float), b[:240, :320].astype(float)
+        assert win_a.std() > 20 and win_b.std() > 20, "the window shows no picture"
+        assert np.abs(win_a - win_b).mean() > 1.0, "the picture does not change"
+        assert a[300:, 400:].max() == 0  # outside the window: the bare black screen
+        subprocess.run(["xdotool", "windowfocus", "--sync", wid], env=env, timeout=10)
+        subprocess.run(["xdotool", "key", "--window", wid, "q"], env=env, check=True, timeout=10)
+        rc = recv.wait(20)
+        err = recv.stderr.read()
+        assert rc == 0, err
+    finally:
+        for p in (send, shim, recv):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    data = json.loads(summary.read_text())
+    assert data["frames_decoded"] > 10
+    lines = stats.read_text().splitlines()  # flushed to the last frame shown, each line whole
+    assert len(lines) >= data["frames_out"] and all(json.loads(line)["frame_id"] >= 0 for line in lines)
+
+
+def test_display_without_a_desktop_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{_free_port()}",
+                          "--display"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no display" in lines[0] and "--web" in lines[0] and "--record" in lines[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the message names Linux's /dev/videoN")
+def test_webcam_that_is_not_there_is_one_line():
+    out = subprocess.run([sys.executable, "-m", "jscc_stream.sender.cli", "--source", "webcam:57", "--frames", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "jscc-send: error: cannot open webcam 57 (no camera at /dev/video57?)"
