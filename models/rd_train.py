@@ -191,6 +191,7 @@ def train(args: argparse.Namespace) -> Path:
         opt, lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     logf = open(out / "train.log", "a") if rank == 0 else None
     last_ckpt = time.monotonic()
+    stop = _stop_on_signal()
     t_start = time.monotonic() - wall
     hw = args.crop // 16
     while step < args.steps:
@@ -225,13 +226,28 @@ def train(args: argparse.Namespace) -> Path:
                 rec.update(validate(ema, val, (48, 64, 80)))
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
-        if rank == 0 and (time.monotonic() - last_ckpt > args.ckpt_minutes * 60 or step == args.steps):
+        if rank == 0 and (time.monotonic() - last_ckpt > args.ckpt_minutes * 60 or step == args.steps
+                          or stop.is_set()):
             torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                         "step": step, "wall": time.monotonic() - t_start, "config": cfg.to_dict(),
                         "args": vars(args)}, ckpt_path.with_suffix(".tmp"))
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
             last_ckpt = time.monotonic()
+        if stop.is_set():
+            log.info("stopped at step %d; checkpoint saved, continue with --resume", step)
+            break
     return ckpt_path
+
+
+def _stop_on_signal():
+    """SIGTERM/SIGINT finish the current step, save a checkpoint and stop (nothing lost)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def main(argv: list[str] | None = None) -> int:
