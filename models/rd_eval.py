@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, Iterable
 
 import cv2
@@ -250,3 +251,77 @@ def summary_lines(size: str, rd: list[dict], bd: list[dict], loss: list[dict], l
         means = [_mean(levels, levels=j) for j in sorted({r["levels"] for r in levels})]
         out.append("- decoded from the first j levels: " + ", ".join(f"{j + 1}: {m:.2f}" for j, m in enumerate(means)))
     return out + [""]
+
+
+def run(models: list[str], sizes: list[tuple[int, int]], experiments: list[str], out, images: str = "builtin",
+        trials: int = 20, bpps: tuple[float, ...] = RD_BPPS, loss_bpp: float = 0.5, seed: int = 0,
+        precision: str = "auto", baselines: tuple[str, ...] = ("jpeg", "jpeg2000", "webp"),
+        progress=None) -> dict:
+    """Every experiment for every codec and size: CSV files, plots and ``summary.md`` in ``out``."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from .data import builtin_eval_images, fit_to, list_images, load_rgb
+    from .packet_codec import PacketCodec
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    lines = ["# Entropy-coded codec: rate-distortion, loss and levels", ""]
+    for (w, h) in sizes:
+        size = f"{w}x{h}"
+        imgs = (builtin_eval_images(w, h) if images == "builtin"
+                else {p.stem: fit_to(load_rgb(p), w, h) for p in list_images(images)})
+        for name in models:
+            codec = PacketCodec.load(name, device="cpu", precision=precision)
+            rd = rd_rows(codec, imgs, bpps, baselines if name == models[0] else (), label=name) if "rd" in experiments else []
+            loss = loss_rows(codec, imgs, loss_bpp, trials, seed, label=name) if "rdloss" in experiments else []
+            lv = level_rows(codec, imgs, loss_bpp, label=name) if "rdlevels" in experiments else []
+            results[f"{name}@{size}"] = {"rd": rd, "loss": loss, "levels": lv}
+            if progress:
+                progress(f"{name} {size} done")
+        rd_all = [r for k, v in results.items() if k.endswith(size) for r in v["rd"]]
+        bd = bd_rate_rows(rd_all) if rd_all else []
+        for key, rows in (("rd", rd_all), ("bd", bd)):
+            if rows:
+                with open(out / f"{key}_{size}.csv", "w", newline="") as f:
+                    wr = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+                    wr.writeheader()
+                    wr.writerows(rows)
+        if rd_all:
+            plot_rd(out / f"rd_psnr_{size}.png", rd_all, "psnr", f"PSNR vs rate ({size})")
+            plot_rd(out / f"rd_msssim_{size}.png", rd_all, "ms_ssim", f"MS-SSIM vs rate ({size})")
+        for name in models:
+            v = results[f"{name}@{size}"]
+            lines += summary_lines(f"{name}, {size}", v["rd"] if name == models[0] else
+                                   [r for r in v["rd"] if r["codec"] == name],
+                                   [r for r in bd if r["codec"] == name], v["loss"], v["levels"], name)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m jscc_stream.models.rd_eval", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="uniform,ladder", help="entropy-coded codecs (names or paths)")
+    p.add_argument("--sizes", default="320x240,640x480")
+    p.add_argument("--experiments", default="rd,rdloss,rdlevels")
+    p.add_argument("--images", default="builtin", help="'builtin' or a folder of images")
+    p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="out/rd-eval")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    run(args.models.split(","), sizes, args.experiments.split(","), args.out, args.images, args.trials,
+        progress=print)
+    print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
