@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from .frame_codec import FrameCodec
+from .packet_codec import load_stream_codec
 
 __all__ = ["time_call", "bench_codec"]
 
@@ -63,27 +63,38 @@ def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] 
                      "torch": torch.__version__, "rows": []}
     reference: dict[tuple[str, str], np.ndarray] = {}
     for dev, prec in devices:
-        fc = FrameCodec.load(codec_name, device=dev, precision=prec)
+        fc = load_stream_codec(codec_name, device=dev, precision=prec)
+        entropy_coded = getattr(fc, "entropy_coded", False)
         prec_name = str(fc.amp_dtype).replace("torch.", "") if fc.amp_dtype else "float32"
         sync = torch.cuda.synchronize if dev == "cuda" else None
-        results["parameters"] = fc.model.param_count()
-        results["encoder_parameters"] = sum(p.numel() for p in fc.model.encoder.parameters())
-        results["decoder_parameters"] = sum(p.numel() for p in fc.model.decoder.parameters())
+        results["parameters"] = sum(p.numel() for p in fc.model.parameters())
+        enc_modules = ([fc.model.analysis] + ([fc.model.analysis_cnn] if fc.model.analysis_cnn else [])
+                       if entropy_coded else [fc.model.encoder])
+        results["encoder_parameters"] = sum(p.numel() for m in enc_modules for p in m.parameters())
+        results["decoder_parameters"] = results["parameters"] - results["encoder_parameters"]
         for w, h in sizes:
             frame = _frame(w, h)
-            wire = fc.encode(frame)
-            received = np.ones_like(wire, dtype=bool)
-            received[3:] = False  # decode cost does not depend on what was lost; show it anyway
-            enc = time_call(lambda: fc.encode(frame), repeats, sync=sync)
-            dec = time_call(lambda: fc.decode(wire, received, w, h), repeats, sync=sync)
+            if entropy_coded:  # 0.5 bit per pixel, entropy coding and rate control included
+                budget = w * h // 16
+                wire = fc.encode(frame, budget)
+                lost = [p if i % 5 else None for i, p in enumerate(wire)]  # some losses, as live
+                enc = time_call(lambda: fc.encode(frame, budget), repeats, sync=sync)
+                dec = time_call(lambda: fc.decode(lost, w, h), repeats, sync=sync)
+                full, frame_bytes = fc.decode(wire, w, h), sum(map(len, wire))
+            else:
+                wire = fc.encode(frame)
+                received = np.ones_like(wire, dtype=bool)
+                received[3:] = False  # decode cost does not depend on what was lost; show it anyway
+                enc = time_call(lambda: fc.encode(frame), repeats, sync=sync)
+                dec = time_call(lambda: fc.decode(wire, received, w, h), repeats, sync=sync)
+                full, frame_bytes = fc.decode(wire, None, w, h), fc.layout(w, h).frame_bytes
             _, jpeg_bytes = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75])
             jenc = time_call(lambda: cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75]), repeats)
             jdec = time_call(lambda: cv2.imdecode(jpeg_bytes, cv2.IMREAD_COLOR), repeats)
-            full = fc.decode(wire, None, w, h)
             reference.setdefault((dev, f"{w}x{h}"), full)
             row = {"device": dev, "precision": prec_name, "size": f"{w}x{h}",
                    "psnr_vs_source": _psnr(full, frame),
-                   "psnr_vs_float32": _psnr(full, reference[(dev, f"{w}x{h}")]), "bytes_per_frame": fc.layout(w, h).frame_bytes,
+                   "psnr_vs_float32": _psnr(full, reference[(dev, f"{w}x{h}")]), "bytes_per_frame": frame_bytes,
                    "encode_ms_median": statistics.median(enc), "decode_ms_median": statistics.median(dec),
                    "encode_ms_p90": float(np.percentile(enc, 90)), "decode_ms_p90": float(np.percentile(dec, 90)),
                    "jpeg_encode_ms_median": statistics.median(jenc), "jpeg_decode_ms_median": statistics.median(jdec)}
