@@ -24,7 +24,8 @@ __all__ = ["run_jscc"]
 
 def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, codec: str, trace: Path,
              delay_ms: float, workdir: Path, seed: int = 0, latency_ms: float = 50.0, pace: float = 0.5,
-             extra_sender: list[str] | None = None) -> ArmRun:
+             extra_sender: list[str] | None = None, kbps: float | None = None) -> ArmRun:
+    """One JSCC run; ``kbps`` sets an entropy-coded codec's bitrate (ignored by a fixed-rate one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rport, sport = free_port(), free_port()
     py = sys.executable
@@ -36,6 +37,10 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     send_cmd = [py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--source", source,
                 "--size", f"{width}x{height}", "--fps", str(fps), "--frames", str(n_frames), "--codec", codec,
                 "--device", "cpu", "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json"), *(extra_sender or [])]
+    from jscc_stream.models.packet_codec import load_stream_codec
+
+    if kbps and getattr(load_stream_codec(codec, device="cpu"), "entropy_coded", False):
+        send_cmd += ["--kbps", f"{kbps:.1f}"]
     logs = {n: open(workdir / f"{n}.log", "w") for n in ("receiver", "sender")}
     recv = send = None
     try:

@@ -130,13 +130,17 @@ def score_run(run: ArmRun, frames: list[np.ndarray]) -> dict:
 
 
 def _payload_bytes(cfg: HarnessConfig) -> int:
+    """Payload bytes per frame every arm gets: the fixed-rate codec's frame size, or 0.5 bit per
+    pixel for an entropy-coded one (which then runs at exactly that budget)."""
     if cfg.payload_bytes_per_frame:
         return cfg.payload_bytes_per_frame
-    if "jscc" not in cfg.arms:  # the shipped layout: 8 blocks x 2 channels at 1/16 scale, 8 bits
-        return 2 * 8 * (-(-cfg.width // 16)) * (-(-cfg.height // 16))
-    from jscc_stream.models.frame_codec import FrameCodec
+    default = 2 * 8 * (-(-cfg.width // 16)) * (-(-cfg.height // 16))  # 0.5 bpp at 16x16 patches
+    if "jscc" not in cfg.arms:
+        return default
+    from jscc_stream.models.packet_codec import load_stream_codec
 
-    return FrameCodec.load(cfg.codec, device="cpu").layout(cfg.width, cfg.height).frame_bytes
+    codec = load_stream_codec(cfg.codec, device="cpu")
+    return default if getattr(codec, "entropy_coded", False) else codec.layout(cfg.width, cfg.height).frame_bytes
 
 
 def run_harness(cfg: HarnessConfig, progress=print) -> dict:
@@ -175,7 +179,7 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                         for attempt in range(3):
                             run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
                                            cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
-                                           pace=0.5 * wall / cfg.fps,
+                                           pace=0.5 * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
                                            extra_sender=["--no-adapt"] if jspec != spec else None)
                             sender = run.extra.get("sender", {})
                             skipped = sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0)
