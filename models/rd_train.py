@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-images", type=int, default=3, help="photographs held out for validation")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (under torchrun: one GPU per rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
     p.add_argument("--export", metavar="DIR", help="write OUT/last.ckpt's averaged weights as "
@@ -139,7 +140,7 @@ def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> d
     out = {}
     with torch.no_grad():
         for qi in q_indexes:
-            q = torch.full((len(val),), float(q_of_index(qi)))
+            q = torch.full((len(val),), float(q_of_index(qi)), device=val.device)
             r = model(val, q)
             mse = ((r.x_hat.clamp(0, 1) - val) ** 2).mean(dim=(1, 2, 3))
             out[f"psnr@{qi}"] = float(psnr_db(mse).mean())
@@ -149,8 +150,14 @@ def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> d
 
 
 def train(args: argparse.Namespace) -> Path:
+    from .frame_codec import pick_device
+    from .train import _ddp_setup
+
     torch.set_num_threads(args.threads)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world, local = _ddp_setup()
+    device = pick_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed + 1000 * rank)
@@ -158,7 +165,7 @@ def train(args: argparse.Namespace) -> Path:
     files = list_images(args.data)
     val_files, train_files = files[: args.val_images], files[args.val_images:]
     sampler = CropSampler.from_files(train_files, args.crop)
-    val = CropSampler.from_files(val_files, 256).batch(8, np.random.default_rng(123))
+    val = CropSampler.from_files(val_files, 256).batch(8, np.random.default_rng(123)).to(device)
     cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
                    latent_width=args.latent_width, pixel_width=args.pixel_width,
                    analysis_width=args.analysis_width)
@@ -167,12 +174,13 @@ def train(args: argparse.Namespace) -> Path:
     ckpt_path = out / "last.ckpt"
     step, wall = 0, 0.0
     if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ck["model"])
         step, wall = ck["step"], ck["wall"]
     else:
         model.init_from_klt(klt_patches(sampler, 40000, rng))
-    ema = RDCodec(cfg)
+    model.to(device)
+    ema = RDCodec(cfg).to(device)
     ema.load_state_dict(model.state_dict())
     # the KLT transform is already good, and Adam moves every weight by ~lr a step whatever its
     # size: at 1e-4 the 0.04-sized KLT weights drifted off within 2000 steps (worse than the
@@ -195,10 +203,10 @@ def train(args: argparse.Namespace) -> Path:
     t_start = time.monotonic() - wall
     hw = args.crop // 16
     while step < args.steps:
-        x = sampler.batch(args.batch, rng)
+        x = sampler.batch(args.batch, rng).to(device)
         # log-uniform steps: every rate the rate control may pick is trained alike
-        q = torch.from_numpy(np.exp(rng.uniform(math.log(args.q_min), math.log(args.q_max), args.batch))).float()
-        masks = schedule.masks(args.batch, cfg.n_levels, hw, hw, rng)
+        q = torch.from_numpy(np.exp(rng.uniform(math.log(args.q_min), math.log(args.q_max), args.batch))).float().to(device)
+        masks = schedule.masks(args.batch, cfg.n_levels, hw, hw, rng).to(device)
         r = net(x, q, masks)
         mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
         bpp = r.bits / (args.crop * args.crop)
@@ -219,7 +227,7 @@ def train(args: argparse.Namespace) -> Path:
             for be, bm in zip(ema.buffers(), model.buffers()):
                 be.copy_(bm)
         if rank == 0 and (step % 100 == 0 or step == args.steps):
-            rec = {"step": step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse).mean()),
+            rec = {"step": step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse.detach()).mean()),
                    "bpp": float(bpp.mean()), "lr": sched.get_last_lr()[0], "erased": float(erased.float().mean()),
                    "wall": time.monotonic() - t_start}
             if step % 1000 == 0 or step == args.steps:
@@ -236,6 +244,9 @@ def train(args: argparse.Namespace) -> Path:
         if stop.is_set():
             log.info("stopped at step %d; checkpoint saved, continue with --resume", step)
             break
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
     return ckpt_path
 
 
