@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
 
 __all__ = ["main", "build_parser"]
 

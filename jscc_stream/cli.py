@@ -8,15 +8,10 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli", "parse_frame_size",
+from .errors import UserError
+
+__all__ = ["add_common_args", "setup_logging", "run_cli", "parse_frame_size",
            "event_loop_factory"]
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit code 2.
-
-    Library errors that are the user's to fix (a bad loss spec, a corrupt weights file)
-    subclass it, so this module needs to import none of them (and no torch)."""
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

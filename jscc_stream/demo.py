@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, run_cli, setup_logging
 
 __all__ = ["PipelineConfig", "run_pipeline", "summarize_frames", "wait_for_line", "main"]
 

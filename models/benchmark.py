@@ -43,9 +43,9 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3, sync: Cal
 def _frame(width: int, height: int) -> np.ndarray:
     import skimage.data
 
-    from .data import fit_to
+    from .data import fit_frame
 
-    return cv2.cvtColor(fit_to(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
+    return cv2.cvtColor(fit_frame(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,13 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
 from jscc_stream.netem.loss import (
     GE_10, GE_15, ErasureVector, GilbertElliott, LossProcess, parse_loss_spec,
 )
 
 from .codec import JSCCCodec
-from .data import builtin_eval_images, fit_to, list_images, load_rgb, to_tensor
+from .data import builtin_eval_images, fit_frame, list_images, load_rgb, to_tensor
 from .erasure import keep_mask, packet_losses
 from .precision import PRECISIONS, resolve_precision
 from .quant import dequantize, quantize
@@ -593,7 +594,7 @@ def run(args: argparse.Namespace) -> dict:
             if args.images == "builtin":
                 imgs = builtin_eval_images(w, h)
             else:
-                imgs = {p.stem: fit_to(load_rgb(p), w, h) for p in list_images(args.images)}
+                imgs = {p.stem: fit_frame(load_rgb(p), w, h) for p in list_images(args.images)}
             evaluators[(w, h)] = Evaluator(imgs, args.bits, args.batch, args.seed, amp_dtype)
             image_names = list(imgs)
         ev = evaluators[(w, h)]

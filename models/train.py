@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, run_cli, setup_logging
 from jscc_stream.netem.loss import LossProcess, TailDrop, parse_loss_spec
 
 from .codec import CodecConfig, JSCCCodec
-from .data import CropSampler, fit_to, list_images, load_rgb, to_tensor
+from .data import CropSampler, fit_frame, list_images, load_rgb, to_tensor
 from .erasure import block_keep_mask, keep_mask, packet_losses
 from .precision import PRECISIONS, resolve_precision
 from .zoo import load_codec, save_codec
@@ -179,7 +180,7 @@ def _ddp_setup() -> tuple[int, int, int]:
 
 
 def validation_set(files: list[Path]) -> torch.Tensor:
-    return torch.cat([to_tensor(fit_to(load_rgb(f), 320, 240)) for f in files])
+    return torch.cat([to_tensor(fit_frame(load_rgb(f), 320, 240)) for f in files])
 
 
 @torch.no_grad()

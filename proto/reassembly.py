@@ -25,13 +25,9 @@ import numpy as np
 
 from .description import StreamInfo, parse_description
 from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, WireError, parse_datagram
+from .seq import frame_diff
 
-__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler", "frame_diff"]
-
-
-def frame_diff(a: int, b: int) -> int:
-    """Signed 32-bit serial distance between frame ids ``a - b``."""
-    return ((a - b + (1 << 31)) % (1 << 32)) - (1 << 31)
+__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler"]
 
 
 @dataclass

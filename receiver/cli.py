@@ -10,7 +10,8 @@ import signal
 import threading
 from collections.abc import Sequence
 
-from jscc_stream.cli import UserError, add_common_args, event_loop_factory, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, event_loop_factory, run_cli, setup_logging
 
 __all__ = ["main", "build_parser", "CodecCache"]
 

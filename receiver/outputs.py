@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
 
 __all__ = ["FrameRecord", "Outputs"]
 

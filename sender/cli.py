@@ -9,9 +9,8 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from jscc_stream.cli import (
-    UserError, add_common_args, event_loop_factory, parse_frame_size, run_cli, setup_logging,
-)
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, event_loop_factory, parse_frame_size, run_cli, setup_logging
 
 __all__ = ["main", "build_parser", "parse_size"]
 
@@ -70,11 +69,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if not 0 < args.pace <= 1:
         raise UserError("--pace must be in (0, 1]")
 
-    from jscc_stream.proto.dscp import DscpMapError, default_dscp_map, parse_dscp_map
+    from .dscp import DscpMapError, default_dscp_map, parse_dscp_map
     from jscc_stream.proto.packetizer import MIN_MTU
 
     from .sender import Sender, SenderConfig, resolve_dest
-    from .sources import open_source
+    from jscc_stream.sources import open_source
 
     if args.mtu < MIN_MTU or args.mtu > 65000:
         raise UserError(f"--mtu must be in [{MIN_MTU}, 65000]")

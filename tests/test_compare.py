@@ -16,7 +16,7 @@ from bench.compare.codecs import H264Encoder, JpegDepacketizer, JpegPacketizer  
 
 @pytest.fixture(scope="module")
 def frames():
-    from jscc_stream.sender.sources import open_source
+    from jscc_stream.sources import open_source
 
     src = open_source("synthetic", 160, 128, 30)
     return [src.read(i) for i in range(6)]

@@ -147,7 +147,7 @@ def test_dscp_is_read_per_datagram(family, host):
     if family == socket.AF_INET6 and not socket.has_ipv6:
         pytest.skip("no IPv6")
     from jscc_stream.netem.dscp import tos_of_dscp
-    from jscc_stream.receiver.receiver import read_tos
+    from jscc_stream.udp import read_tos
 
     rx = open_listen_socket(f"[{host}]:0" if family == socket.AF_INET6 else f"{host}:0")
     rx.setblocking(True)

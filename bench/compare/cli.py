@@ -14,7 +14,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, run_cli, setup_logging
 
 __all__ = ["build_parser", "run", "main"]
 
