@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["free_port", "wait_for_line", "stop_process", "cpu_ticks"]
+__all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks"]
 
 
 def free_port() -> int:
@@ -33,17 +34,30 @@ def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: floa
     raise UserError(f"timed out waiting for '{needle}' in {path}")
 
 
+def stop_processes(procs: list[subprocess.Popen | None], timeout: float = 15) -> None:
+    """SIGINT to each (a daemon's clean stop, in the order given), then wait for each; one that
+    does not exit within ``timeout`` s is killed."""
+    live = [p for p in procs if p is not None]
+    for p in live:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in live:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    """SIGINT (a daemon's clean stop), then wait; kill it if it does not exit in ``timeout`` s."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """:func:`stop_processes` for one process."""
+    stop_processes([proc], timeout)
+
+
+def daemon_cmd(daemon: str, *args: str) -> list[str]:
+    """The command line of a daemon's CLI in this interpreter: ``daemon`` is ``"receiver"``,
+    ``"netem"`` (the shim) or ``"sender"``."""
+    return [sys.executable, "-m", f"jscc_stream.{daemon}.cli", *args]
 
 
 def cpu_ticks(pid: int) -> int | None:

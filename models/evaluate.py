@@ -109,7 +109,7 @@ class Evaluator:
 
     def coded(self, codec: str, index: int, max_bytes: int):
         """JPEG / JPEG 2000 coding of image ``index`` at the highest quality within max_bytes."""
-        from . import baselines
+        from jscc_stream.baselines import image as baselines
 
         key = (codec, index, max_bytes)
         if key not in self._coded:
@@ -312,7 +312,7 @@ def exp_loss(ev: Evaluator, models: list[str], trials: int, size_label: str,
 
 def _baseline_rows(ev: Evaluator, proc: LossProcess, label: str, trials: int, frame_bytes: int,
                    size_label: str, seed_offset: int) -> list[dict]:
-    from . import baselines
+    from jscc_stream.baselines import image as baselines
 
     rows = []
     for codec in ("jpeg", "jpeg2000"):

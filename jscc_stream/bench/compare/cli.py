@@ -1,8 +1,8 @@
-"""``python -m bench.compare``: H.264, H.264+FEC, H.264+NACK, JPEG and JSCC over the same lossy channel.
+"""``jscc-bench compare`` (or ``python -m jscc_stream.bench.compare``): H.264, H.264+FEC, H.264+NACK, JPEG and JSCC over the same lossy channel.
 
 One command regenerates every table and plot of docs/results.md (seeds fixed):
 
-    .venv/bin/python -m bench.compare --out docs/results
+    jscc-bench compare --out docs/results
 
 ``--quick`` (CI): 30 frames, the synthetic source, no loss and GE ~10 %.
 """
@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
 
 __all__ = ["build_parser", "run", "main"]
 
-log = logging.getLogger("bench.compare")
+log = logging.getLogger("jscc.bench.compare")
+PROG = "jscc-bench compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .runner import ALL_ARMS, SOURCES
 
     p = argparse.ArgumentParser(
-        prog="python -m bench.compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Stream the same source frames with JSCC (jscc-send | jscc-netem | jscc-recv), H.264 "
                     "(plain, +Reed-Solomon FEC, +NACK) and per-frame JPEG through the jscc-netem shim with "
                     "identical seeded loss traces; score per-frame PSNR/SSIM, frozen frames and latency; write "
@@ -82,12 +83,7 @@ def run(args: argparse.Namespace) -> Path:
         if not path.exists():
             raise UserError(f"{path} does not exist: run the harness first")
         return write_report(json.loads(path.read_text()), args.out)
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must be WxH, got {args.size!r}") from None
-    if width % 16 or height % 16 or width < 16 or height < 16:
-        raise UserError(f"--size must be multiples of 16, got {args.size}")
+    width, height = parse_frame_size(args.size, multiple_of=16)
     frames = args.frames or (30 if args.quick else 150)
     if frames < 2:
         raise UserError("--frames must be at least 2")
@@ -119,4 +115,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="python -m bench.compare")
+    return run_cli(_main, argv, prog=PROG)
