@@ -24,13 +24,17 @@ from .scr import from_wire, to_wire
 __all__ = ["LatentLayout", "FrameCodec", "pick_device"]
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = "auto", rank: int | None = None) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:N]`` -> a torch device (auto: CUDA when present).  Under
+    torchrun, ``rank`` (the local rank) picks the GPU for ``auto`` and a bare ``cuda``."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("CUDA was asked for but is not available (use --device cpu or auto)")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device == "cuda" and rank is not None:
+        device = f"cuda:{rank}"
     return torch.device(device)
 
 
