@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import add_common_args, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args
 from jscc_stream.pipeline import PipelineConfig, format_summary, run_pipeline
 
 __all__ = ["build_parser", "main"]
@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     from jscc_stream.models.zoo import resolve_weights
     from jscc_stream.netem.loss import parse_loss_spec
 
@@ -79,8 +78,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0 if all(c == 0 for c in res["exit_codes"].values()) else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-demo")
+main = entry_point(_main, "jscc-demo")
 
 
 if __name__ == "__main__":

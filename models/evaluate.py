@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size
 from jscc_stream.errors import UserError
 
 from jscc_stream.sources import fit_frame
@@ -192,14 +192,11 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    run(args)
+    run(parse_args(build_parser, argv))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-eval")
+main = entry_point(_main, "jscc-eval")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jscc_stream.cli import add_common_args, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args
 
 from .precision import PRECISIONS
 from .training import train
@@ -78,14 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    train(args)
+    train(parse_args(build_parser, argv))
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-train")
+main = entry_point(_main, "jscc-train")
 
 
 if __name__ == "__main__":

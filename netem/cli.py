@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, setup_logging
 
 PROG = "jscc-netem"
 SUBCOMMANDS = ("tc", "probe")
@@ -260,8 +260,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return _shim_main(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog=PROG)
+main = entry_point(_main, PROG)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -189,7 +189,7 @@ class Reassembler:
                     self._undescribed.popitem(last=False)
             return []
         info = stream.info
-        if h.block >= info.blocks or h.offset + len(pkt.data) > info.block_bytes or not pkt.data:
+        if h.block >= info.layout.blocks or h.offset + len(pkt.data) > info.layout.block_bytes or not pkt.data:
             self.counters.invalid += 1
             return []
         key = (pkt.ssrc, h.frame_id)
@@ -200,8 +200,8 @@ class Reassembler:
                 self.counters.late += 1
                 return []
             slot = FrameSlot(info, h.frame_id, pkt.timestamp, now, now + self.latency,
-                             np.zeros((info.blocks, info.block_bytes), np.uint8),
-                             np.zeros((info.blocks, info.block_bytes), bool), [-1] * info.blocks)
+                             np.zeros((info.layout.blocks, info.layout.block_bytes), np.uint8),
+                             np.zeros((info.layout.blocks, info.layout.block_bytes), bool), [-1] * info.layout.blocks)
             self.slots[key] = slot
         # The sender sends frames in order and, inside a frame, the most important block first; a
         # priority network serves each importance class in order.  So a newer frame's packet of

@@ -162,7 +162,7 @@ class Receiver:
         if codec is None:
             return None, 0.0
         t = time.perf_counter()
-        frame = codec.decode(slot.wire, slot.received, slot.info.width, slot.info.height)
+        frame = codec.decode(slot.wire, slot.received, slot.info.layout.width, slot.info.layout.height)
         return frame, (time.perf_counter() - t) * 1000
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float) -> FrameRecord:
@@ -171,7 +171,7 @@ class Receiver:
         full = slot.received.all(axis=1)
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
-            blocks_expected=info.blocks, blocks_received=int(full.sum()),
+            blocks_expected=info.layout.blocks, blocks_received=int(full.sum()),
             blocks_partial=int((slot.received.any(axis=1) & ~full).sum()), bytes_expected=slot.received.size,
             bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
             dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, event_loop_factory, parse_frame_size, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, run_async, write_json
 
 __all__ = ["main", "build_parser", "parse_size"]
 
@@ -57,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     width, height = parse_size(args.size)
     if args.fps <= 0 or args.fps > 240:
         raise UserError("--fps must be in (0, 240]")
@@ -125,20 +123,16 @@ def _main(argv: Sequence[str] | None) -> int:
             loop.add_signal_handler(sig, sender.stop_event.set)
         return await sender.run()
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        stats = runner.run(go())
+    stats = run_async(go())
     summary = stats.summary()
     log.info("sent %d frames (%d dropped by a busy encoder, %d to match receivers' decode rate), %d packets, %d bytes; encode median %s ms",
              stats.frames_sent, stats.frames_dropped, stats.frames_rate_limited, stats.packets_sent, stats.bytes_sent,
              f"{summary['encode_ms_median']:.1f}" if summary["encode_ms_median"] else "-")
-    if args.stats_json:
-        with open(args.stats_json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_json(args.stats_json, summary)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-send")
+main = entry_point(_main, "jscc-send")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jscc_stream.errors import UserError
-from jscc_stream.models.frame_codec import LatentLayout
+from jscc_stream.proto.description import LatentLayout
 from jscc_stream.proto.packet import DescriptionPacket, MediaPacket, parse_datagram
 from jscc_stream.sender.cli import main as send_main
 from jscc_stream.sender.sender import Sender, SenderConfig

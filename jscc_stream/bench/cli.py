@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size
 
 __all__ = ["main", "build_parser"]
 
@@ -130,15 +130,13 @@ def _main(argv: Sequence[str] | None) -> int:
         from .compare.cli import main as compare_main
 
         return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     if getattr(args, "duration", 1) <= 0:
         raise UserError("--duration must be positive")
     return args.func(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-bench")
+main = entry_point(_main, "jscc-bench")
 
 
 if __name__ == "__main__":

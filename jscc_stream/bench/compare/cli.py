@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -107,12 +107,10 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     table = run(args)
     print(table.read_text())
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog=PROG)
+main = entry_point(_main, PROG)
