@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
-__all__ = ["UserError", "add_common_args", "setup_logging", "run_cli", "parse_frame_size",
-           "event_loop_factory"]
+from .errors import UserError
 
-
-class UserError(Exception):
-    """A mistake in what the user asked for: printed as one line, exit code 2.
-
-    Library errors that are the user's to fix (a bad loss spec, a corrupt weights file)
-    subclass it, so this module needs to import none of them (and no torch)."""
+__all__ = ["add_common_args", "setup_logging", "parse_args", "run_cli", "run_async", "write_json",
+           "parse_frame_size", "event_loop_factory", "entry_point"]
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +50,27 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def parse_args(build_parser: Callable[[], argparse.ArgumentParser],
+               argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with a command's parser and log at its ``--log-level``."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return args
+
+
+def run_async(main: Awaitable[Any]) -> Any:
+    """Run a daemon's main coroutine on the event loop every daemon uses (uvloop)."""
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(main)
+
+
+def write_json(path: str | None, data: Any) -> None:
+    """A run's summary as indented JSON, when the user asked for it (``path`` not None)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None,
             prog: str = "jscc") -> int:
     """Run ``main``; user errors become one line on stderr and exit 2, Ctrl-C exits 130."""
@@ -63,3 +81,13 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def entry_point(main: Callable[[Sequence[str] | None], int | None], prog: str) -> Callable[..., int]:
+    """The console-script function of a command: ``main`` run under :func:`run_cli` as ``prog``."""
+
+    def entry(argv: Sequence[str] | None = None) -> int:
+        return run_cli(main, argv, prog=prog)
+
+    entry.__name__ = entry.__qualname__ = "main"
+    return entry

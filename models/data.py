@@ -9,18 +9,17 @@ import cv2
 import numpy as np
 import torch
 
+from jscc_stream.sources import IMAGE_SUFFIXES, fit_frame
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "list_images",
     "load_rgb",
-    "fit_to",
     "builtin_eval_images",
     "CropSampler",
     "to_tensor",
-    "to_uint8",
 ]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 # scikit-image's bundled photographs (colour and grey natural images; no drawings or text).
 BUILTIN_EVAL = ("astronaut", "camera", "chelsea", "coffee", "rocket",
                 "immunohistochemistry", "hubble_deep_field", "retina")
@@ -43,23 +42,6 @@ def load_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def fit_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop to the target aspect ratio, then resize (area filter) to width x height."""
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3]
-    h, w = img.shape[:2]
-    target = width / height
-    if w / h > target:
-        cw = round(h * target)
-        img = img[:, (w - cw) // 2 : (w - cw) // 2 + cw]
-    else:
-        ch = round(w / target)
-        img = img[(h - ch) // 2 : (h - ch) // 2 + ch]
-    interp = cv2.INTER_AREA if img.shape[1] > width else cv2.INTER_CUBIC
-    return np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=interp))
-
-
 def builtin_eval_images(width: int = 320, height: int = 240) -> dict[str, np.ndarray]:
     """scikit-image's bundled photographs, fitted to width x height, RGB uint8."""
     import skimage.data
@@ -69,20 +51,13 @@ def builtin_eval_images(width: int = 320, height: int = 240) -> dict[str, np.nda
         img = getattr(skimage.data, name)()
         if img.dtype != np.uint8:
             img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-        out[name] = fit_to(img, width, height)
+        out[name] = fit_frame(img, width, height)
     return out
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """RGB uint8 HxWx3 -> float (1, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float (1, 3, H, W) or (3, H, W) -> RGB uint8 HxWx3."""
-    if x.dim() == 4:
-        x = x[0]
-    return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 @dataclass

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from jscc_stream.netem.loss import ErasureVector, LossProcess, TailDrop
+from jscc_stream.proto.packetizer import fragment_cuts
 
 from .scr import wire_order
 
@@ -21,11 +22,11 @@ __all__ = ["fragment_of_element", "packet_losses", "keep_mask", "block_keep_mask
 
 def fragment_of_element(alpha: int, h: int, w: int, fragments: int, scr: bool) -> np.ndarray:
     """For each element of a block (natural order), the index of the fragment carrying it when
-    the wire bytes are cut into ``fragments`` contiguous, near-equal pieces."""
+    the wire bytes are cut into ``fragments`` pieces exactly as the packetizer cuts them."""
     n = alpha * h * w
     if not 1 <= fragments <= n:
         raise ValueError(f"fragments must be in 1..{n}, got {fragments}")
-    frag_of_wire = (np.arange(n) * fragments) // n
+    frag_of_wire = np.repeat(np.arange(fragments), np.diff(fragment_cuts(n, fragments)))
     out = np.empty(n, dtype=np.int64)
     out[wire_order(alpha, h, w, scr)] = frag_of_wire
     return out

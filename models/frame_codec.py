@@ -8,7 +8,6 @@ its packets carried: erased elements become the -1 placeholder with mask 0 insid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,44 +15,28 @@ import cv2
 import numpy as np
 import torch
 
+from jscc_stream.proto.description import LatentLayout
+
 from .codec import JSCCCodec
 from .precision import resolve_precision
 from .quant import check_bits, dequantize, quantize
 from .scr import from_wire, to_wire
 
-__all__ = ["LatentLayout", "FrameCodec", "pick_device"]
+__all__ = ["FrameCodec", "pick_device"]
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = "auto", rank: int | None = None) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:N]`` -> a torch device (auto: CUDA when present).  Under
+    torchrun, ``rank`` (the local rank) picks the GPU for ``auto`` and a bare ``cuda``."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("CUDA was asked for but is not available (use --device cpu or auto)")
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device == "cuda" and rank is not None:
+        device = f"cuda:{rank}"
     return torch.device(device)
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """Shape of one encoded frame on the wire."""
-
-    width: int
-    height: int
-    blocks: int
-    alpha: int
-    h: int
-    w: int
-    bits: int
-    scr: bool
-
-    @property
-    def block_bytes(self) -> int:
-        return self.alpha * self.h * self.w
-
-    @property
-    def frame_bytes(self) -> int:
-        return self.blocks * self.block_bytes
 
 
 class FrameCodec:

@@ -164,7 +164,7 @@ class PacketCodec:
 
     def layout(self, width: int, height: int):
         """The stream description's view: one block per importance level, 1 channel each."""
-        from .frame_codec import LatentLayout
+        from jscc_stream.proto.description import LatentLayout
 
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")

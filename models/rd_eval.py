@@ -19,7 +19,8 @@ import torch
 
 from jscc_stream.netem.loss import GE_10, ErasureVector, LossProcess
 
-from .baselines import decode_with_loss, encode_jpeg
+from jscc_stream.baselines.image import decode_with_loss, encode_jpeg
+from jscc_stream.metrics import psnr as psnr_u8
 from .packet_codec import PacketCodec, parse_payload
 
 __all__ = ["RD_BPPS", "rd_rows", "bd_rate", "loss_rows", "level_rows", "classical_encoder"]
@@ -32,11 +33,6 @@ LOSS_CONDITIONS: list[tuple[str, LossProcess]] = [
     ("uniform 20%", ErasureVector.uniform(0.20)),
     ("GE ~10%", GE_10),
 ]
-
-
-def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return float(10 * math.log10(255.0 ** 2 / max(mse, 1e-12)))
 
 
 def ms_ssim_u8(a: np.ndarray, b: np.ndarray) -> float:

@@ -149,105 +149,150 @@ def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> d
     return out
 
 
-def train(args: argparse.Namespace) -> Path:
-    from .frame_codec import pick_device
-    from .train import _ddp_setup
+@dataclass
+class _Run:
+    """What one training run holds between steps (built by :func:`_start`)."""
 
-    torch.set_num_threads(args.threads)
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    cfg: RDConfig
+    model: RDCodec
+    ema: RDCodec
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    sampler: CropSampler
+    val: torch.Tensor
+    schedule: ErasureSchedule
+    rng: np.random.Generator
+    step: int
+    t_start: float
+    ckpt_path: Path
+
+
+def _device(args: argparse.Namespace) -> tuple[int, int, torch.device]:
+    from .frame_codec import pick_device
+    from .training import _ddp_setup
+
     rank, world, local = _ddp_setup()
     device = pick_device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(args.seed + 1000 * rank)
-    torch.manual_seed(args.seed)
-    files = list_images(args.data)
-    val_files, train_files = files[: args.val_images], files[args.val_images:]
-    sampler = CropSampler.from_files(train_files, args.crop)
-    val = CropSampler.from_files(val_files, 256).batch(8, np.random.default_rng(123)).to(device)
-    cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
-                   latent_width=args.latent_width, pixel_width=args.pixel_width,
-                   analysis_width=args.analysis_width)
-    model = RDCodec(cfg)
-    schedule = ErasureSchedule.named(args.erasures)
-    ckpt_path = out / "last.ckpt"
-    step, wall = 0, 0.0
-    if args.resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ck["model"])
-        step, wall = ck["step"], ck["wall"]
-    else:
-        model.init_from_klt(klt_patches(sampler, 40000, rng))
-    model.to(device)
-    ema = RDCodec(cfg).to(device)
-    ema.load_state_dict(model.state_dict())
+    return rank, world, device
+
+
+def _optimiser(model: RDCodec, args: argparse.Namespace, step: int):
     # the KLT transform is already good, and Adam moves every weight by ~lr a step whatever its
     # size: at 1e-4 the 0.04-sized KLT weights drifted off within 2000 steps (worse than the
     # untrained KLT at the same bytes); the transform moves a hundred times slower than the CNNs
     linear = [model.analysis.weight, model.analysis.bias, model.synthesis.weight, model.synthesis.bias]
     rest = [p for p in model.parameters() if all(p is not t for t in linear)]
     opt = torch.optim.Adam([{"params": rest}, {"params": linear, "lr": args.lr * 0.01}], lr=args.lr)
-    if args.resume and ckpt_path.exists():
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    warm_cosine = lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps)))  # noqa: E731
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, warm_cosine, last_epoch=step - 1)
+
+
+def _start(args: argparse.Namespace) -> _Run:
+    """Data, model (KLT-initialised or resumed), weight average, optimiser."""
+    rank, world, device = _device(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(args.seed + 1000 * rank)
+    torch.manual_seed(args.seed)
+    files = list_images(args.data)
+    sampler = CropSampler.from_files(files[args.val_images:], args.crop)
+    val = CropSampler.from_files(files[: args.val_images], 256).batch(8, np.random.default_rng(123)).to(device)
+    cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
+                   latent_width=args.latent_width, pixel_width=args.pixel_width,
+                   analysis_width=args.analysis_width)
+    model, ckpt_path = RDCodec(cfg), out / "last.ckpt"
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False) if args.resume and ckpt_path.exists() else None
+    if ck:
+        model.load_state_dict(ck["model"])
+        rng = np.random.default_rng(args.seed + ck["step"] + 1000 * rank)
+    else:
+        model.init_from_klt(klt_patches(sampler, 40000, rng))
+    model.to(device)
+    ema = RDCodec(cfg).to(device)
+    ema.load_state_dict(ck["ema"] if ck else model.state_dict())
+    step = ck["step"] if ck else 0
+    opt, sched = _optimiser(model, args, step)
+    if ck:
         opt.load_state_dict(ck["opt"])
-        ema.load_state_dict(ck["ema"])
-        rng = np.random.default_rng(args.seed + step + 1000 * rank)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))),
-        last_epoch=step - 1) if step else torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 500) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
-    logf = open(out / "train.log", "a") if rank == 0 else None
-    last_ckpt = time.monotonic()
-    stop = _stop_on_signal()
-    t_start = time.monotonic() - wall
-    hw = args.crop // 16
-    while step < args.steps:
-        x = sampler.batch(args.batch, rng).to(device)
-        # log-uniform steps: every rate the rate control may pick is trained alike
-        q = torch.from_numpy(np.exp(rng.uniform(math.log(args.q_min), math.log(args.q_max), args.batch))).float().to(device)
-        masks = schedule.masks(args.batch, cfg.n_levels, hw, hw, rng).to(device)
-        r = net(x, q, masks)
-        mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
-        bpp = r.bits / (args.crop * args.crop)
-        # an erasure's distortion does not shrink with q: weigh it as at a mid rate, or the
-        # finest-step samples with losses would dominate the batch
-        erased = (masks < 1).flatten(1).any(1)
-        norm = torch.where(erased, q.clamp_min(ERASED_Q_FLOOR), q) ** 2
-        loss = (mse / norm + args.gamma * bpp).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
-        step += 1
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - 0.999 if step > 1000 else 1.0)
-            for be, bm in zip(ema.buffers(), model.buffers()):
-                be.copy_(bm)
-        if rank == 0 and (step % 100 == 0 or step == args.steps):
-            rec = {"step": step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse.detach()).mean()),
-                   "bpp": float(bpp.mean()), "lr": sched.get_last_lr()[0], "erased": float(erased.float().mean()),
-                   "wall": time.monotonic() - t_start}
-            if step % 1000 == 0 or step == args.steps:
-                rec.update(validate(ema, val, (48, 64, 80)))
+    return _Run(args, rank, world, device, cfg, model, ema, net, opt, sched, sampler, val,
+                ErasureSchedule.named(args.erasures), rng, step, time.monotonic() - (ck["wall"] if ck else 0.0),
+                ckpt_path)
+
+
+def _train_step(run: _Run) -> dict:
+    """One batch; returns what the log line reports."""
+    a, hw = run.args, run.args.crop // 16
+    x = run.sampler.batch(a.batch, run.rng).to(run.device)
+    # log-uniform steps: every rate the rate control may pick is trained alike
+    q = torch.from_numpy(np.exp(run.rng.uniform(math.log(a.q_min), math.log(a.q_max), a.batch))).float().to(run.device)
+    masks = run.schedule.masks(a.batch, run.cfg.n_levels, hw, hw, run.rng).to(run.device)
+    r = run.net(x, q, masks)
+    mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
+    bpp = r.bits / (a.crop * a.crop)
+    # an erasure's distortion does not shrink with q: weigh it as at a mid rate, or the
+    # finest-step samples with losses would dominate the batch
+    erased = (masks < 1).flatten(1).any(1)
+    norm = torch.where(erased, q.clamp_min(ERASED_Q_FLOOR), q) ** 2
+    loss = (mse / norm + a.gamma * bpp).mean()
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), 5.0)
+    run.opt.step()
+    run.sched.step()
+    run.step += 1
+    with torch.no_grad():
+        for pe, pm in zip(run.ema.parameters(), run.model.parameters()):
+            pe.lerp_(pm, 1 - 0.999 if run.step > 1000 else 1.0)
+        for be, bm in zip(run.ema.buffers(), run.model.buffers()):
+            be.copy_(bm)
+    return {"step": run.step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse.detach()).mean()),
+            "bpp": float(bpp.detach().mean()), "lr": run.sched.get_last_lr()[0],
+            "erased": float(erased.float().mean()), "wall": time.monotonic() - run.t_start}
+
+
+def _save(run: _Run) -> None:
+    tmp = run.ckpt_path.with_suffix(".tmp")
+    torch.save({"model": run.model.state_dict(), "ema": run.ema.state_dict(), "opt": run.opt.state_dict(),
+                "step": run.step, "wall": time.monotonic() - run.t_start, "config": run.cfg.to_dict(),
+                "args": vars(run.args)}, tmp)
+    tmp.replace(run.ckpt_path)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train until ``args.steps`` (or a signal), logging every 100 steps, validating every 1000
+    and checkpointing every ``args.ckpt_minutes``."""
+    torch.set_num_threads(args.threads)
+    run = _start(args)
+    logf = open(Path(args.out) / "train.log", "a") if run.rank == 0 else None
+    last_ckpt, stop = time.monotonic(), _stop_on_signal()
+    while run.step < args.steps:
+        rec = _train_step(run)
+        last = run.step == args.steps
+        if logf and (run.step % 100 == 0 or last):
+            if run.step % 1000 == 0 or last:
+                rec.update(validate(run.ema, run.val, (48, 64, 80)))
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
-        if rank == 0 and (time.monotonic() - last_ckpt > args.ckpt_minutes * 60 or step == args.steps
-                          or stop.is_set()):
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "step": step, "wall": time.monotonic() - t_start, "config": cfg.to_dict(),
-                        "args": vars(args)}, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        if run.rank == 0 and (time.monotonic() - last_ckpt > args.ckpt_minutes * 60 or last or stop.is_set()):
+            _save(run)
             last_ckpt = time.monotonic()
         if stop.is_set():
-            log.info("stopped at step %d; checkpoint saved, continue with --resume", step)
+            log.info("stopped at step %d; checkpoint saved, continue with --resume", run.step)
             break
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return ckpt_path
+    return run.ckpt_path
 
 
 def _stop_on_signal():

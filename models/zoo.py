@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
 
 from .codec import CodecConfig, JSCCCodec
 from .transform import RDCodec, RDConfig

@@ -11,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, entry_point, setup_logging
 
 PROG = "jscc-netem"
 SUBCOMMANDS = ("tc", "probe")
@@ -130,7 +131,8 @@ def _shim_main(args: argparse.Namespace) -> int:
     from jscc_stream.netem.link import LinkConfig
     from jscc_stream.netem.loss import parse_loss_spec
     from jscc_stream.netem.rates import parse_rate, parse_size
-    from jscc_stream.netem.shim import ShimConfig, parse_hostport, run_shim
+    from jscc_stream.netem.shim import ShimConfig, run_shim
+    from jscc_stream.udp import parse_hostport
 
     try:
         listen = parse_hostport(args.listen)
@@ -224,7 +226,7 @@ def _probe_main(args: argparse.Namespace) -> int:
     from jscc_stream.netem import probe
     from jscc_stream.netem.dscp import parse_dscp
     from jscc_stream.netem.rates import parse_rate
-    from jscc_stream.netem.shim import parse_hostport
+    from jscc_stream.udp import parse_hostport
 
     try:
         if args.action == "send":
@@ -258,8 +260,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return _shim_main(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog=PROG)
+main = entry_point(_main, PROG)
 
 
 if __name__ == "__main__":  # pragma: no cover

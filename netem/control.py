@@ -27,26 +27,13 @@ from typing import Any
 from aiohttp import web
 
 from jscc_stream.netem.shim import Shim, ShimConfig, run_shim
+from jscc_stream.web import serve_app
 
-__all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control", "serve_app"]
+__all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control"]
 
 log = logging.getLogger("jscc_stream.netem.control")
 
 _MAX_BODY = 4096
-
-
-async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    """Start ``app`` on host:port (0 = any free port); returns the runner and the bound address.
-    Raises OSError (runner cleaned up) when the address cannot be bound."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    return runner, site._server.sockets[0].getsockname()[:2]  # the real port when 0 was asked
 
 
 class ControlError(ValueError):

@@ -22,7 +22,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
 
 __all__ = [
     "LossProcess",

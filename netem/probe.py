@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import socket
 import struct
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 
-from jscc_stream.netem.dscp import tos_of_dscp, dscp_of_tos
-from jscc_stream.netem.shim import enable_tos_reception, read_tos, resolve
+from jscc_stream.netem.dscp import dscp_of_tos, tos_of_dscp
+from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, read_tos, resolve, set_tos, udp_socket
 
 __all__ = ["MAGIC", "send_probe", "recv_probe", "ProbeResult"]
 
@@ -48,12 +47,10 @@ def send_probe(dest: tuple[str, int], rate_bps: float, duration_s: float, size: 
     n = max(1, int(duration_s / interval))
     pad = bytes(size - _HDR.size)
     sent: Counter[int] = Counter()
-    level = socket.IPPROTO_IPV6 if family == socket.AF_INET6 else socket.IPPROTO_IP
-    opt = getattr(socket, "IPV6_TCLASS", 67) if family == socket.AF_INET6 else socket.IP_TOS
     t0 = time.perf_counter()
     for i in range(n):
         d = dscps[i % len(dscps)]
-        sock.setsockopt(level, opt, tos_of_dscp(d))
+        set_tos(sock, tos_of_dscp(d))
         wait = t0 + i * interval - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
@@ -76,11 +73,11 @@ def recv_probe(sock: socket.socket, idle_s: float, max_s: float) -> ProbeResult:
     while time.monotonic() - start < max_s:
         sock.settimeout(idle_s if got_any else max(0.01, max_s - (time.monotonic() - start)))
         try:
-            data, anc, _, _ = sock.recvmsg(65535, socket.CMSG_SPACE(4) * 2)
+            data, anc, _, _ = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
         except socket.timeout:
             break
         got_any = True
-        by_tos[dscp_of_tos(read_tos(anc))] += 1  # every datagram, probe or not (e.g. jscc-send)
+        by_tos[dscp_of_tos(read_tos(anc) or 0)] += 1  # every datagram, probe or not (e.g. jscc-send)
         if len(data) >= _HDR.size and data[:4] == MAGIC:
             by_dscp[_HDR.unpack_from(data)[2]] += 1
         else:
@@ -90,11 +87,7 @@ def recv_probe(sock: socket.socket, idle_s: float, max_s: float) -> ProbeResult:
 
 def open_receiver(listen: tuple[str, int]) -> socket.socket:
     family, addr = resolve(*listen, passive=True)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    enable_tos_reception(sock)
-    sock.bind(addr)
-    return sock
+    return udp_socket(family, addr, rcvbuf=4 << 20, recv_tos=True, blocking=True)
 
 
 def run_recv(listen: tuple[str, int], idle_s: float, max_s: float) -> ProbeResult:
@@ -105,8 +98,3 @@ def run_recv(listen: tuple[str, int], idle_s: float, max_s: float) -> ProbeResul
     finally:
         sock.close()
 
-
-if __name__ == "__main__":  # pragma: no cover - use `jscc-netem probe`
-    from jscc_stream.netem.cli import main
-
-    sys.exit(main(["probe", *sys.argv[1:]]))

@@ -11,11 +11,9 @@ and sets it on the outgoing socket before sending that datagram on.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import socket
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,94 +25,11 @@ import numpy as np
 from jscc_stream.netem.link import Link, LinkConfig, Packet
 from jscc_stream.netem.loss import LossProcess, parse_loss_spec
 from jscc_stream.netem.rates import parse_rate
+from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, TosSetter, read_tos, resolve, udp_socket
 
-__all__ = ["ShimConfig", "Shim", "parse_hostport", "resolve", "read_tos", "run_shim"]
+__all__ = ["ShimConfig", "Shim", "run_shim"]
 
 log = logging.getLogger("jscc_stream.netem.shim")
-
-_IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
-_IPV6_RECVTCLASS = getattr(socket, "IPV6_RECVTCLASS", 66)
-_IPV6_TCLASS = getattr(socket, "IPV6_TCLASS", 67)
-_MAX_DGRAM = 65535
-_ANC_SIZE = socket.CMSG_SPACE(4) * 2
-
-
-def parse_hostport(text: str, default_host: str = "0.0.0.0") -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ""
-        if not sep:
-            raise ValueError(f"bad address {text!r}: missing ']'")
-    else:
-        host, sep, port_s = text.rpartition(":")
-        if not sep:
-            raise ValueError(f"bad address {text!r}: write HOST:PORT or [IPV6]:PORT")
-        if ":" in host:
-            raise ValueError(f"bad address {text!r}: put an IPv6 address in brackets, [::1]:5004")
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ValueError(f"bad port in {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range in {text!r}")
-    return (host or default_host), port
-
-
-def resolve(host: str, port: int, passive: bool = False) -> tuple[int, tuple]:
-    """(address family, sockaddr) of a UDP endpoint."""
-    try:
-        infos = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM, 0,
-                                   socket.AI_PASSIVE if passive else 0)
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {host!r}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
-
-
-def enable_tos_reception(sock: socket.socket) -> None:
-    """Ask the kernel to hand us each datagram's TOS / traffic class byte."""
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVTCLASS, 1)
-        try:  # IPv4-mapped arrivals on a dual-stack socket report IP_TOS
-            sock.setsockopt(socket.IPPROTO_IP, _IP_RECVTOS, 1)
-        except OSError:
-            pass
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, _IP_RECVTOS, 1)
-
-
-def read_tos(ancdata: list[tuple[int, int, bytes]]) -> int:
-    """The TOS / traffic-class byte from ``recvmsg`` ancillary data (0 when absent)."""
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind in (socket.IP_TOS, _IP_RECVTOS) and data:
-            return data[0]
-        if level == socket.IPPROTO_IPV6 and kind == _IPV6_TCLASS and len(data) >= 4:
-            return int.from_bytes(data[:4], sys.byteorder) & 0xFF
-    return 0
-
-
-class _TosSetter:
-    """Sets the outgoing TOS only when it changes (one setsockopt per change, not per packet)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.current = -1
-
-    def set(self, tos: int) -> None:
-        if tos == self.current:
-            return
-        if self.sock.family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_TCLASS, tos)
-            try:  # for IPv4-mapped destinations
-                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-            except OSError:
-                pass
-        else:
-            self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        self.current = tos
-
 
 @dataclass
 class ShimConfig:
@@ -133,7 +48,7 @@ class ShimConfig:
 class _Client:
     addr: tuple
     sock: socket.socket
-    tos: _TosSetter
+    tos: TosSetter
     last_seen: float
 
 
@@ -150,7 +65,7 @@ class Shim:
         self.forward_link: Link | None = None
         self.reverse_link: Link | None = None
         self._listen: socket.socket | None = None
-        self._listen_tos: _TosSetter | None = None
+        self._listen_tos: TosSetter | None = None
         self._fwd_family = socket.AF_INET
         self._fwd_addr: tuple = ()
         self._clients: OrderedDict[tuple, _Client] = OrderedDict()
@@ -171,20 +86,13 @@ class Shim:
         self.reverse_link = Link(self.config.reverse_link, self._rev_rng, now)
         self._fwd_family, self._fwd_addr = resolve(*self.config.forward)
         family, addr = resolve(*self.config.listen, passive=True)
-        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            if family == socket.AF_INET6 and ipaddress.ip_address(addr[0].split("%")[0]).is_unspecified:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
-            enable_tos_reception(sock)
-            sock.setblocking(False)
-            sock.bind(addr)
+            sock = udp_socket(family, addr, rcvbuf=self.config.rcvbuf, recv_tos=True, dual_stack=True)
         except OSError as exc:
-            sock.close()
             raise ValueError(f"cannot listen on {self.config.listen[0]}:{self.config.listen[1]}: "
                              f"{exc.strerror}") from None
         self._listen = sock
-        self._listen_tos = _TosSetter(sock)
+        self._listen_tos = TosSetter(sock)
         loop.add_reader(sock.fileno(), self._on_listen_readable)
         self.started_at = time.time()
         if self.config.stats_interval > 0:
@@ -257,12 +165,8 @@ class Shim:
             _, oldest = self._clients.popitem(last=False)
             self._drop_client(oldest)
             self.errors["clients_evicted"] += 1
-        sock = socket.socket(self._fwd_family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
-        enable_tos_reception(sock)
-        sock.setblocking(False)
-        sock.bind(("::", 0) if self._fwd_family == socket.AF_INET6 else ("0.0.0.0", 0))
-        c = _Client(addr, sock, _TosSetter(sock), now)
+        sock = udp_socket(self._fwd_family, rcvbuf=self.config.rcvbuf, recv_tos=True)
+        c = _Client(addr, sock, TosSetter(sock), now)
         self._clients[addr] = c
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self._on_upstream_readable, c)
@@ -280,14 +184,14 @@ class Shim:
         now = self._loop.time()
         for _ in range(self.config.recv_batch):
             try:
-                data, anc, _flags, addr = sock.recvmsg(_MAX_DGRAM, _ANC_SIZE)
+                data, anc, _flags, addr = sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. an ICMP error queued on the socket
                 self.errors["recv"] += 1
                 log.debug("recv error: %s", exc)
                 continue
-            on_packet(data, read_tos(anc) & 0xFC, addr, now)
+            on_packet(data, (read_tos(anc) or 0) & 0xFC, addr, now)
         self._pump()
 
     def _on_listen_readable(self) -> None:
@@ -336,7 +240,7 @@ class Shim:
                 self._timer_at = at
                 self._timer = self._loop.call_at(max(at, now), self._pump)
 
-    def _send(self, sock: socket.socket, tos: _TosSetter, pkt: Packet, addr: tuple) -> None:
+    def _send(self, sock: socket.socket, tos: TosSetter, pkt: Packet, addr: tuple) -> None:
         try:
             tos.set(pkt.tos)
             sock.sendto(pkt.data, addr)

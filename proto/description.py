@@ -8,10 +8,33 @@ from google.protobuf.message import DecodeError
 
 from .packet import WIRE_VERSION, WireError
 
-__all__ = ["StreamInfo", "make_description", "parse_description", "MAX_FRAME_BYTES"]
+__all__ = ["LatentLayout", "StreamInfo", "make_description", "parse_description", "MAX_FRAME_BYTES"]
 
 #: Reject descriptions whose frames would need more memory than this (bounded receivers).
 MAX_FRAME_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Shape of one encoded frame on the wire: ``blocks`` rows of ``alpha*h*w`` bytes (``bits``-bit
+    elements, SCR order when ``scr``) for a ``width`` x ``height`` picture."""
+
+    width: int
+    height: int
+    blocks: int
+    alpha: int
+    h: int
+    w: int
+    bits: int
+    scr: bool
+
+    @property
+    def block_bytes(self) -> int:
+        return self.alpha * self.h * self.w
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.blocks * self.block_bytes
 
 
 @dataclass(frozen=True)
@@ -22,14 +45,7 @@ class StreamInfo:
     revision: int
     codec_name: str
     codec_sha256: str
-    blocks: int
-    alpha: int
-    latent_h: int
-    latent_w: int
-    quant_bits: int
-    scr: bool
-    width: int
-    height: int
+    layout: LatentLayout
     fps: float
     block_levels: tuple[int, ...]
     dscp_map: dict[int, int]
@@ -38,19 +54,12 @@ class StreamInfo:
     entropy_coded: bool = False  # media are whole codec payloads (PT 98), one level each
     max_frame_payloads: int = 0
 
-    @property
-    def block_bytes(self) -> int:
-        return self.alpha * self.latent_h * self.latent_w
 
-    @property
-    def frame_bytes(self) -> int:
-        return self.blocks * self.block_bytes
-
-
-def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256: str, layout,
+def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256: str, layout: LatentLayout,
                      fps: float, block_levels: list[int], dscp_map: dict[int, int] | None,
                      clock_epoch_unix_us: int, mtu: int, max_frame_payloads: int = 0) -> bytes:
-    """Serialize a description for a :class:`~jscc_stream.models.frame_codec.LatentLayout`."""
+    """Serialize a description of a stream whose frames have ``layout`` (an entropy-coded
+    stream when ``max_frame_payloads`` > 0)."""
     from .stream_pb2 import StreamDescription
 
     msg = StreamDescription(
@@ -88,8 +97,8 @@ def parse_description(body: bytes) -> StreamInfo:
         raise WireError(f"entropy-coded stream with {msg.max_frame_payloads} payloads per frame at most")
     return StreamInfo(
         ssrc=msg.ssrc, revision=msg.revision, codec_name=msg.codec_name, codec_sha256=msg.codec_sha256,
-        blocks=msg.blocks, alpha=msg.alpha, latent_h=msg.latent_h, latent_w=msg.latent_w,
-        quant_bits=msg.quant_bits, scr=msg.scr, width=msg.width, height=msg.height, fps=msg.fps,
+        layout=LatentLayout(width=msg.width, height=msg.height, blocks=msg.blocks, alpha=msg.alpha, h=msg.latent_h,
+                            w=msg.latent_w, bits=msg.quant_bits, scr=msg.scr), fps=msg.fps,
         block_levels=tuple(msg.block_level), dscp_map={r.level: r.dscp for r in msg.dscp_map},
         clock_epoch_unix_us=msg.clock_epoch_unix_us, mtu=msg.mtu, entropy_coded=msg.entropy_coded,
         max_frame_payloads=msg.max_frame_payloads if msg.entropy_coded else 0)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from aiortc.rtp import RtpPacket
 
-__all__ = ["PT_MEDIA", "PT_DESCRIPTION", "PT_PAYLOAD", "RTP_HEADER_BYTES", "JSCC_HEADER_BYTES",
-           "WIRE_VERSION", "CLOCK_RATE", "WireError", "FragmentHeader", "PayloadHeader", "MediaPacket",
-           "PayloadPacket", "DescriptionPacket", "build_media", "build_payload", "build_description",
+__all__ = ["PT_MEDIA", "PT_DESCRIPTION", "PT_PAYLOAD", "RTP_HEADER_BYTES", "JSCC_HEADER_BYTES", "DATAGRAM_LIMIT",
+           "MEDIA_PAYLOAD_BYTES", "WIRE_VERSION", "CLOCK_RATE", "WireError", "FragmentHeader", "PayloadHeader",
+           "MediaPacket", "PayloadPacket", "DescriptionPacket", "build_media", "build_payload", "build_description",
            "parse_datagram"]
 
 PT_MEDIA = 96
@@ -23,6 +23,10 @@ PT_DESCRIPTION = 97
 PT_PAYLOAD = 98
 RTP_HEADER_BYTES = 12
 JSCC_HEADER_BYTES = 12
+#: The design's largest datagram (UDP payload), RTP header and extensions included.
+DATAGRAM_LIMIT = 900
+#: Block bytes one datagram of that size carries behind the RTP and JSCC headers.
+MEDIA_PAYLOAD_BYTES = DATAGRAM_LIMIT - RTP_HEADER_BYTES - JSCC_HEADER_BYTES
 WIRE_VERSION = 1
 CLOCK_RATE = 90_000  # RTP timestamp ticks per second (video convention)
 MAX_OFFSET = (1 << 24) - 1

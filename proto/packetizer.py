@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packet import (JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, PayloadHeader,
+from .packet import (DATAGRAM_LIMIT, JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, PayloadHeader,
                      build_description, build_media, build_payload)
 
-__all__ = ["Datagram", "Packetizer", "fragment_bounds", "MIN_MTU"]
+__all__ = ["Datagram", "Packetizer", "fragment_bounds", "fragment_cuts", "MIN_MTU"]
 
 MIN_MTU = RTP_HEADER_BYTES + JSCC_HEADER_BYTES + 1
 
@@ -20,6 +20,14 @@ class Datagram:
     data: bytes
     level: int  # importance level, -1 for control (stream description)
     block: int
+
+
+def fragment_cuts(block_bytes: int, fragments: int) -> list[int]:
+    """Where a block of ``block_bytes`` is cut into ``fragments`` contiguous, near-equal pieces:
+    the start offset of each piece, then the end (10 bytes in 3 -> 0, 3, 6, 10; the last piece
+    takes the remainder).  The packetizer cuts the wire this way and the erasure model of
+    training and evaluation (``models.erasure``) loses exactly these pieces."""
+    return [i * block_bytes // fragments for i in range(fragments + 1)]
 
 
 def fragment_bounds(block_bytes: int, max_payload: int) -> list[tuple[int, int]]:
@@ -32,14 +40,14 @@ def fragment_bounds(block_bytes: int, max_payload: int) -> list[tuple[int, int]]
     n = math.ceil(block_bytes / max_payload)
     if n > 255:
         raise ValueError(f"a block of {block_bytes} bytes needs {n} fragments (max 255): raise the MTU")
-    cuts = [i * block_bytes // n for i in range(n + 1)]
+    cuts = fragment_cuts(block_bytes, n)
     return [(cuts[i], cuts[i + 1] - cuts[i]) for i in range(n)]
 
 
 class Packetizer:
     """Stateful per-SSRC packetizer: owns the RTP sequence counter."""
 
-    def __init__(self, ssrc: int, block_levels: list[int], mtu: int = 900, first_seq: int = 0) -> None:
+    def __init__(self, ssrc: int, block_levels: list[int], mtu: int = DATAGRAM_LIMIT, first_seq: int = 0) -> None:
         if mtu < MIN_MTU:
             raise ValueError(f"MTU must be at least {MIN_MTU} bytes, got {mtu}")
         self.ssrc = ssrc & 0xFFFFFFFF

@@ -26,13 +26,9 @@ import numpy as np
 
 from .description import StreamInfo, parse_description
 from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, PayloadPacket, WireError, parse_datagram
+from .seq import frame_diff
 
-__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler", "frame_diff"]
-
-
-def frame_diff(a: int, b: int) -> int:
-    """Signed 32-bit serial distance between frame ids ``a - b``."""
-    return ((a - b + (1 << 31)) % (1 << 32)) - (1 << 31)
+__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler"]
 
 
 @dataclass
@@ -107,13 +103,13 @@ class FrameSlot:
         that arrived (payloads go out in level order), the last level if none did."""
         if self.payloads is None:
             return np.full(self.received.shape[0], self.received.shape[1]), self.received.sum(axis=1)
-        levels = np.full(self.received.shape[0], self.info.blocks - 1)
+        levels = np.full(self.received.shape[0], self.info.layout.blocks - 1)
         for i in range(len(levels) - 1, -1, -1):
             if i in self.payload_levels:
                 levels[i] = self.payload_levels[i]
             elif i + 1 < len(levels):
                 levels[i] = levels[i + 1]
-        n = self.info.blocks
+        n = self.info.layout.blocks
         return (np.bincount(levels, minlength=n)[:n],
                 np.bincount(levels[self.received[:, 0]], minlength=n)[:n])
 
@@ -125,7 +121,7 @@ class FrameSlot:
             return -1
         last_missing = int(np.flatnonzero(~self.received[:, 0])[-1])
         later = [lv for i, lv in self.payload_levels.items() if i > last_missing]
-        return min(later) if later else self.info.blocks - 1 if count else -1
+        return min(later) if later else self.info.layout.blocks - 1 if count else -1
 
     def missing_ranges(self) -> list[tuple[int, int, int]]:
         """``(block, offset, length)`` runs of bytes that did not arrive."""
@@ -249,7 +245,7 @@ class Reassembler:
             info = stream.info
             slot = FrameSlot(info, fid, pkt.timestamp, now, now + self.latency,
                              np.zeros((units, unit_bytes), np.uint8), np.zeros((units, max(unit_bytes, 1)), bool),
-                             [-1] * info.blocks, payloads={} if info.entropy_coded else None)
+                             [-1] * info.layout.blocks, payloads={} if info.entropy_coded else None)
             self.slots[(pkt.ssrc, fid)] = slot
         return slot
 
@@ -283,10 +279,10 @@ class Reassembler:
         if stream is None:
             return []
         info = stream.info
-        if h.block >= info.blocks or h.offset + len(pkt.data) > info.block_bytes or not pkt.data:
+        if h.block >= info.layout.blocks or h.offset + len(pkt.data) > info.layout.block_bytes or not pkt.data:
             self.counters.invalid += 1
             return []
-        slot = self._slot(stream, pkt, now, info.blocks, info.block_bytes)
+        slot = self._slot(stream, pkt, now, info.layout.blocks, info.layout.block_bytes)
         if slot is None:
             return []
         self._shorten_older(pkt.ssrc, h.frame_id, _level(info, h.block), now)
@@ -308,7 +304,7 @@ class Reassembler:
         if stream is None:
             return []
         info = stream.info
-        if (h.level >= info.blocks or h.count > info.max_frame_payloads or not pkt.data
+        if (h.level >= info.layout.blocks or h.count > info.max_frame_payloads or not pkt.data
                 or len(pkt.data) > info.mtu):
             self.counters.invalid += 1
             return []

@@ -1,8 +1,9 @@
-"""16-bit RTP sequence arithmetic that survives the wrap (aiortc's NACK helper does not)."""
+"""Serial-number arithmetic that survives the wrap: 16-bit RTP sequence numbers (aiortc's NACK
+helper does not) and 32-bit frame ids."""
 
 from __future__ import annotations
 
-__all__ = ["seq_diff", "seq_newer", "SeqUnwrapper"]
+__all__ = ["seq_diff", "frame_diff", "SeqUnwrapper"]
 
 _MOD = 1 << 16
 _HALF = 1 << 15
@@ -13,9 +14,9 @@ def seq_diff(a: int, b: int) -> int:
     return ((a - b + _HALF) % _MOD) - _HALF
 
 
-def seq_newer(a: int, b: int) -> bool:
-    """True when ``a`` comes after ``b`` (RFC 1982 serial-number order)."""
-    return seq_diff(a, b) > 0
+def frame_diff(a: int, b: int) -> int:
+    """Signed 32-bit serial distance between frame ids ``a - b``."""
+    return ((a - b + (1 << 31)) % (1 << 32)) - (1 << 31)
 
 
 class SeqUnwrapper:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import threading
 from collections.abc import Sequence
 
-from jscc_stream.cli import UserError, add_common_args, event_loop_factory, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, entry_point, parse_args, run_async, write_json
 
 __all__ = ["main", "build_parser", "CodecCache"]
 
@@ -39,7 +39,7 @@ class CodecCache:
             from jscc_stream.models.packet_codec import load_stream_codec
 
             try:
-                codec = load_stream_codec(key, device=self.device, bits=info.quant_bits,
+                codec = load_stream_codec(key, device=self.device, bits=info.layout.bits,
                                           precision=self.precision)
             except (CodecLoadError, ValueError) as exc:
                 log.error("cannot decode stream %08x: %s", info.ssrc, exc)
@@ -50,8 +50,8 @@ class CodecCache:
             self._cache[key] = codec
         codec = self._cache[key]
         if codec is not None:
-            lay = codec.layout(info.width, info.height)
-            if ((lay.blocks, lay.block_bytes) != (info.blocks, info.block_bytes)
+            lay = codec.layout(info.layout.width, info.layout.height)
+            if ((lay.blocks, lay.block_bytes) != (info.layout.blocks, info.layout.block_bytes)
                     or bool(getattr(codec, "entropy_coded", False)) != info.entropy_coded):
                 return None
         return codec
@@ -95,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     if args.latency_ms <= 0 or args.reorder_ms < 0:
         raise UserError("--latency-ms must be positive and --reorder-ms not negative")
     if args.threads < 1 or args.decode_workers < 1:
@@ -149,22 +148,18 @@ def _main(argv: Sequence[str] | None) -> int:
         finally:
             await viewer.close()
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        stats = runner.run(go())
+    stats = run_async(go())
     sock.close()
     summary = stats.summary(receiver.reasm.counters)
     log.info("frames out %d (decoded %d, undecodable %d, skipped %d); latency p50 %s p95 %s ms; late packets %d, "
              "invalid %d", stats.frames_out, stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped,
              summary["latency_p50_ms"], summary["latency_p95_ms"], receiver.reasm.counters.late,
              receiver.reasm.counters.invalid)
-    if args.summary_json:
-        with open(args.summary_json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_json(args.summary_json, summary)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-recv")
+main = entry_point(_main, "jscc-recv")
 
 
 if __name__ == "__main__":

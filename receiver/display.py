@@ -18,18 +18,46 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
 
 __all__ = ["DisplayWindow", "display_available"]
 
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}  # q, Esc
 
 
+_INSTEAD = "use --web HOST:PORT (browser viewer), --record FILE.mp4 or --save-frames DIR instead of --display"
+
+
+def _x_unreachable(name: str) -> bool:
+    """True when libxcb cannot connect to X display ``name``.  Asked before any HighGUI call:
+    OpenCV's Qt (xcb) backend aborts the whole process when it cannot connect."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        xcb = ctypes.CDLL(ctypes.util.find_library("xcb") or "libxcb.so.1")
+    except OSError:
+        return False  # nothing to ask; HighGUI will tell
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    conn = xcb.xcb_connect(name.encode(), None)
+    try:
+        return bool(xcb.xcb_connection_has_error(conn))
+    finally:
+        xcb.xcb_disconnect(conn)
+
+
 def display_available() -> str | None:
     """None when a window can open here, else the one-line reason why not."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return ("no display here ($DISPLAY is not set): use --web HOST:PORT (browser viewer), --record FILE.mp4 "
-                "or --save-frames DIR instead of --display")
+    if not sys.platform.startswith("linux"):
+        return None
+    display = os.environ.get("DISPLAY")
+    if not display:
+        return f"no display here ($DISPLAY is not set): {_INSTEAD}"
+    if _x_unreachable(display):
+        return f"no display here (cannot connect to X display {display!r}): {_INSTEAD}"
     return None
 
 

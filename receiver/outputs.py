@@ -12,7 +12,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
 
 __all__ = ["FrameRecord", "Outputs"]
 

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import statistics
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +25,13 @@ import numpy as np
 
 from jscc_stream.proto.description import StreamInfo
 from jscc_stream.proto.reassembly import FrameSlot, Reassembler
+from jscc_stream.metrics import percentile
 from jscc_stream.proto.rtcp import ReceptionStats, build_report
+from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_tos, resolve, udp_socket
 
 from .outputs import FrameRecord, Outputs
 
-__all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket", "read_tos"]
+__all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
 
 log = logging.getLogger("jscc.recv")
 
@@ -39,41 +40,14 @@ CodecProvider = Callable[[StreamInfo], object | None]
 
 def open_listen_socket(spec: str) -> socket.socket:
     """``HOST:PORT`` / ``[V6]:PORT`` -> non-blocking UDP socket that reports each datagram's TOS."""
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT or [IPv6]:PORT, got {spec!r}")
-    host = host.strip("[]") or "0.0.0.0"
     try:
-        fam, _, _, _, addr = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)[0]
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {host!r}: {exc}") from None
-    s = socket.socket(fam, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    if fam == socket.AF_INET6:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
-        try:  # IPv4-mapped traffic on a dual-stack socket reports IP_TOS
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
-        except OSError:
-            pass
-    else:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
-    s.setblocking(False)
+        family, addr = resolve(*parse_hostport(spec))
+    except ValueError as exc:
+        raise ValueError(f"--listen must be HOST:PORT or [IPv6]:PORT: {exc}") from None
     try:
-        s.bind(addr)
+        return udp_socket(family, addr, rcvbuf=4 << 20, recv_tos=True)
     except OSError as exc:
-        s.close()
         raise ValueError(f"cannot listen on {spec}: {exc.strerror}") from None
-    return s
-
-
-def read_tos(ancdata: list) -> int | None:
-    """The TOS / traffic class byte from ``recvmsg`` ancillary data, if present."""
-    for level, kind, data in ancdata:
-        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and data:
-            return data[0]
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_TCLASS and len(data) >= 4:
-            return struct.unpack("i", data[:4])[0] & 0xFF
-    return None
 
 
 @dataclass
@@ -98,13 +72,10 @@ class ReceiverStats:
     decode_ms: list[float] = field(default_factory=list)
 
     def summary(self, counters) -> dict:
-        lat = sorted(self.latencies_ms)
-
-        def pct(p: float) -> float | None:
-            return lat[min(len(lat) - 1, int(p / 100 * len(lat)))] if lat else None
-
+        lat = self.latencies_ms
         d = {k: v for k, v in self.__dict__.items() if k not in ("latencies_ms", "decode_ms")}
-        d.update(latency_p50_ms=pct(50), latency_p95_ms=pct(95), latency_p99_ms=pct(99),
+        d.update(latency_p50_ms=percentile(lat, 50), latency_p95_ms=percentile(lat, 95),
+                 latency_p99_ms=percentile(lat, 99),
                  decode_ms_median=statistics.median(self.decode_ms) if self.decode_ms else None)
         d["reassembly"] = dict(counters.__dict__)
         return d
@@ -137,7 +108,7 @@ class Receiver:
         released: list[FrameSlot] = []
         for _ in range(256):
             try:
-                data, anc, _, addr = self.sock.recvmsg(65535, 64)
+                data, anc, _, addr = self.sock.recvmsg(MAX_DATAGRAM, ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors surfacing on the socket
@@ -192,9 +163,9 @@ class Receiver:
             return None, 0.0
         t = time.perf_counter()
         if slot.payloads is not None:
-            frame = codec.decode(slot.payload_list(), slot.info.width, slot.info.height)
+            frame = codec.decode(slot.payload_list(), slot.info.layout.width, slot.info.layout.height)
         else:
-            frame = codec.decode(slot.wire, slot.received, slot.info.width, slot.info.height)
+            frame = codec.decode(slot.wire, slot.received, slot.info.layout.width, slot.info.layout.height)
         return frame, (time.perf_counter() - t) * 1000
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float) -> FrameRecord:
@@ -203,7 +174,7 @@ class Receiver:
         expected, got = slot.level_units()
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
-            blocks_expected=info.blocks, blocks_received=int((got == expected).sum()),
+            blocks_expected=info.layout.blocks, blocks_received=int((got == expected).sum()),
             blocks_partial=int(((got > 0) & (got < expected)).sum()), bytes_expected=int(expected.sum()),
             bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
             dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),
@@ -261,7 +232,7 @@ class Receiver:
     def _send_reports(self) -> None:
         from jscc_stream.proto.stream_pb2 import Feedback
 
-        lat = sorted(self._lat_window)
+        lat = self._lat_window
         self._lat_window = []
         for ssrc, rx in list(self._rx.items()):
             addr = self._addr.get(ssrc)
@@ -272,8 +243,8 @@ class Receiver:
                           packets_late=self.reasm.counters.late, packets_invalid=self.reasm.counters.invalid,
                           frames_skipped=self.stats.frames_skipped)
             if lat:
-                fb.latency_p50_ms = lat[len(lat) // 2]
-                fb.latency_p95_ms = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+                fb.latency_p50_ms = percentile(lat, 50)
+                fb.latency_p95_ms = percentile(lat, 95)
             if self._block_missing is not None:
                 fb.block_loss.extend((self._block_missing[:, 0] / np.maximum(1, self._block_missing[:, 1])).tolist())
             try:

@@ -38,11 +38,16 @@ import cv2
 import numpy as np
 from aiohttp import ClientError, ClientSession, ClientTimeout, WSMsgType, web
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
+from jscc_stream.metrics import psnr
+from jscc_stream.proto.seq import frame_diff
+from jscc_stream.sources import open_source
+from jscc_stream.udp import parse_hostport
+from jscc_stream.web import serve_app
 
 from .outputs import FrameRecord
 
-__all__ = ["WebConfig", "WebViewer", "add_web_args", "viewer_from_args", "psnr", "STATIC_DIR"]
+__all__ = ["WebConfig", "WebViewer", "add_web_args", "viewer_from_args", "STATIC_DIR"]
 
 log = logging.getLogger("jscc.recv.web")
 
@@ -52,23 +57,11 @@ _FRAME_HDR = struct.Struct("!BI")  # kind, frame id (low 32 bits), then the JPEG
 _MAX_PENDING_STATS = 600
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 images of one shape (capped at 99 dB for identical ones)."""
-    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
-    return 99.0 if mse <= 1e-10 else 10.0 * float(np.log10(255.0 ** 2 / mse))
-
-
-def _frame_diff(a: int, b: int) -> int:
-    """a - b for 32-bit frame ids, wrap-aware."""
-    return ((a - b + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-
-
 def _hostport(text: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UserError(f"--web must be HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {text!r}")
-    return host or "127.0.0.1", int(port)
+    try:
+        return parse_hostport(text, default_host="127.0.0.1")
+    except ValueError:
+        raise UserError(f"--web must be HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {text!r}") from None
 
 
 def add_web_args(parser: argparse.ArgumentParser) -> None:
@@ -152,8 +145,6 @@ class _Originals:
         self._source = None
 
     def frame(self, frame_id: int, width: int, height: int, fps: float) -> np.ndarray | None:
-        from jscc_stream.sender.sources import open_source
-
         key = (width, height, fps)
         if key != self._key:
             if self._source is not None:
@@ -189,8 +180,6 @@ class WebViewer:
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self, receiver=None) -> tuple[str, int]:
         """Bind; ``receiver`` (a :class:`Receiver`) lends its stream descriptions (size, fps)."""
-        from jscc_stream.netem.control import serve_app
-
         self._receiver = receiver
         try:
             self._runner, self.address = await serve_app(self.app, self.config.host, self.config.port)
@@ -243,7 +232,7 @@ class WebViewer:
             return
         # decoders may finish out of order: never replace a newer picture with an older one
         newest = self._newest.get(rec.ssrc)
-        if newest is not None and _frame_diff(rec.frame_id, newest) <= 0:
+        if newest is not None and frame_diff(rec.frame_id, newest) <= 0:
             frame = original = None
         elif frame is not None:
             self._newest[rec.ssrc] = rec.frame_id

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 from collections.abc import Sequence
 
-from jscc_stream.cli import (
-    UserError, add_common_args, event_loop_factory, parse_frame_size, run_cli, setup_logging,
-)
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, run_async, write_json
 
 __all__ = ["main", "build_parser", "parse_size"]
 
@@ -60,34 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
-    width, height = parse_size(args.size)
-    if args.fps <= 0 or args.fps > 240:
-        raise UserError("--fps must be in (0, 240]")
-    if args.threads < 1:
-        raise UserError("--threads must be >= 1")
-    if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
-        raise UserError("--frames and --duration must be positive")
-    if not 0 < args.pace <= 1:
-        raise UserError("--pace must be in (0, 1]")
-
-    from jscc_stream.proto.dscp import DscpMapError, default_dscp_map, parse_dscp_map
-    from jscc_stream.proto.packetizer import MIN_MTU
-
-    from .sender import Sender, SenderConfig, resolve_dest
-    from .sources import open_source
-
-    if args.mtu < MIN_MTU or args.mtu > 65000:
-        raise UserError(f"--mtu must be in [{MIN_MTU}, 65000]")
-    dests = args.dest or ["127.0.0.1:5004"]
-    for d in dests:
-        try:
-            resolve_dest(d)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-
+def _codec_and_rate(args, width: int, height: int):
+    """The codec by name, and the bitrate (kbit/s) for an entropy-coded one (None otherwise)."""
     import torch
 
     from jscc_stream.models.packet_codec import load_stream_codec
@@ -101,7 +73,40 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.kbps is not None and (args.kbps <= 0 or not entropy_coded):
         raise UserError("--kbps must be positive" if entropy_coded else
                         f"--kbps needs an entropy-coded codec; {args.codec} sends a fixed size per frame")
-    kbps = args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
+    if not entropy_coded:
+        return codec, None
+    return codec, args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(build_parser, argv)
+    width, height = parse_size(args.size)
+    if args.fps <= 0 or args.fps > 240:
+        raise UserError("--fps must be in (0, 240]")
+    if args.threads < 1:
+        raise UserError("--threads must be >= 1")
+    if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
+        raise UserError("--frames and --duration must be positive")
+    if not 0 < args.pace <= 1:
+        raise UserError("--pace must be in (0, 1]")
+
+    from .dscp import DscpMapError, default_dscp_map, parse_dscp_map
+    from jscc_stream.proto.packetizer import MIN_MTU
+
+    from .sender import Sender, SenderConfig, resolve_dest
+    from jscc_stream.sources import open_source
+
+    if args.mtu < MIN_MTU or args.mtu > 65000:
+        raise UserError(f"--mtu must be in [{MIN_MTU}, 65000]")
+    dests = args.dest or ["127.0.0.1:5004"]
+    for d in dests:
+        try:
+            resolve_dest(d)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+    codec, kbps = _codec_and_rate(args, width, height)
+    entropy_coded = kbps is not None
     layout = codec.layout(width, height)
     dscp_map = None
     if args.dscp_map:
@@ -119,7 +124,7 @@ def _main(argv: Sequence[str] | None) -> int:
         source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
-                       adapt=not args.no_adapt, kbps=kbps if entropy_coded else None)
+                       adapt=not args.no_adapt, kbps=kbps)
     try:
         sender = Sender(codec, source, cfg)
     except ValueError as exc:
@@ -135,20 +140,16 @@ def _main(argv: Sequence[str] | None) -> int:
             loop.add_signal_handler(sig, sender.stop_event.set)
         return await sender.run()
 
-    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-        stats = runner.run(go())
+    stats = run_async(go())
     summary = stats.summary()
     log.info("sent %d frames (%d dropped by a busy encoder, %d to match receivers' decode rate), %d packets, %d bytes; encode median %s ms",
              stats.frames_sent, stats.frames_dropped, stats.frames_rate_limited, stats.packets_sent, stats.bytes_sent,
              f"{summary['encode_ms_median']:.1f}" if summary["encode_ms_median"] else "-")
-    if args.stats_json:
-        with open(args.stats_json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_json(args.stats_json, summary)
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-send")
+main = entry_point(_main, "jscc-send")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jscc_stream.proto.description import make_description
 from jscc_stream.netem.dscp import tos_of_dscp
+from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
 from jscc_stream.proto.rtcp import parse_report
-
-from .sources import Source
+from jscc_stream.sources import Source
+from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -38,16 +38,10 @@ log = logging.getLogger("jscc.send")
 
 def resolve_dest(spec: str) -> tuple[int, tuple]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (family, sockaddr)."""
-    host, sep, port = spec.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"destination must be HOST:PORT or [IPv6]:PORT, got {spec!r}")
-    host = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve {host!r}: {exc}") from None
-    fam, _, _, _, addr = infos[0]
-    return fam, addr
+        return resolve(*parse_hostport(spec, default_host=None))
+    except ValueError as exc:
+        raise ValueError(f"destination must be HOST:PORT or [IPv6]:PORT: {exc}") from None
 
 
 @dataclass
@@ -90,6 +84,16 @@ class SenderStats:
         return d
 
 
+@dataclass
+class _ReceiverFeedback:
+    """What one receiver last reported, and the frame rate the sender allows it."""
+
+    at: float  # monotonic time of the report
+    decoded: int  # frames decoded (cumulative)
+    skipped: int  # frames its decoder skipped (cumulative)
+    target_fps: float
+
+
 class Sender:
     def __init__(self, codec, source: Source, cfg: SenderConfig) -> None:
         self.codec = codec
@@ -106,35 +110,20 @@ class Sender:
         self.stop_event = asyncio.Event()
         self._dests = [resolve_dest(d) for d in cfg.dests]
         self._socks: dict[int, socket.socket] = {}
-        self._tos: dict[int, int] = {}
+        self._tos: dict[int, TosSetter] = {}
         self._revision = 0
         self._desc_key: bytes | None = None
         self._mono0 = time.monotonic()
-        self._fb: dict = {}  # receiver address -> (time, frames decoded, frames skipped, target fps)
+        self._fb: dict[tuple, _ReceiverFeedback] = {}  # receiver address -> its last feedback
         self.stats.target_fps = cfg.fps
         self._epoch_us = time.time_ns() // 1000
 
     # -- sockets -------------------------------------------------------------------------
     def _open_sockets(self) -> None:
         for fam, _ in self._dests:
-            if fam in self._socks:
-                continue
-            s = socket.socket(fam, socket.SOCK_DGRAM)
-            s.setblocking(False)
-            s.bind(("::", 0) if fam == socket.AF_INET6 else ("0.0.0.0", 0))
-            self._socks[fam] = s
-            self._tos[fam] = 0
-
-    def _set_tos(self, fam: int, tos: int) -> None:
-        if self._tos[fam] == tos:
-            return
-        s = self._socks[fam]
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
-        else:
-            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
-        self._tos[fam] = tos
-        self.stats.tos_changes += 1
+            if fam not in self._socks:
+                self._socks[fam] = udp_socket(fam)
+                self._tos[fam] = TosSetter(self._socks[fam], current=0)
 
     def _send(self, gram: Datagram) -> None:
         if self.cfg.dscp_map is not None:
@@ -144,7 +133,7 @@ class Sender:
             tos = 0
         for fam, addr in self._dests:
             try:
-                self._set_tos(fam, tos)
+                self._tos[fam].set(tos)
                 self._socks[fam].sendto(gram.data, addr)
                 self.stats.packets_sent += 1
                 self.stats.bytes_sent += len(gram.data)
@@ -200,20 +189,20 @@ class Sender:
         """
         now = time.monotonic()
         prev = self._fb.get(addr)
-        self._fb[addr] = (now, decoded, skipped, prev[3] if prev else self.cfg.fps)
+        self._fb[addr] = _ReceiverFeedback(now, decoded, skipped, prev.target_fps if prev else self.cfg.fps)
         if prev is None or not self.cfg.adapt:
             return
-        dt = now - prev[0]
-        if dt <= 0.2 or decoded < prev[1]:  # too soon, or the receiver restarted
+        dt = now - prev.at
+        if dt <= 0.2 or decoded < prev.decoded:  # too soon, or the receiver restarted
             return
-        rate = (decoded - prev[1]) / dt
-        target = prev[3]
-        if skipped > prev[2]:
+        rate = (decoded - prev.decoded) / dt
+        target = prev.target_fps
+        if skipped > prev.skipped:
             target = max(1.0, min(target, rate * 1.1 + 0.5))
         else:
             target = min(self.cfg.fps, target * 1.2)
-        self._fb[addr] = (now, decoded, skipped, target)
-        live = [v[3] for v in self._fb.values() if now - v[0] < 5]
+        self._fb[addr].target_fps = target
+        live = [v.target_fps for v in self._fb.values() if now - v.at < 5]
         self.stats.target_fps = min(live) if live else self.cfg.fps
 
     # -- stream description --------------------------------------------------------------
@@ -348,6 +337,7 @@ class Sender:
             for s in self._socks.values():
                 loop.remove_reader(s.fileno())
                 s.close()
+            self.stats.tos_changes = sum(t.changes for t in self._tos.values())
             self.source.close()
         return self.stats
 

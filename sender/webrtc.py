@@ -23,9 +23,12 @@ import cv2
 import numpy as np
 from aiohttp import web
 
-from jscc_stream.cli import UserError
+from jscc_stream.errors import UserError
+from jscc_stream.sources import fit_frame
+from jscc_stream.udp import parse_hostport
+from jscc_stream.web import serve_app
 
-__all__ = ["WebRtcSourceConfig", "WebRtcSource", "parse_webrtc_spec", "fit_frame", "waiting_frame",
+__all__ = ["WebRtcSourceConfig", "WebRtcSource", "parse_webrtc_spec", "waiting_frame",
            "open_webrtc_source"]
 
 log = logging.getLogger("jscc.send.webrtc")
@@ -41,31 +44,10 @@ def parse_webrtc_spec(spec: str) -> tuple[str, int]:
     if not spec.startswith("webrtc:"):
         raise UserError(f"not a webrtc source: {spec!r}")
     rest = spec[len("webrtc:"):]
-    host, sep, port = rest.rpartition(":")
-    if not sep:
-        host, port = DEFAULT_SIGNAL[0], rest
-    host = host.strip("[]") or DEFAULT_SIGNAL[0]
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise UserError(f"bad port in {spec!r}: write webrtc[:HOST]:PORT, e.g. webrtc:127.0.0.1:8081")
-    return host, int(port)
-
-
-def fit_frame(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop to the stream's aspect ratio, then resize: the picture is never stretched."""
-    ih, iw = img.shape[:2]
-    if (iw, ih) == (width, height):
-        return img
-    target = width / height
-    if iw / ih > target:  # too wide: crop the sides
-        cw = max(1, round(ih * target))
-        x0 = (iw - cw) // 2
-        img = img[:, x0:x0 + cw]
-    elif iw / ih < target:
-        ch = max(1, round(iw / target))
-        y0 = (ih - ch) // 2
-        img = img[y0:y0 + ch]
-    interp = cv2.INTER_AREA if img.shape[1] > width else cv2.INTER_LINEAR
-    return cv2.resize(img, (width, height), interpolation=interp)
+    try:
+        return parse_hostport(rest if ":" in rest else f":{rest}", default_host=DEFAULT_SIGNAL[0])
+    except ValueError:
+        raise UserError(f"bad port in {spec!r}: write webrtc[:HOST]:PORT, e.g. webrtc:127.0.0.1:8081") from None
 
 
 def waiting_frame(width: int, height: int, text: str = "waiting for camera") -> np.ndarray:
@@ -142,16 +124,11 @@ class WebRtcSource:
         app = web.Application(client_max_size=_MAX_OFFER, middlewares=[_cors])
         app.add_routes([web.post("/offer", self._on_offer), web.get("/status", self._on_status),
                         web.get("/", self._on_index)])
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
-            await site.start()
+            runner, self.address = await serve_app(app, self.config.host, self.config.port)
         except OSError as exc:
-            await runner.cleanup()
             raise OSError(f"cannot serve WebRTC signalling on {self.config.host}:{self.config.port}: "
                           f"{exc.strerror or exc}") from None
-        self.address = site._server.sockets[0].getsockname()[:2]
         log.info("WebRTC source: browsers post offers to http://%s:%d/offer", *self.address)
         self._ready.set()
         try:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from jscc_stream.models.baselines import (
+from jscc_stream.baselines.image import (
     CodedImage,
     decode_with_loss,
     encode_jpeg,

@@ -9,14 +9,15 @@ import pytest
 
 pytest.importorskip("zfec")
 
-from bench.compare.channel import CONDITIONS, write_trace  # noqa: E402
-from bench.compare.cli import main  # noqa: E402
-from bench.compare.codecs import H264Encoder, JpegDepacketizer, JpegPacketizer  # noqa: E402
+from jscc_stream.bench.compare.channel import CONDITIONS, write_trace  # noqa: E402
+from jscc_stream.bench.compare.cli import main  # noqa: E402
+from jscc_stream.baselines.h264 import H264Encoder  # noqa: E402
+from jscc_stream.baselines.jpeg_payload import JpegDepacketizer, JpegPacketizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def frames():
-    from jscc_stream.sender.sources import open_source
+    from jscc_stream.sources import open_source
 
     src = open_source("synthetic", 160, 128, 30)
     return [src.read(i) for i in range(6)]
@@ -31,7 +32,7 @@ def test_h264_packets_fit_the_mtu(frames):
 
 
 def test_jpeg_packets_and_loss_concealment(frames):
-    from jscc_stream.models.baselines import decode_with_loss, encode_jpeg
+    from jscc_stream.baselines.image import decode_with_loss, encode_jpeg
 
     pk = JpegPacketizer(max_bytes=3000, mtu=300)
     payloads = pk.packets(frames[0])

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from jscc_stream.bench import main as bench_main
-from jscc_stream.demo import PipelineConfig, main as demo_main, run_pipeline, summarize_frames
+from jscc_stream.bench.cli import main as bench_main
+from jscc_stream.demo import main as demo_main
+from jscc_stream.pipeline import PipelineConfig, run_pipeline, summarize_frames
 
 
 def test_short_live_run_through_the_shim(tiny_codec, tmp_path):

@@ -55,6 +55,12 @@ def _screenshot(display: str, path: Path) -> np.ndarray:
     return img
 
 
+def _window_ids(display: str, name: str) -> list[str]:
+    out = subprocess.run(["xdotool", "search", "--name", name], env={**os.environ, "DISPLAY": display},
+                         capture_output=True, text=True)
+    return out.stdout.split()
+
+
 def _window_id(display: str, name: str, proc: subprocess.Popen, timeout: float = 60.0) -> str:
     env = {**os.environ, "DISPLAY": display}
     end = time.monotonic() + timeout
@@ -83,7 +89,7 @@ def test_display_window_shows_the_stream_and_q_quits(xserver, tiny_rd_weights, t
     send = subprocess.Popen([py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--codec",
                              str(tiny_rd_weights), "--duration", "60", "--priority-dscp", "--log-level", "warning"])
     try:
-        wid = _window_id(xserver, "jscc-recv", recv)
+        _window_id(xserver, "jscc-recv", recv)
         time.sleep(2.0)
         a = _screenshot(xserver, tmp_path / "a.png")
         time.sleep(0.7)
@@ -93,9 +99,18 @@ def test_display_window_shows_the_stream_and_q_quits(xserver, tiny_rd_weights, t
         assert win_a.std() > 20 and win_b.std() > 20, "the window shows no picture"
         assert np.abs(win_a - win_b).mean() > 1.0, "the picture does not change"
         assert a[300:, 400:].max() == 0  # outside the window: the bare black screen
-        subprocess.run(["xdotool", "windowfocus", "--sync", wid], env=env, timeout=10)
-        subprocess.run(["xdotool", "key", "--window", wid, "q"], env=env, check=True, timeout=10)
-        rc = recv.wait(20)
+        # focus the window and press q as a keyboard would (XTEST: a real key event, not a
+        # synthetic one an application may ignore); Qt may have replaced the window: search again
+        for _ in range(3):
+            for wid in _window_ids(xserver, "jscc-recv"):
+                subprocess.run(["xdotool", "windowfocus", wid], env=env, timeout=10, capture_output=True)
+            subprocess.run(["xdotool", "key", "q"], env=env, timeout=10, capture_output=True)
+            try:
+                recv.wait(10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        rc = recv.wait(10)
         err = recv.stderr.read()
         assert rc == 0, err
     finally:

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from jscc_stream.proto.dscp import default_dscp_map
+from jscc_stream.sender.dscp import default_dscp_map
 
 PT_MEDIA = 96
 

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("zfec")
 
-from jscc_stream.proto.fec import (  # noqa: E402
+from jscc_stream.baselines.fec import (  # noqa: E402
     FEC_HEADER_BYTES,
     FecError,
     FecHeader,

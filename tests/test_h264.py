@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jscc_stream.proto.h264 import (
+from jscc_stream.baselines.h264 import (
     NAL_FU_A,
-    RTP_HEADER_BYTES,
     depacketize,
     join_annexb,
     packetize_access_unit,
     packetize_nal,
     split_annexb,
 )
+from jscc_stream.proto.packet import RTP_HEADER_BYTES
 
 nal_st = st.binary(min_size=1, max_size=5000).map(lambda b: bytes([0x65]) + b)  # IDR slice header byte
 

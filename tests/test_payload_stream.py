@@ -54,7 +54,7 @@ def test_payload_packets_round_trip(tiny_rd_codec):
 
 def test_description_carries_the_entropy_coded_flag(tiny_rd_codec):
     info = parse_description(parse_datagram(_desc(tiny_rd_codec)).body)
-    assert info.entropy_coded and info.blocks == 4 and info.max_frame_payloads == 4 * 255
+    assert info.entropy_coded and info.layout.blocks == 4 and info.max_frame_payloads == 4 * 255
     with pytest.raises(WireError, match="payloads per frame"):
         parse_description(parse_datagram(_desc(tiny_rd_codec, max_payloads=10 ** 7)).body)
 
@@ -110,11 +110,11 @@ def test_forged_payload_packets_are_invalid_not_fatal(tiny_rd_codec):
 async def test_entropy_coded_stream_end_to_end(tiny_rd_codec, path):
     import torch
 
-    from jscc_stream.proto.dscp import default_dscp_map
+    from jscc_stream.sender.dscp import default_dscp_map
     from jscc_stream.receiver.outputs import Outputs
     from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
     from jscc_stream.sender.sender import Sender, SenderConfig
-    from jscc_stream.sender.sources import SyntheticSource
+    from jscc_stream.sources import SyntheticSource
 
     from test_stream_e2e import _free_port, _start_shim, psnr
 

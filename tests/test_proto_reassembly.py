@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jscc_stream.models.frame_codec import LatentLayout
+from jscc_stream.proto.description import LatentLayout
 from jscc_stream.proto.description import make_description, parse_description
 from jscc_stream.proto.packet import WireError
 from jscc_stream.proto.packetizer import Packetizer

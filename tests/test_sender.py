@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from jscc_stream.cli import UserError
-from jscc_stream.models.frame_codec import LatentLayout
+from jscc_stream.errors import UserError
+from jscc_stream.proto.description import LatentLayout
 from jscc_stream.proto.packet import DescriptionPacket, MediaPacket, parse_datagram
 from jscc_stream.sender.cli import main as send_main
 from jscc_stream.sender.sender import Sender, SenderConfig
-from jscc_stream.sender.sources import SlideshowSource, SyntheticSource, open_source
+from jscc_stream.sources import SlideshowSource, SyntheticSource, open_source
 
 
 def test_synthetic_is_deterministic_textured_and_moving():

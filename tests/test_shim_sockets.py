@@ -20,7 +20,8 @@ import pytest
 from jscc_stream.netem.dscp import dscp_of_tos, tos_of_dscp
 from jscc_stream.netem.link import LinkConfig
 from jscc_stream.netem.loss import GE_10, LossSpecError
-from jscc_stream.netem.shim import Shim, ShimConfig, enable_tos_reception, read_tos
+from jscc_stream.netem.shim import Shim, ShimConfig
+from jscc_stream.udp import enable_tos_reception, read_tos
 
 AF41, AF42, AF43, BE, LE, EF = (tos_of_dscp(d) for d in (34, 36, 38, 0, 1, 46))
 

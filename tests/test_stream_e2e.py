@@ -14,11 +14,11 @@ import sys
 import numpy as np
 import pytest
 
-from jscc_stream.proto.dscp import default_dscp_map
+from jscc_stream.sender.dscp import default_dscp_map
 from jscc_stream.receiver.outputs import Outputs
 from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
 from jscc_stream.sender.sender import Sender, SenderConfig
-from jscc_stream.sender.sources import SyntheticSource
+from jscc_stream.sources import SyntheticSource
 
 W, H, FPS, FRAMES = 320, 240, 30.0, 45
 

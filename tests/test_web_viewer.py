@@ -15,8 +15,9 @@ import pytest
 from jscc_stream.netem.control import ControlConfig, ControlServer
 from jscc_stream.netem.shim import Shim, ShimConfig
 from jscc_stream.receiver.outputs import FrameRecord
-from jscc_stream.receiver.web import KIND_ORIGINAL, KIND_RECEIVED, WebConfig, WebViewer, psnr
-from jscc_stream.sender.sources import SyntheticSource
+from jscc_stream.metrics import psnr
+from jscc_stream.receiver.web import KIND_ORIGINAL, KIND_RECEIVED, WebConfig, WebViewer
+from jscc_stream.sources import SyntheticSource
 
 W, H = 320, 240
 

@@ -18,11 +18,11 @@ aiortc = pytest.importorskip("aiortc")
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  # noqa: E402
 
-from jscc_stream.cli import UserError  # noqa: E402
-from jscc_stream.receiver.web import psnr  # noqa: E402
-from jscc_stream.sender.sources import SyntheticSource  # noqa: E402
-from jscc_stream.sender.webrtc import (WebRtcSource, WebRtcSourceConfig, fit_frame,  # noqa: E402
+from jscc_stream.errors import UserError  # noqa: E402
+from jscc_stream.metrics import psnr  # noqa: E402
+from jscc_stream.sender.webrtc import (WebRtcSource, WebRtcSourceConfig,  # noqa: E402
                                        parse_webrtc_spec, waiting_frame)
+from jscc_stream.sources import SyntheticSource, fit_frame  # noqa: E402
 
 W, H = 320, 240
 

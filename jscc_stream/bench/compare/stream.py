@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
-from jscc_stream.proto.fec import FecError, FecHeader, encode_parity, fec_ratio, parity_count, recover
+from jscc_stream.baselines.fec import FecError, FecHeader, encode_parity, fec_ratio, parity_count, recover
+from jscc_stream.baselines.h264 import H264Decoder, H264Encoder
+from jscc_stream.baselines.jpeg_payload import JpegDepacketizer, JpegPacketizer
+from jscc_stream.proto.packet import DATAGRAM_LIMIT, RTP_HEADER_BYTES
 from jscc_stream.proto.seq import SeqUnwrapper
-
-from .codecs import H264Decoder, H264Encoder, JpegDepacketizer, JpegPacketizer
 
 __all__ = ["ARMS", "ArmConfig", "ArmRun", "run_arm"]
 
@@ -46,7 +47,7 @@ class ArmConfig:
     height: int
     fps: float = 30.0
     payload_bytes_per_frame: int = 4800  # the JSCC stream's latent bytes per frame
-    mtu: int = 900
+    mtu: int = DATAGRAM_LIMIT
     latency_ms: float = 50.0  # playout deadline after a frame's first packet
     rtt_ms: float = 100.0  # NACK arm: round trip (shim one-way delay + held NACK)
     nack_latency_ms: float | None = None  # default latency + 2.5 RTT (about two repair rounds)
@@ -90,7 +91,7 @@ class _Sender(asyncio.DatagramProtocol):
         ratio = fec_ratio(cfg.loss_rate) if cfg.arm == "h264-fec" else 0.0
         self.fec_ratio = ratio
         bitrate = cfg.payload_bytes_per_frame * 8 * cfg.fps * (1 - ratio)
-        slices = cfg.mtu - 12 - 8 if cfg.arm == "h264-slices" else None  # x264 counts the NAL overhead itself
+        slices = cfg.mtu - RTP_HEADER_BYTES - 8 if cfg.arm == "h264-slices" else None  # x264 counts the NAL overhead itself
         self.h264 = (H264Encoder(cfg.width, cfg.height, cfg.fps, bitrate, slice_max_size=slices)
                      if cfg.arm.startswith("h264") else None)
         self.jpeg = JpegPacketizer(cfg.payload_bytes_per_frame, cfg.mtu) if cfg.arm == "jpeg" else None

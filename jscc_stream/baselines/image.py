@@ -64,6 +64,14 @@ class CodedImage:
     unit_spans: tuple[tuple[int, int], ...]
     packet_units: tuple[tuple[int, ...], ...]
 
+    @classmethod
+    def cut(cls, codec: str, data: bytes, spans: Sequence[tuple[int, int]], quality: float, rgb: np.ndarray,
+            unit_spans: Sequence[tuple[int, int]], packet_units: Sequence[tuple[int, ...]]) -> "CodedImage":
+        """``data`` (coded from ``rgb``) cut into packets at the byte ``spans``."""
+        return cls(codec=codec, data=data, packets=tuple(data[a:b] for a, b in spans), quality=float(quality),
+                   width=rgb.shape[1], height=rgb.shape[0], unit_spans=tuple(unit_spans),
+                   packet_units=tuple(packet_units))
+
 
 def grey_frame(width: int, height: int) -> np.ndarray:
     """What an undecodable frame is shown as."""
@@ -300,16 +308,7 @@ def encode_jpeg(rgb: np.ndarray, max_bytes: int, payload_limit: int = 880) -> Co
         raise RuntimeError(f"unexpected JPEG layout: restart interval {hdr.restart_interval}, {hdr.mcus_x} MCUs/row")
     units = [(0, hdr.end)] + _jpeg_intervals(data, hdr.end)
     spans, carried = _packetize(units, payload_limit)
-    return CodedImage(
-        codec="jpeg",
-        data=data,
-        packets=tuple(data[a:b] for a, b in spans),
-        quality=float(quality),
-        width=width,
-        height=height,
-        unit_spans=tuple(units),
-        packet_units=tuple(carried),
-    )
+    return CodedImage.cut("jpeg", data, spans, quality, rgb, units, carried)
 
 
 def _conceal_rows(img: np.ndarray, lost_rows: np.ndarray, band: int, margin: int) -> np.ndarray:
@@ -402,16 +401,7 @@ def encode_jpeg2000(rgb: np.ndarray, max_bytes: int, payload_limit: int = 880) -
     if _j2k_tile_part(data) is None:
         raise RuntimeError("JPEG 2000 main header does not fit in the first packet")
     spans = [(a, min(a + payload_limit, len(data))) for a in range(0, len(data), payload_limit)]
-    return CodedImage(
-        codec="jpeg2000",
-        data=data,
-        packets=tuple(data[a:b] for a, b in spans),
-        quality=float(x),
-        width=width,
-        height=height,
-        unit_spans=tuple(spans),
-        packet_units=tuple((i,) for i in range(len(spans))),
-    )
+    return CodedImage.cut("jpeg2000", data, spans, x, rgb, spans, [(i,) for i in range(len(spans))])
 
 
 def _j2k_tile_part(head: bytes) -> tuple[int, int] | None:

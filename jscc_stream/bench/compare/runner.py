@@ -20,7 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .channel import CONDITIONS, Condition, Shim, free_port, write_trace
+from jscc_stream.metrics import psnr
+from jscc_stream.procs import free_port
+from jscc_stream.sources import open_source
+
+from .channel import CONDITIONS, Condition, Shim, write_trace
 from .jscc_arm import run_jscc
 from .stream import ARMS, ArmConfig, ArmRun, run_arm
 
@@ -92,31 +96,26 @@ def _video_file(frames: list[np.ndarray], path: Path, fps: float) -> str:
     return str(path)
 
 
-def _psnr(ref: np.ndarray, img: np.ndarray) -> float:
-    mse = float(np.mean((ref.astype(np.float64) - img.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def score_run(run: ArmRun, frames: list[np.ndarray]) -> dict:
     """Per-frame PSNR/SSIM of what was on screen, frozen count, latency and bitrate of one arm run."""
     from skimage.metrics import structural_similarity
 
     grey = np.full_like(frames[0], 128)
-    psnr, ssim = [], []
+    psnr_db, ssim = [], []
     for ref, shown in zip(frames, run.shown):
         img = grey if shown is None else shown
-        psnr.append(round(_psnr(ref, img), 3))
+        psnr_db.append(round(psnr(ref, img, identical_db=100.0), 3))
         ssim.append(round(float(structural_similarity(ref, img, channel_axis=2, data_range=255)), 4))
     lat = [v for v in run.latency_ms if v is not None]
     return {
         "arm": run.arm,
-        "psnr": psnr,
+        "psnr": psnr_db,
         "ssim": ssim,
         "decoded": [bool(d) for d in run.decoded],
         "latency_ms": [None if v is None else round(v, 2) for v in run.latency_ms],
-        "psnr_mean": float(np.mean(psnr)),
-        "psnr_median": float(np.median(psnr)),
-        "psnr_var": float(np.var(psnr)),
+        "psnr_mean": float(np.mean(psnr_db)),
+        "psnr_median": float(np.median(psnr_db)),
+        "psnr_var": float(np.var(psnr_db)),
         "ssim_mean": float(np.mean(ssim)),
         "frozen": int(sum(not d for d in run.decoded)),
         "latency_p50_ms": float(np.percentile(lat, 50)) if lat else None,
@@ -145,8 +144,6 @@ def _payload_bytes(cfg: HarnessConfig) -> int:
 
 def run_harness(cfg: HarnessConfig, progress=print) -> dict:
     """Run everything in ``cfg``; write ``results.json`` (per frame) and ``summary.json`` to cfg.out."""
-    from jscc_stream.sender.sources import open_source
-
     cfg.out.mkdir(parents=True, exist_ok=True)
     work = Path(cfg.workdir) if cfg.workdir else Path(tempfile.mkdtemp(prefix="jscc-compare-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -172,24 +169,8 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                     rundir = work / source_name / cond.name / arm
                     rundir.mkdir(parents=True, exist_ok=True)
                     if arm == "jscc":
-                        wall = cfg.jscc_wall_fps or cfg.fps
-                        jspec = spec if wall == cfg.fps else _video_file(frames, work / f"{source_name}.mkv", cfg.fps)
-                        # A video file is read in sequence, so a frame the sender skips (busy encoder) puts
-                        # frame ids and file frames out of step: keep the rate fixed and retry such a run.
-                        for attempt in range(3):
-                            run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
-                                           cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
-                                           pace=0.5 * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
-                                           extra_sender=["--no-adapt"] if jspec != spec else None)
-                            sender = run.extra.get("sender", {})
-                            skipped = sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0)
-                            if jspec == spec or not skipped:
-                                break
-                            log.warning("%s %s jscc: the sender skipped %d frames (busy CPU), frames out of step "
-                                        "with the video file; %s", source_name, cond.name, skipped,
-                                        "retrying" if attempt < 2 else "giving up: lower --jscc-wall-fps")
-                        run.duration_s = cfg.frames / cfg.fps
-                        run.extra["sender_skipped"] = skipped
+                        run = _run_jscc_arm(cfg, spec, frames, trace, rundir, work / f"{source_name}.mkv",
+                                            f"{source_name} {cond.name}", payload)
                     else:
                         acfg = ArmConfig(arm, cfg.width, cfg.height, cfg.fps, payload_bytes_per_frame=payload,
                                          latency_ms=cfg.latency_ms, rtt_ms=cfg.rtt_ms,
@@ -210,6 +191,37 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
         if not cfg.keep_workdir and not cfg.workdir:
             shutil.rmtree(work, ignore_errors=True)
     results["wall_s"] = round(time.monotonic() - t_start, 1)
+    _write_results(cfg, results)
+    return results
+
+
+def _run_jscc_arm(cfg: HarnessConfig, spec: str, frames: list[np.ndarray], trace: Path, rundir: Path,
+                  video: Path, label: str, payload: int) -> ArmRun:
+    """The real daemons at ``cfg.jscc_wall_fps`` (the exact frames through a lossless video file
+    when that differs from the media rate)."""
+    wall = cfg.jscc_wall_fps or cfg.fps
+    jspec = spec if wall == cfg.fps else _video_file(frames, video, cfg.fps)
+    # A video file is read in sequence, so a frame the sender skips (busy encoder) puts
+    # frame ids and file frames out of step: keep the rate fixed and retry such a run.
+    for attempt in range(3):
+        run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
+                       cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
+                       pace=0.5 * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
+                       extra_sender=["--no-adapt"] if jspec != spec else None)
+        sender = run.extra.get("sender", {})
+        skipped = sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0)
+        if jspec == spec or not skipped:
+            break
+        log.warning("%s jscc: the sender skipped %d frames (busy CPU), frames out of step "
+                    "with the video file; %s", label, skipped,
+                    "retrying" if attempt < 2 else "giving up: lower --jscc-wall-fps")
+    run.duration_s = cfg.frames / cfg.fps
+    run.extra["sender_skipped"] = skipped
+    return run
+
+
+def _write_results(cfg: HarnessConfig, results: dict) -> None:
+    """``results.json`` (merged with the earlier one's other runs under ``cfg.merge``) and ``summary.json``."""
     old_path = cfg.out / "results.json"
     if cfg.merge and old_path.exists():
         old = json.loads(old_path.read_text())
@@ -224,4 +236,3 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                "runs": [{k: v for k, v in r.items() if k not in ("psnr", "ssim", "decoded", "latency_ms")}
                         for r in results["runs"]]}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    return results

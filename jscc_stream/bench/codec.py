@@ -19,7 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from .packet_codec import load_stream_codec
+from jscc_stream.metrics import psnr
+from jscc_stream.models.packet_codec import load_stream_codec
+from jscc_stream.sources import fit_frame
 
 __all__ = ["time_call", "bench_codec"]
 
@@ -43,14 +45,7 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3, sync: Cal
 def _frame(width: int, height: int) -> np.ndarray:
     import skimage.data
 
-    from .data import fit_to
-
-    return cv2.cvtColor(fit_to(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+    return cv2.cvtColor(fit_frame(skimage.data.astronaut(), width, height), cv2.COLOR_RGB2BGR)
 
 
 def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] = ((320, 240), (640, 480)),
@@ -93,8 +88,8 @@ def bench_codec(codec_name: str = "uniform", sizes: tuple[tuple[int, int], ...] 
             jdec = time_call(lambda: cv2.imdecode(jpeg_bytes, cv2.IMREAD_COLOR), repeats)
             reference.setdefault((dev, f"{w}x{h}"), full)
             row = {"device": dev, "precision": prec_name, "size": f"{w}x{h}",
-                   "psnr_vs_source": _psnr(full, frame),
-                   "psnr_vs_float32": _psnr(full, reference[(dev, f"{w}x{h}")]), "bytes_per_frame": frame_bytes,
+                   "psnr_vs_source": psnr(full, frame),
+                   "psnr_vs_float32": psnr(full, reference[(dev, f"{w}x{h}")]), "bytes_per_frame": frame_bytes,
                    "encode_ms_median": statistics.median(enc), "decode_ms_median": statistics.median(dec),
                    "encode_ms_p90": float(np.percentile(enc, 90)), "decode_ms_p90": float(np.percentile(dec, 90)),
                    "jpeg_encode_ms_median": statistics.median(jenc), "jpeg_decode_ms_median": statistics.median(jdec)}

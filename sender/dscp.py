@@ -1,4 +1,4 @@
-"""Importance level -> DSCP code point maps (RFC 8837 interactive video by default)."""
+"""The sender's marking policy: importance level -> DSCP code point (RFC 8837 interactive video by default)."""
 
 from __future__ import annotations
 

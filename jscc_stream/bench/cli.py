@@ -1,6 +1,9 @@
 """jscc-bench: benchmarks (not tests). Timings are reported as medians / percentiles, never asserted.
 
 Subcommands:
+  compare   JSCC vs H.264 (plain, +FEC, +NACK) and JPEG over the same seeded lossy channel:
+            per-frame PSNR/SSIM, frozen frames, latency; tables and plots (docs/results.md).
+            `jscc-bench compare --help` for its options.
   pipeline  live sender -> shim -> receiver runs on loopback: displayed fps, capture-to-display
             latency p50/p95/p99 and CPU per process, for several frame sizes and loss settings.
   codec     encoder / decoder milliseconds per frame (medians) at 320x240 and 640x480, on CPU
@@ -13,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, parse_frame_size, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size
 
 __all__ = ["main", "build_parser"]
 
@@ -28,8 +33,7 @@ def _fmt(v, spec: str = ".1f") -> str:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from jscc_stream.models.zoo import resolve_weights
-
-    from .demo import PipelineConfig, format_summary, run_pipeline
+    from jscc_stream.pipeline import PipelineConfig, format_summary, run_pipeline
 
     resolve_weights(args.codec)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -77,7 +81,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_codec(args: argparse.Namespace) -> int:
-    from jscc_stream.models.benchmark import bench_codec
+    from .codec import bench_codec
 
     sizes = tuple(parse_frame_size(s) for s in args.sizes.split(","))
     res = bench_codec(args.codec, sizes, threads=args.threads, repeats=args.repeats, out=Path(args.out))
@@ -90,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("compare", add_help=False,
+                   help="JSCC vs H.264 / H.264+FEC / H.264+NACK / JPEG over one lossy channel "
+                        "(see jscc-bench compare --help)")
     pl = sub.add_parser("pipeline", help="live sender -> shim -> receiver runs: fps, latency, CPU",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pl.add_argument("--sizes", default="320x240,640x480", help="comma-separated WxH")
@@ -118,15 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:  # its own CLI, with its own options
+        from .compare.cli import main as compare_main
+
+        return compare_main(argv[1:])
+    args = parse_args(build_parser, argv)
     if getattr(args, "duration", 1) <= 0:
         raise UserError("--duration must be positive")
     return args.func(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="jscc-bench")
+main = entry_point(_main, "jscc-bench")
 
 
 if __name__ == "__main__":

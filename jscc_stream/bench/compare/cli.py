@@ -1,8 +1,8 @@
-"""``python -m bench.compare``: H.264, H.264+FEC, H.264+NACK, JPEG and JSCC over the same lossy channel.
+"""``jscc-bench compare`` (or ``python -m jscc_stream.bench.compare``): H.264, H.264+FEC, H.264+NACK, JPEG and JSCC over the same lossy channel.
 
 One command regenerates every table and plot of docs/results.md (seeds fixed):
 
-    .venv/bin/python -m bench.compare --out docs/results
+    jscc-bench compare --out docs/results
 
 ``--quick`` (CI): 30 frames, the synthetic source, no loss and GE ~10 %.
 """
@@ -14,11 +14,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from jscc_stream.cli import UserError, add_common_args, run_cli, setup_logging
+from jscc_stream.errors import UserError
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size
 
 __all__ = ["build_parser", "run", "main"]
 
-log = logging.getLogger("bench.compare")
+log = logging.getLogger("jscc.bench.compare")
+PROG = "jscc-bench compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .runner import ALL_ARMS, SOURCES
 
     p = argparse.ArgumentParser(
-        prog="python -m bench.compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Stream the same source frames with JSCC (jscc-send | jscc-netem | jscc-recv), H.264 "
                     "(plain, +Reed-Solomon FEC, +NACK) and per-frame JPEG through the jscc-netem shim with "
                     "identical seeded loss traces; score per-frame PSNR/SSIM, frozen frames and latency; write "
@@ -81,12 +83,7 @@ def run(args: argparse.Namespace) -> Path:
         if not path.exists():
             raise UserError(f"{path} does not exist: run the harness first")
         return write_report(json.loads(path.read_text()), args.out)
-    try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must be WxH, got {args.size!r}") from None
-    if width % 16 or height % 16 or width < 16 or height < 16:
-        raise UserError(f"--size must be multiples of 16, got {args.size}")
+    width, height = parse_frame_size(args.size, multiple_of=16)
     frames = args.frames or (30 if args.quick else 150)
     if frames < 2:
         raise UserError("--frames must be at least 2")
@@ -110,12 +107,10 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    args = parse_args(build_parser, argv)
     table = run(args)
     print(table.read_text())
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_cli(_main, argv, prog="python -m bench.compare")
+main = entry_point(_main, PROG)

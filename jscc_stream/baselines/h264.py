@@ -1,8 +1,20 @@
-"""RFC 6184 payload format for the H.264 baseline: single NAL unit packets and FU-A fragments.
+"""The H.264 baseline: libx264 / FFmpeg through PyAV, and the RFC 6184 payload format (single NAL
+unit packets and FU-A fragments).
 
-The comparison harness (issue 5) streams H.264 over the same RTP/UDP transport and the same
-<= 900-byte datagram limit as the JSCC stream. This module is the payload format only (RTP headers
-are aiortc's): packetization mode 1 without aggregation, i.e. a NAL unit that fits is sent as it
+Encoder: ``preset=veryfast``, ``tune=zerolatency`` (no B-frames, no lookahead), one thread and so
+one slice per frame (deterministic), rate-controlled to a target bitrate with a VBV of 4 frames
+(133 ms at 30 fps: a tighter one undershoots the target by ~25 %). **Periodic intra refresh**
+(``intra-refresh=1``, ``keyint=30``) rather than a short GOP: every frame is about the same size
+(no I-frame bursts of many packets that a loss burst wipes out at once), and the picture heals
+from any loss within 30 frames (1 s) without a keyframe request. ``slice_max_size`` makes every
+slice fit one packet (RFC 6184 single NAL unit packets, as loss-hardened RTP video phones do): a
+lost packet then loses one slice, which FFmpeg conceals, instead of the whole frame. Decoder:
+FFmpeg (PyAV's ``h264``) with its default error concealment; a frame whose slice NAL unit did not
+arrive whole, or that FFmpeg rejects, gives no picture.
+
+The comparison harness (``jscc-bench compare``) streams H.264 over the same RTP/UDP transport and
+the same <= 900-byte datagram limit as the JSCC stream. The payload format (RTP headers are
+aiortc's) is packetization mode 1 without aggregation, i.e. a NAL unit that fits is sent as it
 is, a larger one is cut into FU-A fragments of near-equal size. A receiver rebuilds a NAL unit
 from FU-A fragments only when the start fragment, the end fragment and every sequence number
 between them arrived; an incomplete NAL unit is dropped, as RFC 6184 receivers do (section 5.8).
@@ -11,15 +23,19 @@ STAP-A packets are understood on reception for robustness, never produced.
 
 from __future__ import annotations
 
+import fractions
 from collections.abc import Iterable, Sequence
 
-from .seq import seq_diff
+import numpy as np
+
+from jscc_stream.proto.packet import DATAGRAM_LIMIT, RTP_HEADER_BYTES
+from jscc_stream.proto.seq import seq_diff
 
 __all__ = [
-    "RTP_HEADER_BYTES",
+    "H264Encoder",
+    "H264Decoder",
     "NAL_FU_A",
     "NAL_STAP_A",
-    "H264FormatError",
     "split_annexb",
     "join_annexb",
     "packetize_nal",
@@ -27,14 +43,9 @@ __all__ = [
     "depacketize",
 ]
 
-RTP_HEADER_BYTES = 12
 NAL_STAP_A = 24
 NAL_FU_A = 28
 _START = b"\x00\x00\x01"
-
-
-class H264FormatError(ValueError):
-    """A payload that is not valid RFC 6184 (only raised by strict helpers; receivers count and drop)."""
 
 
 def split_annexb(data: bytes) -> list[bytes]:
@@ -60,8 +71,8 @@ def join_annexb(nals: Iterable[bytes]) -> bytes:
     return b"".join(b"\x00\x00\x00\x01" + n for n in nals)
 
 
-def packetize_nal(nal: bytes, mtu: int = 900) -> list[bytes]:
-    """RTP payloads for one NAL unit: itself if it fits in mtu - 12 bytes, else FU-A fragments."""
+def packetize_nal(nal: bytes, mtu: int = DATAGRAM_LIMIT) -> list[bytes]:
+    """RTP payloads for one NAL unit: itself if it fits behind the RTP header, else FU-A fragments."""
     if not nal:
         raise ValueError("empty NAL unit")
     limit = mtu - RTP_HEADER_BYTES
@@ -89,7 +100,7 @@ def packetize_nal(nal: bytes, mtu: int = 900) -> list[bytes]:
     return out
 
 
-def packetize_access_unit(nals: Sequence[bytes], mtu: int = 900) -> list[bytes]:
+def packetize_access_unit(nals: Sequence[bytes], mtu: int = DATAGRAM_LIMIT) -> list[bytes]:
     """RTP payloads of one access unit (frame) in order; the last one gets the RTP marker bit."""
     out: list[bytes] = []
     for nal in nals:
@@ -176,3 +187,74 @@ def _sort_serial(items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
         return items
     ref = items[0][0]
     return sorted(items, key=lambda sp: seq_diff(sp[0], ref))
+
+
+class H264Encoder:
+    """BGR frames -> NAL units of one access unit each (libx264, zero latency, intra refresh)."""
+
+    def __init__(self, width: int, height: int, fps: float, bitrate_bps: float, preset: str = "veryfast",
+                 keyint: int = 30, slice_max_size: int | None = None) -> None:
+        import av
+
+        self.ctx = av.CodecContext.create("libx264", "w")
+        self.ctx.width, self.ctx.height, self.ctx.pix_fmt = width, height, "yuv420p"
+        self.ctx.time_base = fractions.Fraction(1, round(fps))
+        self.ctx.framerate = fractions.Fraction(round(fps), 1)
+        self.ctx.bit_rate = int(bitrate_bps)
+        kbps = max(1, int(bitrate_bps / 1000))
+        self.ctx.options = {
+            "preset": preset,
+            "tune": "zerolatency",
+            "threads": "1",
+            "x264-params": f"intra-refresh=1:keyint={keyint}:vbv-maxrate={kbps}:"
+                           f"vbv-bufsize={max(1, int(4 * kbps / fps))}:annexb=1"
+                           + (f":slice-max-size={slice_max_size}" if slice_max_size else ""),
+        }
+        self.ctx.flags |= av.codec.context.Flags.global_header
+        self.ctx.open()
+        # SPS/PPS out of band, as RFC 6184's sprop-parameter-sets in the SDP: a receiver is primed with
+        # them, so losing the first frame does not make the whole stream undecodable.
+        self.parameter_sets = split_annexb(bytes(self.ctx.extradata or b""))
+        self._pts = 0
+
+    def encode(self, bgr: np.ndarray) -> list[bytes]:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24").reformat(format="yuv420p")
+        frame.pts = self._pts
+        self._pts += 1
+        data = b"".join(bytes(p) for p in self.ctx.encode(frame))
+        return split_annexb(data)
+
+    def packets(self, bgr: np.ndarray, mtu: int) -> list[bytes]:
+        """RTP payloads (RFC 6184 single NAL / FU-A) of the next frame."""
+        return packetize_access_unit(self.encode(bgr), mtu)
+
+
+class H264Decoder:
+    """RTP payloads of one access unit -> BGR frame, or None when FFmpeg gives no picture."""
+
+    def __init__(self, parameter_sets: list[bytes]) -> None:
+        import av
+
+        self.ctx = av.CodecContext.create("h264", "r")
+        self.nals_dropped = 0
+        self.parameter_sets = join_annexb(parameter_sets)
+
+    def decode(self, packets: list[tuple[int, bytes]]) -> np.ndarray | None:
+        import av
+
+        nals, dropped = depacketize(packets)
+        self.nals_dropped += dropped
+        if not any(1 <= (n[0] & 0x1F) <= 5 for n in nals):  # no slice arrived whole
+            if nals:  # still hand parameter sets / SEI to the decoder
+                self._feed(join_annexb(nals), av)
+            return None
+        out = self._feed(self.parameter_sets + join_annexb(nals), av)
+        return out[-1].to_ndarray(format="bgr24") if out else None
+
+    def _feed(self, data: bytes, av) -> list:
+        try:
+            return list(self.ctx.decode(av.Packet(data)))
+        except av.FFmpegError:
+            return []

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 
-from .channel import Shim, free_port, stop_process, wait_for_line
+from jscc_stream.procs import daemon_cmd, free_port, stop_process, wait_for_line
+
+from .channel import Shim
 from .stream import ArmRun
 
 __all__ = ["run_jscc"]
@@ -28,15 +29,15 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     """One JSCC run; ``kbps`` sets an entropy-coded codec's bitrate (ignored by a fixed-rate one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rport, sport = free_port(), free_port()
-    py = sys.executable
     frames_dir = workdir / "frames"
     stats = workdir / "frames.jsonl"
-    recv_cmd = [py, "-m", "jscc_stream.receiver.cli", "--listen", f"127.0.0.1:{rport}", "--codec", codec,
-                "--device", "cpu", "--latency-ms", str(latency_ms), "--save-frames", str(frames_dir),
-                "--stats-json", str(stats), "--summary-json", str(workdir / "receiver.json")]
-    send_cmd = [py, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{sport}", "--source", source,
-                "--size", f"{width}x{height}", "--fps", str(fps), "--frames", str(n_frames), "--codec", codec,
-                "--device", "cpu", "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json"), *(extra_sender or [])]
+    recv_cmd = daemon_cmd("receiver", "--listen", f"127.0.0.1:{rport}", "--codec", codec, "--device", "cpu",
+                          "--latency-ms", str(latency_ms), "--save-frames", str(frames_dir),
+                          "--stats-json", str(stats), "--summary-json", str(workdir / "receiver.json"))
+    send_cmd = daemon_cmd("sender", "--dest", f"127.0.0.1:{sport}", "--source", source, "--size", f"{width}x{height}",
+                          "--fps", str(fps), "--frames", str(n_frames), "--codec", codec, "--device", "cpu",
+                          "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json"),
+                          *(extra_sender or []))
     from jscc_stream.models.packet_codec import load_stream_codec
 
     if kbps and getattr(load_stream_codec(codec, device="cpu"), "entropy_coded", False):

@@ -1,4 +1,4 @@
-"""Frame sources for jscc-send: synthetic (deterministic, for tests), webcam, video file, and
+"""Frame sources (jscc-send, the viewer's originals, the demo and the benchmarks): synthetic (deterministic, for tests), webcam, video file, and
 an image folder/glob played as a slideshow with slow camera motion.
 
 Every source returns BGR uint8 frames of exactly the requested size from ``read(index)``;
@@ -17,12 +17,35 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from jscc_stream.cli import UserError
+from .errors import UserError
 
-__all__ = ["Source", "KenBurns", "SyntheticSource", "SlideshowSource", "CaptureSource", "open_source"]
+__all__ = ["Source", "KenBurns", "SyntheticSource", "SlideshowSource", "CaptureSource", "open_source", "fit_frame",
+           "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # scikit-image's bundled colour photographs
+
+
+def fit_frame(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop to the target aspect ratio, then resize to width x height (area filter when
+    shrinking, cubic when enlarging): the picture is never stretched.  A grey image becomes three
+    channels; an image already of that size (and three channels) is returned as it is."""
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.shape[2] > 3:
+        img = img[..., :3]
+    ih, iw = img.shape[:2]
+    if (iw, ih) == (width, height):
+        return img
+    target = width / height
+    if iw / ih > target:  # too wide: crop the sides
+        cw = max(1, round(ih * target))
+        img = img[:, (iw - cw) // 2 : (iw - cw) // 2 + cw]
+    elif iw / ih < target:
+        ch = max(1, round(iw / target))
+        img = img[(ih - ch) // 2 : (ih - ch) // 2 + ch]
+    interp = cv2.INTER_AREA if img.shape[1] > width else cv2.INTER_CUBIC
+    return np.ascontiguousarray(cv2.resize(img, (width, height), interpolation=interp))
 
 
 class Source(Protocol):

@@ -12,18 +12,16 @@ session start, see `write_trace`).
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jscc_stream.demo import wait_for_line
 from jscc_stream.netem.loss import parse_loss_spec
+from jscc_stream.procs import daemon_cmd, stop_process, wait_for_line
 
-__all__ = ["CLEAN_PREFIX", "Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "free_port", "Shim"]
+__all__ = ["CLEAN_PREFIX", "Condition", "CONDITIONS", "QUICK_CONDITIONS", "write_trace", "Shim"]
 
 
 @dataclass(frozen=True)
@@ -72,12 +70,6 @@ def write_trace(cond: Condition, path: Path, length: int, seed: int, clean_prefi
             "mean_burst": float(np.mean(runs)) if len(runs) else 0.0, "length": length, "clean_prefix": clean_prefix}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Shim:
     """``jscc-netem`` as a subprocess on loopback (context manager); its counters end up in stats_json."""
 
@@ -86,10 +78,10 @@ class Shim:
         self.listen_port, self.forward_port = listen_port, forward_port
         self.log_path = workdir / "shim.log"
         self.stats_json = workdir / "shim.json"
-        self.cmd = [sys.executable, "-m", "jscc_stream.netem.cli", "--listen", f"127.0.0.1:{listen_port}",
-                    "--forward", f"127.0.0.1:{forward_port}", "--loss", f"trace:{trace}", "--seed", str(seed),
-                    "--delay-ms", str(delay_ms), "--stats-interval", "0", "--stats-json", str(self.stats_json),
-                    "--log-level", "info"]
+        self.cmd = daemon_cmd("netem", "--listen", f"127.0.0.1:{listen_port}", "--forward",
+                              f"127.0.0.1:{forward_port}", "--loss", f"trace:{trace}", "--seed", str(seed),
+                              "--delay-ms", str(delay_ms), "--stats-interval", "0", "--stats-json",
+                              str(self.stats_json), "--log-level", "info")
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Shim":
@@ -101,17 +93,3 @@ class Shim:
     def __exit__(self, *exc) -> None:
         stop_process(self.proc)
         self._log.close()
-
-
-def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
-    import signal
-
-    if proc is None:
-        return
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -1,0 +1,69 @@
+"""Daemons as subprocesses on loopback (demo, benchmarks, comparison): ports, readiness, stopping."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+__all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks"]
+
+
+def free_port() -> int:
+    """A UDP port on 127.0.0.1 that is free now (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until a daemon's log shows ``needle`` (it is up); a UserError if it exits or times out."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise UserError(f"{Path(proc.args[2]).name if len(proc.args) > 2 else proc.args} exited early: "
+                            f"{path.read_text(errors='replace').strip().splitlines()[-1:]}")
+        time.sleep(0.05)
+    raise UserError(f"timed out waiting for '{needle}' in {path}")
+
+
+def stop_processes(procs: list[subprocess.Popen | None], timeout: float = 15) -> None:
+    """SIGINT to each (a daemon's clean stop, in the order given), then wait for each; one that
+    does not exit within ``timeout`` s is killed."""
+    live = [p for p in procs if p is not None]
+    for p in live:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in live:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """:func:`stop_processes` for one process."""
+    stop_processes([proc], timeout)
+
+
+def daemon_cmd(daemon: str, *args: str) -> list[str]:
+    """The command line of a daemon's CLI in this interpreter: ``daemon`` is ``"receiver"``,
+    ``"netem"`` (the shim) or ``"sender"``."""
+    return [sys.executable, "-m", f"jscc_stream.{daemon}.cli", *args]
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """utime + stime of a process in clock ticks, from /proc (no psutil needed)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])
