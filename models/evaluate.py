@@ -56,12 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default="builtin",
                    help="'builtin' (scikit-image's bundled photographs) or a folder of images")
     p.add_argument("--sizes", default="320x240,640x480", help="frame sizes, comma-separated")
-    p.add_argument("--models", default="noerasure,uniform,ladder", help="codecs for blocks/loss experiments")
-    p.add_argument("--mismatch-models", default="noerasure,uniform,uniform-0.3",
+    p.add_argument("--models", default="fixed-noerasure,fixed-uniform,fixed-ladder",
+                   help="fixed-rate codecs for the papers' blocks/loss experiments")
+    p.add_argument("--mismatch-models", default="fixed-noerasure,fixed-uniform,fixed-uniform-0.3",
                    help="codecs trained at different uniform eps (those not shipped are skipped)")
-    p.add_argument("--ladder-models", default="ladder,steep", help="increasing-eps codecs (Fig. 6/7)")
-    p.add_argument("--sr-model", default="taildrop", help="tail-drop-trained codec standing in for successive refinement")
-    p.add_argument("--scr-models", default="uniform-scr,uniform",
+    p.add_argument("--ladder-models", default="fixed-ladder,fixed-steep", help="increasing-eps codecs (Fig. 6/7)")
+    p.add_argument("--sr-model", default="fixed-taildrop", help="tail-drop-trained codec standing in for successive refinement")
+    p.add_argument("--scr-models", default="fixed-uniform-scr,fixed-uniform",
                    help="codecs trained with and without SCR (ablation at the largest size)")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"any of {', '.join(EXPERIMENTS)}")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
@@ -134,7 +135,7 @@ def _run_experiment(exp: str, ev: Evaluator, args: argparse.Namespace, models: l
         sr = _usable(args.sr_model, shipped)
         key, rows = "ladder", exp_ladder(ev, _usable(args.ladder_models, shipped), args.trials, sr[0] if sr else None)
     else:  # uep
-        key, rows = "uep", exp_uep(ev, _usable(args.ladder_models, shipped) + _usable("uniform", shipped), args.trials)
+        key, rows = "uep", exp_uep(ev, _usable(args.ladder_models, shipped) + _usable("fixed-uniform", shipped), args.trials)
     results[key] = rows
     write_csv(out / f"{key}.csv", rows)
 

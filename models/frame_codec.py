@@ -54,7 +54,7 @@ class FrameCodec:
         self.sha256 = self.card.get("sha256", "")
 
     @classmethod
-    def load(cls, name_or_path: str | Path = "uniform", device: str = "auto", bits: int = 8,
+    def load(cls, name_or_path: str | Path = "fixed-uniform", device: str = "auto", bits: int = 8,
              precision: str = "auto") -> "FrameCodec":
         from .zoo import load_codec
 

@@ -258,7 +258,9 @@ def run(models: list[str], sizes: list[tuple[int, int]], experiments: list[str],
     import json
     from pathlib import Path
 
-    from .data import builtin_eval_images, fit_to, list_images, load_rgb
+    from jscc_stream.sources import fit_frame
+
+    from .data import builtin_eval_images, list_images, load_rgb
     from .packet_codec import PacketCodec
 
     out = Path(out)
@@ -268,7 +270,7 @@ def run(models: list[str], sizes: list[tuple[int, int]], experiments: list[str],
     for (w, h) in sizes:
         size = f"{w}x{h}"
         imgs = (builtin_eval_images(w, h) if images == "builtin"
-                else {p.stem: fit_to(load_rgb(p), w, h) for p in list_images(images)})
+                else {p.stem: fit_frame(load_rgb(p), w, h) for p in list_images(images)})
         for name in models:
             codec = PacketCodec.load(name, device="cpu", precision=precision)
             rd = rd_rows(codec, imgs, bpps, baselines if name == models[0] else (), label=name) if "rd" in experiments else []

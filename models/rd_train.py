@@ -131,6 +131,8 @@ def export(run: Path, out_dir: Path, name: str) -> Path:
             "erasures": a["erasures"], "steps": ck["step"], "wall_time_s": round(ck["wall"]),
             "batch": a["batch"], "crop": a["crop"], "lr": a["lr"], "gamma": a["gamma"],
             "q_range": [a["q_min"], a["q_max"]], "data": a["data"], "ema_decay": 0.999,
+            "images": f"{len(list_images(a['data'])) - a['val_images']} for training, {a['val_images']} held out "
+                      "for validation" if Path(a["data"]).is_dir() else "unknown",
             "validation (held-out crops, 256x256, EMA)": last_val}
     return save_codec(model, out_dir, name, card)
 

@@ -144,25 +144,25 @@ def acceptance_checks(results: dict) -> list[dict]:
         return None
 
     jpeg = get("none", "jpeg")
-    for m in ("noerasure", "uniform", "ladder"):
+    for m in ("fixed-noerasure", "fixed-uniform", "fixed-ladder"):
         v = get("none", m)
         if v is not None and jpeg is not None:
             checks.append({"check": f"{m} all blocks vs JPEG (dB)", "value": f"{v - jpeg:+.2f}",
                            "bar": ">= -2", "pass": v - jpeg >= -2})
     for cond in ("uniform 10%", "GE ~10%"):
-        u, n, j = get(cond, "uniform"), get(cond, "noerasure"), get(cond, "jpeg")
+        u, n, j = get(cond, "fixed-uniform"), get(cond, "fixed-noerasure"), get(cond, "jpeg")
         if u is not None and n is not None:
-            checks.append({"check": f"uniform - noerasure at {cond} (dB)", "value": f"{u - n:+.2f}",
+            checks.append({"check": f"fixed-uniform - fixed-noerasure at {cond} (dB)", "value": f"{u - n:+.2f}",
                            "bar": ">= +3", "pass": u - n >= 3})
         if u is not None and j is not None:
-            checks.append({"check": f"uniform - JPEG at {cond} (dB)", "value": f"{u - j:+.2f}",
+            checks.append({"check": f"fixed-uniform - JPEG at {cond} (dB)", "value": f"{u - j:+.2f}",
                            "bar": ">= +5", "pass": u - j >= 5})
     lead = [r for r in results.get("blocks", {}).get("320x240", [])
-            if r["model"] == "ladder" and r["pattern"] == "leading"]
+            if r["model"] == "fixed-ladder" and r["pattern"] == "leading"]
     if lead:
         first = lead[0]["psnr"]
         mono = all(b["psnr"] >= a["psnr"] - 1e-6 for a, b in zip(lead, lead[1:]))
-        checks.append({"check": "ladder, first block only (dB)", "value": f"{first:.2f}", "bar": ">= 20",
+        checks.append({"check": "fixed-ladder, first block only (dB)", "value": f"{first:.2f}", "bar": ">= 20",
                        "pass": first >= 20})
         checks.append({"check": "ladder never decreasing with more leading blocks", "value": str(mono),
                        "bar": "True", "pass": mono})

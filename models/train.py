@@ -8,9 +8,11 @@ and periodic validation PSNR.  Writes safetensors weights and a JSON model card.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from jscc_stream.cli import add_common_args, entry_point, parse_args
+from jscc_stream.errors import UserError
 
 from .precision import PRECISIONS
 from .training import train
@@ -78,7 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    train(parse_args(build_parser, argv))
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--arch" in args:  # jscc-train --arch rd ...: the entropy-coded codec's trainer
+        i = args.index("--arch")
+        arch = args[i + 1] if i + 1 < len(args) else ""
+        if arch not in ("rd", "fixed"):
+            raise UserError(f"--arch must be rd (entropy-coded codec) or fixed (papers 000/001), got {arch!r}")
+        del args[i:i + 2]
+        if arch == "rd":
+            from .rd_train import main as rd_main
+
+            return rd_main(args)
+    train(parse_args(build_parser, args))
     return 0
 
 

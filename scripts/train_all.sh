@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Train every codec jscc-eval uses, from scratch, on CPU (or CUDA when present).
+# Train every fixed-rate codec (papers 000/001) jscc-eval's paper experiments use, from scratch, on
+# CPU (or CUDA when present). They ship as fixed-NAME (fixed-uniform, fixed-ladder, ...): the plain
+# names belong to the entropy-coded codecs (scripts/train_rd.sh); rename when copying.
 #   1. a base codec without erasures (shipped as "noerasure" after a matched fine-tune);
 #   2. each variant fine-tuned from that base with its own erasure profile for the same steps;
 #   3. each variant refined with the overlapping (3-tap) linear synthesis and a weight average,

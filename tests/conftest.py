@@ -26,10 +26,10 @@ def tiny_codec():
 
 @pytest.fixture(scope="session")
 def shipped_codec():
-    """The shipped 'uniform' weights (what the streaming path runs by default)."""
+    """The shipped fixed-rate 'fixed-uniform' weights (papers 000/001's codec)."""
     from jscc_stream.models.frame_codec import FrameCodec
 
-    return FrameCodec.load("uniform", device="cpu")
+    return FrameCodec.load("fixed-uniform", device="cpu")
 
 
 @pytest.fixture(scope="session")

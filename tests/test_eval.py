@@ -33,7 +33,7 @@ def test_eval_end_to_end_on_tiny_set(tiny_images, tmp_path, capsys) -> None:
     assert {"blocks", "loss", "mismatch", "ladder", "uep", "checks"} <= set(res)
     loss = res["loss"]["128x96"]
     codecs = {r["codec"] for r in loss}
-    assert {"uniform", "ladder", "noerasure", "jpeg", "jpeg2000"} <= codecs
+    assert {"fixed-uniform", "fixed-ladder", "fixed-noerasure", "jpeg", "jpeg2000"} <= codecs
     for r in loss:
         assert 5 < r["psnr_mean"] < 60 and r["psnr_var"] >= 0
     for name in res["plots"]:
@@ -41,7 +41,7 @@ def test_eval_end_to_end_on_tiny_set(tiny_images, tmp_path, capsys) -> None:
     assert (out / "summary.md").read_text().startswith("# jscc-eval summary")
     assert "Packet loss at 128x96" in capsys.readouterr().out
     # more leading blocks never hurt the ladder codec by much, and all blocks beat one block
-    lead = [r["psnr"] for r in res["blocks"]["128x96"] if r["model"] == "ladder" and r["pattern"] == "leading"]
+    lead = [r["psnr"] for r in res["blocks"]["128x96"] if r["model"] == "fixed-ladder" and r["pattern"] == "leading"]
     assert lead[-1] > lead[0]
 
 

@@ -10,7 +10,8 @@ import torch
 from jscc_stream.models.codec import CodecConfig, JSCCCodec
 from jscc_stream.models.zoo import CodecLoadError, available_codecs, load_codec, save_codec
 
-SHIPPED = ("uniform", "ladder", "noerasure")
+FIXED = ("fixed-uniform", "fixed-ladder", "fixed-noerasure")
+ENTROPY_CODED = ("uniform", "ladder")
 
 
 @pytest.fixture()
@@ -38,12 +39,26 @@ def test_load_by_path_round_trips(saved) -> None:
         assert torch.allclose(model.eval().encode(x), loaded.encode(x), atol=2e-2)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", FIXED)
 def test_shipped_weights_load_by_name(name: str) -> None:
     assert name in available_codecs()
     model, card = load_codec(name)
+    assert isinstance(model, JSCCCodec)
     assert card["name"] == name and card["blocks"] == 8 and card["alpha"] == 2
-    assert {"training_data", "steps", "wall_time_s", "validation", "training_loss"} <= set(card)
+    assert {"training_data", "steps", "wall_time_s", "validation", "training_loss", "renamed_from"} <= set(card)
+
+
+@pytest.mark.parametrize("name", ENTROPY_CODED)
+def test_shipped_entropy_coded_weights_load_by_name(name: str) -> None:
+    from jscc_stream.models.packet_codec import PacketCodec
+    from jscc_stream.models.transform import RDCodec
+
+    assert name in available_codecs()
+    model, card = load_codec(name)
+    assert isinstance(model, RDCodec) and card["name"] == name and card["erasures"] == name
+    assert {"steps", "wall_time_s", "images", "validation (held-out crops, 256x256, EMA)"} <= set(card)
+    codec = PacketCodec.load(name, device="cpu")
+    assert codec.name == name and codec.sha256 == card["sha256"]
 
 
 def test_corrupt_file_is_rejected(saved, tmp_path) -> None:
