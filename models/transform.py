@@ -58,17 +58,24 @@ def fill_erased(y: Tensor, mask: Tensor, passes: int = 2) -> Tensor:
     neighbour arrived they stay 0.  The CNN refines from there: it starts from a smooth guess
     instead of a grey hole, which the measured single-payload losses showed it could not learn
     to fill quickly (level-0 loss: -13 to -17 dB at 4,000 steps)."""
+    y = y * mask
+    lossy = (mask < 1).flatten(2).any(2).any(0).nonzero().flatten()  # only channels with holes
+    if len(lossy) == 0:
+        return y
+    full = y
+    y, mask = y[:, lossy], mask[:, lossy]
     c = y.shape[1]
     k = torch.tensor([1.0, 2.0, 1.0], dtype=y.dtype, device=y.device)
     kernel = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
-    y = y * mask
     for _ in range(passes):
         num = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
         den = F.conv2d(F.pad(mask, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
         have = den > 0.5
         y = torch.where(mask > 0, y, torch.where(have, num / den.clamp_min(0.5), y))
         mask = torch.where(have, torch.ones_like(mask), mask)
-    return y
+    full = full.clone()
+    full[:, lossy] = y
+    return full
 
 
 @dataclass(frozen=True)
