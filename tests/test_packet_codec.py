@@ -76,8 +76,15 @@ def test_entropy_coder_rejects_malformed_bodies():
     assert len(SCALES) == 32  # 5-bit indexes
 
 
+@pytest.fixture(scope="module")
+def shipped():
+    return PacketCodec.load("uniform", device="cpu")
+
+
+@pytest.mark.parametrize("which", ["klt", "shipped"])
 @pytest.mark.parametrize("bpp", [0.1, 0.25, 0.5, 1.0, 1.5])
-def test_rate_control_meets_the_budget(codec, images, bpp):
+def test_rate_control_meets_the_budget(codec, shipped, images, bpp, which):
+    codec = shipped if which == "shipped" else codec
     budget = int(bpp * 320 * 240 / 8)
     for bgr in images.values():
         payloads = codec.encode(bgr, budget)
