@@ -1,6 +1,13 @@
 """``jscc-eval``: the papers' image experiments on the shipped codecs.
 
-Experiments (``--experiments``, default all):
+Experiments (``--experiments``, default all).  The entropy-coded codecs (``--rd-models``):
+
+* ``rd``       PSNR and MS-SSIM against bits per pixel (0.1-1.5) beside JPEG, JPEG 2000 and WebP
+               at the same bytes, BD-rate against JPEG (:mod:`.rd_eval`);
+* ``rdloss``   PSNR under uniform and Gilbert-Elliott packet loss at 0.5 bpp, beside JPEG;
+* ``rdlevels`` PSNR decoded from the first j importance levels.
+
+The fixed-rate codecs of papers 000/001 (``--models`` and the other model lists):
 
 * ``blocks``   PSNR / MS-SSIM vs number of leading blocks received, and with a random E of K
                erased (paper 000, Fig. 4 and 11);
@@ -46,6 +53,8 @@ from .zoo import available_codecs
 
 log = logging.getLogger("jscc.eval")
 
+RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -64,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sr-model", default="fixed-taildrop", help="tail-drop-trained codec standing in for successive refinement")
     p.add_argument("--scr-models", default="fixed-uniform-scr,fixed-uniform",
                    help="codecs trained with and without SCR (ablation at the largest size)")
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS), help=f"any of {', '.join(EXPERIMENTS)}")
+    p.add_argument("--rd-models", default="uniform,ladder,noerasure",
+                   help="entropy-coded codecs for the rd, rdloss and rdlevels experiments")
+    p.add_argument("--experiments", default=",".join(EXPERIMENTS + RD_EXPERIMENTS),
+                   help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)}")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
     p.add_argument("--bits", type=int, default=8, help="latent quantization bits (2..8)")
     p.add_argument("--no-baselines", action="store_true", help="skip JPEG / JPEG 2000")
@@ -82,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> tuple[list[str], list[tuple[int, int]], torch.dtype | None]:
     """Experiments, sizes and codec precision asked for; user mistakes before any work starts."""
     exps = [e.strip() for e in args.experiments.split(",") if e.strip()]
-    bad = set(exps) - set(EXPERIMENTS)
+    bad = set(exps) - set(EXPERIMENTS + RD_EXPERIMENTS)
     if bad:
-        raise UserError(f"unknown experiments {sorted(bad)}; choose from {', '.join(EXPERIMENTS)}")
+        raise UserError(f"unknown experiments {sorted(bad)}; choose from {', '.join(EXPERIMENTS + RD_EXPERIMENTS)}")
     if not 2 <= args.bits <= 8:
         raise UserError("--bits must be in 2..8")
     if args.trials < 1:
@@ -164,10 +176,15 @@ def run(args: argparse.Namespace) -> dict:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # OpenJPEG's per-decode chatter
     exps, sizes, amp_dtype = _check(args)
     shipped = set(available_codecs())
-    models = _usable(args.models, shipped)
-    if not models:
-        raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
     out = Path(args.out)
+    rd_exps = [e for e in exps if e in RD_EXPERIMENTS]
+    exps = [e for e in exps if e not in RD_EXPERIMENTS]
+    models = _usable(args.models, shipped) if exps else []
+    if exps and not models:
+        raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
+    rd_results = _run_rd(args, rd_exps, sizes, shipped, out) if rd_exps else None
+    if not exps:
+        return {"rd": rd_results}
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"bits": args.bits, "trials": args.trials, "precision": str(amp_dtype or "float32"),
                      "seed": args.seed, "sizes": args.sizes, "images": args.images, "blocks": {}, "loss": {}}
@@ -189,7 +206,22 @@ def run(args: argparse.Namespace) -> dict:
             image_names = list(imgs)
         _run_experiment(exp, evaluators[(w, h)], args, models, label, (w, h) == sizes[0], shipped, results, out)
     _finish(results, evaluators, image_names, out, t0)
+    results["rd"] = rd_results
     return results
+
+
+def _run_rd(args: argparse.Namespace, exps: list[str], sizes: list[tuple[int, int]], shipped: set[str],
+            out: Path) -> dict:
+    """The entropy-coded codecs' experiments into ``out/rd`` (:func:`.rd_eval.run`)."""
+    from .rd_eval import run as rd_run
+
+    models = _usable(args.rd_models, shipped)
+    if not models:
+        raise UserError(f"none of the codecs {args.rd_models!r} is available (shipped: {sorted(shipped)})")
+    res = rd_run(models, sizes, exps, out / "rd", args.images, args.trials, seed=args.seed, precision=args.precision,
+                 baselines=() if args.no_baselines else ("jpeg", "jpeg2000", "webp"), progress=log.info)
+    print((out / "rd" / "summary.md").read_text())
+    return res
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

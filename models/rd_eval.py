@@ -17,22 +17,15 @@ import cv2
 import numpy as np
 import torch
 
-from jscc_stream.netem.loss import GE_10, ErasureVector, LossProcess
 
 from jscc_stream.baselines.image import decode_with_loss, encode_jpeg
 from jscc_stream.metrics import psnr as psnr_u8
+from .experiments import LOSS_CONDITIONS  # the papers' experiments' conditions, the same draws
 from .packet_codec import PacketCodec, parse_payload
 
 __all__ = ["RD_BPPS", "rd_rows", "bd_rate", "loss_rows", "level_rows", "classical_encoder"]
 
 RD_BPPS = (0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5)
-LOSS_CONDITIONS: list[tuple[str, LossProcess]] = [
-    ("none", ErasureVector.uniform(0.0)),
-    ("uniform 5%", ErasureVector.uniform(0.05)),
-    ("uniform 10%", ErasureVector.uniform(0.10)),
-    ("uniform 20%", ErasureVector.uniform(0.20)),
-    ("GE ~10%", GE_10),
-]
 
 
 def ms_ssim_u8(a: np.ndarray, b: np.ndarray) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import cv2
@@ -58,3 +59,18 @@ def test_eval_bad_input_is_one_line_error(args, msg, tmp_path, capsys) -> None:
     assert rc == 2
     err = capsys.readouterr().err
     assert msg in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_eval_entropy_coded_experiments_end_to_end(tiny_images, tiny_rd_weights, tmp_path) -> None:
+    out = tmp_path / "rd"
+    rc = main(["--images", str(tiny_images), "--sizes", "128x96", "--experiments", "rd,rdloss,rdlevels",
+               "--rd-models", str(tiny_rd_weights), "--trials", "2", "--out", str(out), "--log-level", "warning"])
+    assert rc == 0
+    summary = (out / "rd" / "summary.md").read_text()
+    assert "BD-rate of" in summary and "uniform 10%" in summary and "first j levels" in summary
+    rows = list(csv.DictReader(open(out / "rd" / "rd_128x96.csv")))
+    assert {r["codec"] for r in rows} >= {str(tiny_rd_weights), "jpeg", "jpeg2000", "webp"}
+    ours = [r for r in rows if r["codec"] == str(tiny_rd_weights)]
+    assert all(int(r["bytes"]) <= float(r["target_bpp"]) * 128 * 96 / 8 for r in ours if float(r["target_bpp"]) >= 0.25)
+    assert (out / "rd" / "rd_psnr_128x96.png").stat().st_size > 0
+    assert main(["--experiments", "rd", "--rd-models", "nope", "--out", str(out)]) == 2
