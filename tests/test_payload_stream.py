@@ -171,3 +171,15 @@ async def test_entropy_coded_stream_end_to_end(tiny_rd_codec, path):
         missing = {m[0] for m in rec.missing}
         offline = tiny_rd_codec.decode([None if i in missing else p for i, p in enumerate(payloads)], W, H)
         assert abs(psnr(ref, frame) - psnr(ref, offline)) < 0.5
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--kbps", "0"], "--kbps must be positive"),
+    (["--kbps", "500", "--codec", "fixed-uniform"], "--kbps needs an entropy-coded codec"),
+])
+def test_send_kbps_errors_are_one_line(argv, msg, capsys):
+    from jscc_stream.sender.cli import main as send_main
+
+    assert send_main(argv + ["--frames", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
