@@ -139,3 +139,96 @@ def test_webcam_that_is_not_there_is_one_line():
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip() == "jscc-send: error: cannot open webcam 57 (no camera at /dev/video57?)"
+
+
+class _FakeHighGui:
+    """Stands in for cv2's window functions: records the calling thread of each, can hold the
+    screen (imshow blocks), and plays a scripted key or a closed window."""
+
+    WINDOW_AUTOSIZE, WINDOW_GUI_NORMAL, WND_PROP_VISIBLE = 1, 16, 4
+    error = RuntimeError
+
+    def __init__(self, key: int = -1, closed_after: int | None = None):
+        import threading
+
+        self.threads: set[int] = set()
+        self.shown: list[int] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.key, self.closed_after = key, closed_after
+
+    def _note(self):
+        import threading
+
+        self.threads.add(threading.get_ident())
+
+    def namedWindow(self, *a):
+        self._note()
+
+    def imshow(self, name, frame):
+        self._note()
+        self.release.wait(5)
+        self.shown.append(int(frame[0, 0, 0]))
+
+    def waitKey(self, ms):
+        self._note()
+        time.sleep(ms / 1000)
+        return self.key if self.shown else -1
+
+    def getWindowProperty(self, *a):
+        self._note()
+        return 0 if self.closed_after is not None and len(self.shown) >= self.closed_after else 1
+
+    def destroyAllWindows(self):
+        self._note()
+
+
+def _window(monkeypatch, fake, on_close=None):
+    import threading
+
+    from jscc_stream.receiver import display
+
+    monkeypatch.setattr(display, "cv2", fake)
+    monkeypatch.setattr(display, "display_available", lambda: None)
+    return display.DisplayWindow("t", on_close=on_close, poll_ms=1), threading.get_ident()
+
+
+def test_gui_calls_stay_on_one_thread_and_only_the_newest_frame_is_drawn(monkeypatch):
+    fake = _FakeHighGui()
+    win, caller = _window(monkeypatch, fake)
+    frame = lambda v: np.full((4, 4, 3), v, np.uint8)  # noqa: E731
+    win.show(frame(0))
+    time.sleep(0.2)
+    fake.release.clear()  # the screen hangs while drawing the next frame
+    win.show(frame(1))
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    for v in range(2, 52):
+        win.show(frame(v))  # the caller never waits on the GUI
+    assert time.monotonic() - t0 < 0.5
+    fake.release.set()
+    time.sleep(0.3)
+    win.close()
+    assert fake.shown[0] == 0 and fake.shown[-1] == 51 and len(fake.shown) <= 4  # 2..50 replaced
+    assert len(fake.threads) == 1 and caller not in fake.threads
+
+
+@pytest.mark.parametrize("key", [ord("q"), 27])
+def test_q_or_esc_asks_the_receiver_to_stop(monkeypatch, key):
+    stopped = []
+    win, _ = _window(monkeypatch, _FakeHighGui(key=key), on_close=lambda: stopped.append(1))
+    win.show(np.zeros((4, 4, 3), np.uint8))
+    time.sleep(0.3)
+    assert stopped == [1]
+    win.close()
+
+
+def test_close_button_asks_the_receiver_to_stop(monkeypatch):
+    stopped = []
+    win, _ = _window(monkeypatch, _FakeHighGui(closed_after=2), on_close=lambda: stopped.append(1))
+    for v in range(3):
+        win.show(np.full((4, 4, 3), v, np.uint8))
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert stopped == [1]
+    win.close()
