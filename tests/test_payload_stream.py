@@ -111,41 +111,14 @@ async def test_entropy_coded_stream_end_to_end(tiny_rd_codec, path):
     import torch
 
     from jscc_stream.sender.dscp import default_dscp_map
-    from jscc_stream.receiver.outputs import Outputs
-    from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
-    from jscc_stream.sender.sender import Sender, SenderConfig
     from jscc_stream.sources import SyntheticSource
 
-    from test_stream_e2e import _free_port, _start_shim, psnr
+    from test_stream_e2e import psnr, stream
 
     torch.set_num_threads(1)
     frames, kbps = 40, 1152.0
-    sock = open_listen_socket("127.0.0.1:0")
-    rport = sock.getsockname()[1]
-    got: list = []
-    rcfg = ReceiverConfig(latency=0.25, duration=30, max_decode_queue=frames)
-    receiver = Receiver(sock, lambda info: tiny_rd_codec, Outputs(), rcfg, on_frame=lambda r, f: got.append((r, f)))
-    rtask = asyncio.create_task(receiver.run())
-    shim, dest = None, rport
-    try:
-        if path == "shim":
-            dest = _free_port()
-            shim = await _start_shim(dest, rport, receiver)
-        sender = Sender(tiny_rd_codec, SyntheticSource(W, H, 30.0, seed=1),
-                        SenderConfig(width=W, height=H, fps=30.0, dests=[f"127.0.0.1:{dest}"],
-                                     dscp_map=default_dscp_map(4), frames=frames, kbps=kbps, adapt=False))
-        sstats = await sender.run()
-        for _ in range(100):
-            if not receiver.reasm.slots and receiver._queue.empty() and len(got) >= receiver.reasm.counters.frames_released:
-                break
-            await asyncio.sleep(0.02)
-    finally:
-        receiver.stop_event.set()
-        await rtask
-        sock.close()
-        if shim is not None:
-            shim.terminate()
-            await shim.wait()
+    sstats, receiver, got = await stream(tiny_rd_codec, path, frames,
+                                         {"dscp_map": default_dscp_map(4), "kbps": kbps, "adapt": False})
     recs = [r for r, _ in got]
     budget = int(kbps * 1000 / 8 / 30)
     assert sstats.frames_sent == frames

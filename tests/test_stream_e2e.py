@@ -77,16 +77,15 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("path", ["direct", "shim"])
-async def test_sender_shim_receiver(tiny_codec, path, one_thread):
-    if path == "shim" and not _shim_available():
-        pytest.skip("jscc-netem not there yet")
+async def stream(codec, path: str, frames: int, sender_cfg: dict):
+    """Sender -> (shim with GE ~10 % loss, when ``path`` is "shim") -> receiver, in-process but
+    the shim; returns (sender stats, receiver, [(record, frame)]) once every frame played out."""
     sock = open_listen_socket("127.0.0.1:0")
     rport = sock.getsockname()[1]
     got: list = []
     # generous deadline and no skipping: this checks correctness on a loaded shared machine, not speed
-    rcfg = ReceiverConfig(latency=0.25, duration=30, max_decode_queue=FRAMES)
-    receiver = Receiver(sock, lambda info: tiny_codec, Outputs(), rcfg, on_frame=lambda r, f: got.append((r, f)))
+    rcfg = ReceiverConfig(latency=0.25, duration=30, max_decode_queue=frames)
+    receiver = Receiver(sock, lambda info: codec, Outputs(), rcfg, on_frame=lambda r, f: got.append((r, f)))
     rtask = asyncio.create_task(receiver.run())
     shim = None
     dest = rport
@@ -94,9 +93,9 @@ async def test_sender_shim_receiver(tiny_codec, path, one_thread):
         if path == "shim":
             dest = _free_port()
             shim = await _start_shim(dest, rport, receiver)
-        sender = Sender(tiny_codec, SyntheticSource(W, H, FPS, seed=1),
-                        SenderConfig(width=W, height=H, fps=FPS, dests=[f"127.0.0.1:{dest}"],
-                                     dscp_map=default_dscp_map(8), frames=FRAMES))
+        sender = Sender(codec, SyntheticSource(W, H, FPS, seed=1),
+                        SenderConfig(width=W, height=H, fps=FPS, dests=[f"127.0.0.1:{dest}"], frames=frames,
+                                     **sender_cfg))
         sstats = await sender.run()
         # everything in flight is released within the playout deadline
         for _ in range(100):
@@ -110,11 +109,18 @@ async def test_sender_shim_receiver(tiny_codec, path, one_thread):
         if shim is not None:
             shim.terminate()
             await shim.wait()
+    return sstats, receiver, got
 
+
+@pytest.mark.parametrize("path", ["direct", "shim"])
+async def test_sender_shim_receiver(tiny_codec, path, one_thread):
+    if path == "shim" and not _shim_available():
+        pytest.skip("jscc-netem not there yet")
+    sstats, receiver, got = await stream(tiny_codec, path, FRAMES, {"dscp_map": default_dscp_map(8)})
     c = receiver.reasm.counters
     recs = [r for r, _ in got]
     assert sstats.frames_sent == FRAMES
-    assert c.undecodable_frames == 0 and c.invalid <= (400 if shim else 0)
+    assert c.undecodable_frames == 0 and c.invalid <= (400 if path == "shim" else 0)
     assert all(r.decoded for r in recs) and receiver.stats.frames_skipped == 0
     assert all(r.reason in ("complete", "superseded", "deadline") for r in recs)
     assert [r.frame_id for r in recs] == sorted(r.frame_id for r in recs)  # played in order
