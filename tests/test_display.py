@@ -90,8 +90,13 @@ def test_display_window_shows_the_stream_and_q_quits(xserver, tiny_rd_weights, t
                              str(tiny_rd_weights), "--duration", "60", "--priority-dscp", "--log-level", "warning"])
     try:
         _window_id(xserver, "jscc-recv", recv)
-        time.sleep(2.0)
-        a = _screenshot(xserver, tmp_path / "a.png")
+        # the window opens at start; the picture comes once the sender's first frames arrive
+        end = time.monotonic() + 45
+        while True:
+            a = _screenshot(xserver, tmp_path / "a.png")
+            if a[:240, :320].std() > 20 or time.monotonic() > end:
+                break
+            time.sleep(0.5)
         time.sleep(0.7)
         b = _screenshot(xserver, tmp_path / "b.png")
         # the window sits at the top left of the bare X screen, at the frame's real size
