@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SCALES", "SCALE_BITS", "MAX_SYMBOL", "laplace_bits", "fit_scale_index", "group_bits",
+__all__ = ["SCALES", "SCALE_BITS", "MAX_SYMBOL", "laplace_bits", "fit_scale_index", "levels_bits",
            "encode_group", "decode_group"]
 
 SCALE_BITS = 5
@@ -64,11 +64,16 @@ def fit_scale_index(symbols: np.ndarray) -> np.ndarray:
     return np.where(nonzero, idx, 0)
 
 
+def _laplace_pmf(a: np.ndarray, b: np.ndarray | float) -> np.ndarray:
+    """P(symbol magnitude ``a``, one sign) of a unit-bin discretised zero-mean Laplace(``b``):
+    ``sinh(1/2b) exp(-a/b)`` off zero, ``1 - exp(-1/2b)`` at zero (what :func:`laplace_bits`
+    integrates for noisy values)."""
+    return np.where(a >= 0.5, np.sinh(0.5 / b) * np.exp(-a / b), 1.0 - np.exp(-0.5 / b))
+
+
 def _table_bits() -> np.ndarray:
     """``T[s, |k|]``: ideal bits of symbol magnitude ``|k|`` under scale index ``s``."""
-    b = SCALES[1:, None]
-    a = np.arange(MAX_SYMBOL + 1, dtype=np.float64)[None]
-    p = np.where(a >= 0.5, np.sinh(0.5 / b) * np.exp(-a / b), 1.0 - np.exp(-0.5 / b))
+    p = _laplace_pmf(np.arange(MAX_SYMBOL + 1, dtype=np.float64)[None], SCALES[1:, None])
     return np.vstack([np.zeros((1, MAX_SYMBOL + 1)), -np.log2(np.maximum(p, 1e-300))]).astype(np.float32)
 
 
@@ -90,24 +95,11 @@ def _flag_bits(n_nonzero: int, n: int, index: int) -> float:
     return -(n_nonzero * math.log2(p) + (n - n_nonzero) * math.log2(1 - p))
 
 
-def group_bits(symbols: np.ndarray) -> float:
-    """Ideal size in bits of a group as :func:`encode_group` codes it (side information
-    included, 32-bit word rounding not); 0 for an all-zero group, which has an empty body."""
-    nonzero = symbols.any(axis=0)
-    n_nz = int(nonzero.sum())
-    if n_nz == 0:
-        return 0.0
-    kept = symbols[:, nonzero] if n_nz < symbols.shape[1] else symbols
-    idx = fit_scale_index(kept)
-    data = float(_BITS[idx[:, None], np.minimum(np.abs(kept), MAX_SYMBOL)].sum())
-    side = 8 + len(idx) * SCALE_BITS
-    return side + data + _flag_bits(n_nz, symbols.shape[1], _flag_index(nonzero))
-
-
 def levels_bits(symbols: np.ndarray, level_starts: np.ndarray) -> np.ndarray:
-    """:func:`group_bits` of every level at once (levels = channel ranges starting at
-    ``level_starts``), vectorised over the whole frame: what rate control evaluates a few
-    times a frame."""
+    """Ideal size in bits of every level as one group (:func:`encode_group`'s layout: skip
+    flags, side information, symbols; 32-bit word rounding not counted; 0 for an all-zero
+    level), levels being channel ranges starting at ``level_starts``.  Vectorised over the
+    whole frame: rate control evaluates it a few times a frame."""
     a = np.minimum(np.abs(symbols), MAX_SYMBOL)
     n_ch, n_pos = a.shape
     sizes = np.diff(np.append(level_starts, n_ch))
@@ -134,9 +126,7 @@ def _model(scale_index: int) -> constriction.stream.model.Categorical:
     """Lookup-table model of scale ``scale_index`` over symbols -MAX_SYMBOL..MAX_SYMBOL (shifted
     to 0..2*MAX_SYMBOL).  A table is ~8x faster to code than constriction's parametric
     Laplace, which evaluates the CDF per symbol; the probabilities are the same."""
-    a = np.abs(np.arange(-MAX_SYMBOL, MAX_SYMBOL + 1, dtype=np.float64))
-    b = SCALES[scale_index]
-    p = np.where(a >= 0.5, np.sinh(0.5 / b) * np.exp(-a / b), 1.0 - np.exp(-0.5 / b))
+    p = _laplace_pmf(np.abs(np.arange(-MAX_SYMBOL, MAX_SYMBOL + 1, dtype=np.float64)), SCALES[scale_index])
     return constriction.stream.model.Categorical(p / p.sum(), perfect=False)
 
 

@@ -146,15 +146,13 @@ class PacketCodec:
     @classmethod
     def load(cls, name_or_path: str | Path = "uniform", device: str = "auto",
              precision: str = "auto") -> "PacketCodec":
-        from .frame_codec import pick_device
-        from .zoo import CodecLoadError, load_codec
+        from .zoo import CodecLoadError
 
-        dev = pick_device(device)
-        model, card = load_codec(name_or_path, device=dev)
-        if not isinstance(model, RDCodec):
+        codec = load_stream_codec(name_or_path, device, precision)
+        if not isinstance(codec, cls):
             raise CodecLoadError(f"codec {name_or_path!r} is a fixed-rate JSCC codec, not an "
-                                 f"entropy-coded one (architecture {card['config'].get('arch')})")
-        return cls(model, card, dev, precision)
+                                 f"entropy-coded one (architecture {codec.card['config'].get('arch')})")
+        return codec
 
     # --- what the daemons ask -------------------------------------------------------------
     entropy_coded = True
@@ -215,14 +213,20 @@ class PacketCodec:
         k = np.minimum(np.floor(np.abs(u) + np.float32(0.5 - DEADZONE)), MAX_SYMBOL)
         return np.copysign(k, u).astype(np.int32)
 
+    @property
+    def _room(self) -> int:
+        """Body bytes a payload may hold (header and a margin for side information off)."""
+        return self.max_payload - HEADER.size - 16
+
     def _level_bytes(self, sym: np.ndarray) -> np.ndarray:
         """Estimated bytes per level (one group each; side information included)."""
         bits = levels_bits(sym, self._level_starts)
         return np.where(bits > 0, bits / 8 + HEADER.size + 2, 0.0)
 
     # --- encode ---------------------------------------------------------------------------
-    def choose_rate(self, y: np.ndarray, max_bytes: int) -> tuple[int, int]:
-        """(rate index, levels kept): the finest step whose estimated size fits ``max_bytes``.
+    def choose_rate(self, y: np.ndarray, max_bytes: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """(rate index, levels kept, its symbols, their estimated bytes per level): the finest
+        step whose estimated size fits ``max_bytes``.
 
         The search starts at the previous frame's index (a stream's frames need similar
         steps) and gallops outwards before it bisects: two to four size estimates a frame."""
@@ -250,14 +254,14 @@ class PacketCodec:
                 lo = mid + 1
         self._rate_hint = lo
         levels = len(self.levels)
-        per_level = self._level_bytes(self._symbols(y, lo))
+        sym = self._symbols(y, lo)
+        per_level = self._level_bytes(sym)
         while levels > 1 and self._packet_total(per_level[:levels]) > max_bytes:
             levels -= 1
-        return lo, levels
+        return lo, levels, sym, per_level
 
     def _packet_total(self, per_level: np.ndarray) -> float:
-        room = self.max_payload - HEADER.size - 16
-        groups = np.where(per_level > 0, np.maximum(1, np.ceil(per_level / room)), 0)
+        groups = np.where(per_level > 0, np.maximum(1, np.ceil(per_level / self._room)), 0)
         # each extra group repeats header and side information; 2 bytes of word padding each
         return float(per_level.sum() + (groups - 1).sum() * 24 + groups.sum() * 2)
 
@@ -266,19 +270,15 @@ class PacketCodec:
 
     def _encode_level(self, sym: np.ndarray, grid: tuple[int, int], level: int, sent: int, kept: int,
                       rate_index: int, est: float, min_groups: int) -> list[bytes]:
-        room = self.max_payload - HEADER.size - 16
         h, w = grid
         n_pos = sym.shape[1]
-        groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / room)))), h, w)
+        groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / self._room)))), h, w)
         while True:
             out = []
             for g in range(groups):
-                pos = group_positions(h, w, g, groups)
-                body = encode_group(sym[:, pos])
+                body = encode_group(sym[:, group_positions(h, w, g, groups)])
                 head = PayloadHeader(level, sent, kept, g, groups, rate_index)
-                raw = head.pack() + body
-                crc = _crc16(raw)
-                out.append(head.pack(crc) + body)
+                out.append(head.pack(_crc16(head.pack() + body)) + body)
             if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
                 return out
             groups = self._groups_at_least(groups + 1, h, w)
@@ -290,22 +290,22 @@ class PacketCodec:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         y = self._analyse(frame_bgr)
         grid = self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0])
-        rate, levels = self.choose_rate(y, max_bytes)
+        rate, levels, sym, est = self.choose_rate(y, max_bytes)
         while True:
-            payloads = self._encode_levels(y, grid, rate, levels)
+            payloads = self._encode_levels(sym, est, grid, rate, levels)
             if sum(map(len, payloads)) <= max_bytes or rate == Q_INDEXES - 1:
                 return payloads
-            rate += 1
+            rate += 1  # the estimate was short: one step coarser
+            sym = self._symbols(y, rate)
+            est = self._level_bytes(sym)
 
-    def _encode_levels(self, y: np.ndarray, grid: tuple[int, int], rate: int, levels: int) -> list[bytes]:
-        sym = self._symbols(y, rate)
-        est = self._level_bytes(sym)
+    def _encode_levels(self, sym: np.ndarray, est: np.ndarray, grid: tuple[int, int], rate: int,
+                       levels: int) -> list[bytes]:
         nonzero = [lv for lv in range(levels) if est[lv] > 0]
         sent = max(nonzero, default=0) + 1  # level 0 is always sent: it carries the frame's header
         payloads: list[bytes] = []
         for lv in range(sent):
-            # level 0 (the DCs) in at least two payloads: one loss then costs half the DCs,
-            # which the decoder interpolates, instead of the whole picture
+            # the first levels go out in MIN_GROUPS payloads or more (see there)
             payloads += self._encode_level(sym[self.levels[lv]], grid, lv, sent, levels, rate, est[lv],
                                            MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1)
         return payloads

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jscc_stream.models.data import builtin_eval_images
-from jscc_stream.models.entropy import SCALES, decode_group, encode_group, fit_scale_index
+from jscc_stream.models.entropy import SCALES, decode_group, encode_group, fit_scale_index, levels_bits
 from jscc_stream.models.packet_codec import PacketCodec, parse_payload, PayloadError
 from jscc_stream.models.transform import RDCodec, RDConfig
 
@@ -54,6 +54,20 @@ def test_entropy_coder_round_trips_exactly():
         np.testing.assert_array_equal(decode_group(body, 12, n), sym)
     assert encode_group(np.zeros((4, 9), dtype=np.int32)) == b""
     np.testing.assert_array_equal(decode_group(b"", 4, 9), 0)
+
+
+def test_size_estimate_matches_the_coded_size():
+    rng = np.random.default_rng(3)
+    sym = np.rint(rng.laplace(0, rng.uniform(0.05, 3, (30, 1)), (30, 400))).astype(np.int32)
+    sym[:, rng.random(400) < 0.4] = 0  # skipped positions
+    sym[10:15] = 0  # an all-zero channel
+    sym[20:] = 0  # an all-zero level: not sent
+    starts = np.array([0, 4, 10, 20])
+    est = levels_bits(sym, starts)
+    for lv, (a, b) in enumerate(zip(starts, list(starts[1:]) + [30])):
+        coded = 8 * len(encode_group(sym[a:b]))
+        assert (est[lv] == 0) == (coded == 0)
+        assert coded - 40 <= est[lv] <= coded + 8  # range coder: ideal + at most a word and a bit
 
 
 def test_skip_flags_make_flat_regions_cheap():
