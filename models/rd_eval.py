@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 
-from jscc_stream.baselines.image import decode_with_loss, encode_jpeg
+from jscc_stream.baselines.image import decode_with_loss, encode_jpeg, largest_fitting
 from jscc_stream.metrics import psnr as psnr_u8
-from .experiments import LOSS_CONDITIONS  # the papers' experiments' conditions, the same draws
+
+from .experiments import LOSS_CONDITIONS, ms_ssim  # the papers' experiments' conditions, the same draws
 from .packet_codec import PacketCodec, parse_payload
 
 __all__ = ["RD_BPPS", "rd_rows", "bd_rate", "loss_rows", "level_rows", "classical_encoder"]
@@ -29,40 +30,32 @@ RD_BPPS = (0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def ms_ssim_u8(a: np.ndarray, b: np.ndarray) -> float:
-    from pytorch_msssim import ms_ssim, ssim
-
+    """:func:`.experiments.ms_ssim` of two 8-bit images."""
     ta = torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
     tb = torch.from_numpy(b).permute(2, 0, 1)[None].float() / 255
-    fn = ms_ssim if min(a.shape[:2]) > 160 else ssim  # five scales need > 160 pixels
-    return float(fn(ta, tb, data_range=1.0))
+    return float(ms_ssim(ta, tb))
 
 
-def _largest_fitting(encode: Callable[[int], bytes], max_bytes: int, lo: int = 1,
-                     hi: int = 100) -> bytes | None:
-    """The output of the highest quality setting in [lo, hi] whose size fits (bisection)."""
-    best = None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        data = encode(mid)
-        if len(data) <= max_bytes:
-            best, lo = data, mid + 1
-        else:
-            hi = mid - 1
-    return best
+def _best_fitting(encode: Callable[[int], bytes], max_bytes: int, lo: int = 1, hi: int = 100) -> bytes | None:
+    """The baselines' search for the highest setting whose output fits; None when none does."""
+    try:
+        return largest_fitting(encode, lo, hi, max_bytes, "setting")[1]
+    except ValueError:
+        return None
 
 
 def classical_encoder(name: str) -> Callable[[np.ndarray, int], bytes | None]:
     """``(BGR frame, max_bytes) -> file bytes`` at the best quality that fits, or None."""
     def jpeg(bgr: np.ndarray, max_bytes: int) -> bytes | None:
-        return _largest_fitting(lambda q: cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q,
+        return _best_fitting(lambda q: cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, q,
                                                                       cv2.IMWRITE_JPEG_OPTIMIZE, 1])[1].tobytes(), max_bytes)
 
     def webp(bgr: np.ndarray, max_bytes: int) -> bytes | None:
-        return _largest_fitting(lambda q: cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, q])[1].tobytes(), max_bytes)
+        return _best_fitting(lambda q: cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, q])[1].tobytes(), max_bytes)
 
     def jp2(bgr: np.ndarray, max_bytes: int) -> bytes | None:
         # compression ratio x1000 is the knob: bisect on it (higher = better quality)
-        return _largest_fitting(lambda r: cv2.imencode(".jp2", bgr, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, r])[1].tobytes(),
+        return _best_fitting(lambda r: cv2.imencode(".jp2", bgr, [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, r])[1].tobytes(),
                                 max_bytes, 1, 1000)
 
     table = {"jpeg": jpeg, "webp": webp, "jpeg2000": jp2}

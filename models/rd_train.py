@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from jscc_stream.metrics import psnr_batch
+
 from .data import CropSampler, list_images
-from .transform import Q_INDEXES, RDCodec, RDConfig, q_of_index
+from .transform import RDCodec, RDConfig, q_of_index
 
 log = logging.getLogger("jscc.rd_train")
 
@@ -76,10 +78,6 @@ def klt_patches(sampler: CropSampler, n: int, rng: np.random.Generator) -> torch
     crops = sampler.batch(max(1, n // 64), rng)  # 128x128 crops hold 64 patches each
     p = crops.unfold(2, 16, 16).unfold(3, 16, 16)  # N,3,8,8,16,16
     return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * 256)
-
-
-def psnr_db(mse: torch.Tensor) -> torch.Tensor:
-    return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,8 +142,7 @@ def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> d
         for qi in q_indexes:
             q = torch.full((len(val),), float(q_of_index(qi)), device=val.device)
             r = model(val, q)
-            mse = ((r.x_hat.clamp(0, 1) - val) ** 2).mean(dim=(1, 2, 3))
-            out[f"psnr@{qi}"] = float(psnr_db(mse).mean())
+            out[f"psnr@{qi}"] = float(psnr_batch(r.x_hat, val).mean())
             out[f"bpp@{qi}"] = float(r.bits.mean() / (val.shape[2] * val.shape[3]))
     model.train()
     return out
@@ -257,7 +254,7 @@ def _train_step(run: _Run) -> dict:
             pe.lerp_(pm, 1 - 0.999 if run.step > 1000 else 1.0)
         for be, bm in zip(run.ema.buffers(), run.model.buffers()):
             be.copy_(bm)
-    return {"step": run.step, "loss": float(loss.detach()), "psnr": float(psnr_db(mse.detach()).mean()),
+    return {"step": run.step, "loss": float(loss.detach()), "psnr": float(psnr_batch(r.x_hat.detach(), x).mean()),
             "bpp": float(bpp.detach().mean()), "lr": run.sched.get_last_lr()[0],
             "erased": float(erased.float().mean()), "wall": time.monotonic() - run.t_start}
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["CodedImage", "encode_jpeg", "encode_jpeg2000", "decode_with_loss", "grey_frame"]
+__all__ = ["CodedImage", "encode_jpeg", "encode_jpeg2000", "decode_with_loss", "grey_frame", "largest_fitting"]
 
 _GREY = 128
 
@@ -92,7 +92,7 @@ def _check_budget(max_bytes: int, payload_limit: int) -> None:
         raise ValueError(f"payload_limit must be at least 16 bytes, got {payload_limit}")
 
 
-def _largest_fitting(
+def largest_fitting(
     encode, lo: int, hi: int, max_bytes: int, what: str, guess: int | None = None
 ) -> tuple[int, bytes]:
     """Binary search for the largest parameter in [lo, hi] whose encoding fits in max_bytes.
@@ -302,7 +302,7 @@ def encode_jpeg(rgb: np.ndarray, max_bytes: int, payload_limit: int = 880) -> Co
             raise RuntimeError("OpenCV failed to encode JPEG")
         return buf.tobytes()
 
-    quality, data = _largest_fitting(enc, 1, 100, max_bytes, "JPEG quality")
+    quality, data = largest_fitting(enc, 1, 100, max_bytes, "JPEG quality")
     hdr = _parse_jpeg_header(data)
     if hdr.restart_interval != hdr.mcus_x:
         raise RuntimeError(f"unexpected JPEG layout: restart interval {hdr.restart_interval}, {hdr.mcus_x} MCUs/row")
@@ -397,7 +397,7 @@ def encode_jpeg2000(rgb: np.ndarray, max_bytes: int, payload_limit: int = 880) -
         return _j2k_codestream(buf.tobytes())
 
     guess = min(1000, max(1, 1000 * max_bytes // rgb.size))  # size ~ raw size * x / 1000
-    x, data = _largest_fitting(enc, 1, 1000, max_bytes, "JPEG 2000 compression_x1000", guess)
+    x, data = largest_fitting(enc, 1, 1000, max_bytes, "JPEG 2000 compression_x1000", guess)
     if _j2k_tile_part(data) is None:
         raise RuntimeError("JPEG 2000 main header does not fit in the first packet")
     spans = [(a, min(a + payload_limit, len(data))) for a in range(0, len(data), payload_limit)]
