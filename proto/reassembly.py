@@ -97,31 +97,30 @@ class FrameSlot:
                    if not self.received[b].all()]
         return max(missing, default=-1)
 
-    def level_units(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per block (fixed-rate) or importance level (entropy-coded): units expected and
-        received, bytes or payloads.  A missing payload counts at the level of the next one
-        that arrived (payloads go out in level order), the last level if none did."""
-        if self.payloads is None:
-            return np.full(self.received.shape[0], self.received.shape[1]), self.received.sum(axis=1)
+    def payload_levels_filled(self) -> np.ndarray:
+        """Importance level of every payload of the frame: the one it carries when it arrived;
+        for a missing one, the level of the next payload that arrived (payloads go out in level
+        order, so it is at most that), the least important level if none did."""
         levels = np.full(self.received.shape[0], self.info.layout.blocks - 1)
         for i in range(len(levels) - 1, -1, -1):
             if i in self.payload_levels:
                 levels[i] = self.payload_levels[i]
             elif i + 1 < len(levels):
                 levels[i] = levels[i + 1]
-        n = self.info.layout.blocks
+        return levels
+
+    def level_units(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per block (fixed-rate) or importance level (entropy-coded): units expected and
+        received, bytes or payloads (a missing payload at its :meth:`payload_levels_filled`)."""
+        if self.payloads is None:
+            return np.full(self.received.shape[0], self.received.shape[1]), self.received.sum(axis=1)
+        levels, n = self.payload_levels_filled(), self.info.layout.blocks
         return (np.bincount(levels, minlength=n)[:n],
                 np.bincount(levels[self.received[:, 0]], minlength=n)[:n])
 
     def _max_missing_payload_level(self) -> int:
-        # payloads go out in level order, so a missing one's level is at most that of the next
-        # payload that arrived (the least important level if none did)
-        count = self.received.shape[0]
-        if self.received.all():
-            return -1
-        last_missing = int(np.flatnonzero(~self.received[:, 0])[-1])
-        later = [lv for i, lv in self.payload_levels.items() if i > last_missing]
-        return min(later) if later else self.info.layout.blocks - 1 if count else -1
+        missing = ~self.received[:, 0]
+        return int(self.payload_levels_filled()[missing].max()) if missing.any() else -1
 
     def missing_ranges(self) -> list[tuple[int, int, int]]:
         """``(block, offset, length)`` runs of bytes that did not arrive."""

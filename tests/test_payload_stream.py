@@ -76,6 +76,11 @@ def test_payload_frames_reassemble_with_the_playout_rule(tiny_rd_codec):
     for i, g in enumerate(grams2):
         if i not in (0, 2):
             assert r.push(g.data, 0.01) == []
+    pending = next(iter(r.slots.values()))
+    # a missing payload counts at the level of the next one that arrived (levels go out in order)
+    assert pending.max_missing_level() == payloads2[3][0] & 15
+    lv = [p[0] & 15 for p in payloads2]
+    assert list(pending.payload_levels_filled()) == [lv[1], lv[1], lv[3]] + lv[3:]
     assert r.pop_due(0.015) == []
     (slot2,) = r.pop_due(0.021)
     assert slot2.reason == "deadline"
