@@ -175,11 +175,13 @@ def _device(args: argparse.Namespace) -> tuple[int, int, torch.device]:
     from .frame_codec import pick_device
     from .training import _ddp_setup
 
+    from jscc_stream.errors import UserError
+
     rank, world, local = _ddp_setup()
-    device = pick_device(args.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local)
-    return rank, world, device
+    try:
+        return rank, world, pick_device(args.device, rank=local if world > 1 else None)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from None
 
 
 def _optimiser(model: RDCodec, args: argparse.Namespace, step: int):

@@ -69,3 +69,10 @@ def test_distributed_training_with_torchrun(photos, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "train.log").read_text().splitlines()[-1])["step"] == 2
+
+
+def test_bad_device_is_one_line(photos, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jscc_stream.models.train", "--arch", "rd", "--data", str(photos),
+                        "--out", str(tmp_path), "--device", "tpu"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "jscc-train: error: --device: device must be auto, cpu or cuda[:N], got 'tpu'"]
