@@ -168,10 +168,11 @@ class Receiver:
             frame = codec.decode(slot.wire, slot.received, slot.info.layout.width, slot.info.layout.height)
         return frame, (time.perf_counter() - t) * 1000
 
-    def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float) -> FrameRecord:
+    def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float,
+                 units: tuple[np.ndarray, np.ndarray]) -> FrameRecord:
         """Runs on the output thread, in frame order: display/record/save, then the stats line."""
         info = slot.info
-        expected, got = slot.level_units()
+        expected, got = units  # slot.level_units(), counted once per frame by the caller
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
             blocks_expected=info.layout.blocks, blocks_received=int((got == expected).sum()),
@@ -208,7 +209,8 @@ class Receiver:
             except Exception as exc:  # a codec failure must not stop the stream
                 log.error("decoding frame %d failed: %s", slot.frame_id, exc)
                 frame, decode_ms = None, 0.0
-            rec = await loop.run_in_executor(out_executor, self._present, slot, frame, decode_ms)
+            units = slot.level_units()
+            rec = await loop.run_in_executor(out_executor, self._present, slot, frame, decode_ms, units)
             self.stats.frames_out += 1
             if rec.decoded:
                 self.stats.frames_decoded += 1
@@ -220,7 +222,7 @@ class Receiver:
                 self._lat_window.append(rec.capture_to_display_ms)
             if self._block_missing is None or len(self._block_missing) != rec.blocks_expected:
                 self._block_missing = np.zeros((rec.blocks_expected, 2))
-            expected, got = slot.level_units()
+            expected, got = units
             self._block_missing[:, 0] += expected - got
             self._block_missing[:, 1] += expected
             if self.on_frame is not None:
