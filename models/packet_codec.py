@@ -45,8 +45,7 @@ from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
-__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions",
-           "load_stream_codec"]
+__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions"]
 
 MAX_PAYLOAD = 876  # 900-byte datagram - 12 (RTP) - 12 (JSCC packet header)
 VERSION = 2
@@ -70,8 +69,8 @@ class PayloadHeader:
     groups: int
     rate_index: int
 
-    def pack(self, crc: int = 0) -> bytes:
-        return HEADER.pack((VERSION << 4) | self.level, (self.levels_sent << 4) | self.levels_kept,
+    def pack(self, crc: int = 0, version: int = VERSION) -> bytes:
+        return HEADER.pack((version << 4) | self.level, (self.levels_sent << 4) | self.levels_kept,
                            self.group, self.groups, self.rate_index, crc)
 
 
@@ -79,15 +78,16 @@ def _crc16(data: bytes) -> int:
     return binascii.crc_hqx(data, 0xFFFF)
 
 
-def parse_payload(payload: bytes, n_levels: int) -> tuple[PayloadHeader, bytes]:
-    """Header and body of ``payload``; :class:`PayloadError` if it is not a valid payload."""
+def parse_payload(payload: bytes, n_levels: int, version: int = VERSION) -> tuple[PayloadHeader, bytes]:
+    """Header and body of ``payload``; :class:`PayloadError` if it is not a valid payload of
+    layout ``version``."""
     if len(payload) < HEADER.size:
         raise PayloadError(f"payload of {len(payload)} bytes is shorter than its header")
     vl, sk, group, groups, rate, crc = HEADER.unpack_from(payload)
     if _crc16(payload[:5] + b"\0\0" + payload[7:]) != crc:
         raise PayloadError("payload checksum mismatch")
-    if vl >> 4 != VERSION:
-        raise PayloadError(f"payload version {vl >> 4}, expected {VERSION}")
+    if vl >> 4 != version:
+        raise PayloadError(f"payload version {vl >> 4}, expected {version}")
     head = PayloadHeader(vl & 15, sk >> 4, sk & 15, group, groups, rate)
     if (not head.level < head.levels_sent <= head.levels_kept <= n_levels
             or not 0 <= head.group < head.groups or head.rate_index >= Q_INDEXES):
@@ -128,7 +128,7 @@ class PacketCodec:
 
     def __init__(self, model: RDCodec, card: dict[str, Any] | None = None,
                  device: str | torch.device = "cpu", precision: str = "auto",
-                 max_payload: int = MAX_PAYLOAD) -> None:
+                 max_payload: int = MAX_PAYLOAD, version: int = VERSION) -> None:
         self.device = torch.device(device) if isinstance(device, str) else device
         self.amp_dtype = resolve_precision(precision, self.device)
         # channels-last (NHWC): oneDNN's fast layout on CPU (640x480 decode 31.7 -> 22.9 ms)
@@ -136,6 +136,7 @@ class PacketCodec:
         self.card = card or {}
         self.name = self.card.get("name", "unnamed")
         self.max_payload = max_payload
+        self.version = version  # payload layout: intra frames and P-frame residuals differ
         self.levels = model.cfg.level_slices()
         self._rate_hint = Q_INDEXES // 2
         self._level_starts = np.array([sl.start for sl in self.levels])
@@ -146,13 +147,18 @@ class PacketCodec:
     @classmethod
     def load(cls, name_or_path: str | Path = "uniform", device: str = "auto",
              precision: str = "auto") -> "PacketCodec":
-        from .zoo import CodecLoadError
+        from .frame_codec import pick_device
+        from .zoo import CodecLoadError, load_codec
 
-        codec = load_stream_codec(name_or_path, device, precision)
-        if not isinstance(codec, cls):
+        dev = pick_device(device)
+        model, card = load_codec(name_or_path, device=dev)
+        if not isinstance(model, RDCodec):
             raise CodecLoadError(f"codec {name_or_path!r} is a fixed-rate JSCC codec, not an "
-                                 f"entropy-coded one (architecture {codec.card['config'].get('arch')})")
-        return codec
+                                 f"entropy-coded one (architecture {card['config'].get('arch')})")
+        if card.get("role") == "inter":
+            raise CodecLoadError(f"codec {name_or_path!r} is a video codec (predicted frames): load it with "
+                                 "stream_codec.load_stream_codec")
+        return cls(model, card, dev, precision)
 
     # --- what the daemons ask -------------------------------------------------------------
     entropy_coded = True
@@ -196,10 +202,14 @@ class PacketCodec:
     def _analyse(self, frame_bgr: np.ndarray) -> np.ndarray:
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
-        height, width = frame_bgr.shape[:2]
-        h, w = self.latent_hw(width, height)
         rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+        return self.analyse_rgb(torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255))
+
+    def analyse_rgb(self, x: torch.Tensor) -> np.ndarray:
+        """``(1, 3, H, W)`` float image (any range: P-frames give residuals) -> latent
+        ``(C, h*w)``, edges padded to whole patches."""
+        height, width = x.shape[2:]
+        h, w = self.latent_hw(width, height)
         x = F.pad(x, (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")
         with torch.inference_mode():
             # the analysis is linear and cheap: fp32 keeps the symbols exact at fine steps
@@ -269,16 +279,16 @@ class PacketCodec:
         return self._packet_total(self._level_bytes(self._symbols(y, rate_index)))
 
     def _encode_level(self, sym: np.ndarray, grid: tuple[int, int], level: int, sent: int, kept: int,
-                      rate_index: int, est: float, min_groups: int) -> list[bytes]:
+                      rate_index: int, est: float, min_groups: int, prefix: bytes) -> list[bytes]:
         h, w = grid
         n_pos = sym.shape[1]
         groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / self._room)))), h, w)
         while True:
             out = []
             for g in range(groups):
-                body = encode_group(sym[:, group_positions(h, w, g, groups)])
+                body = prefix + encode_group(sym[:, group_positions(h, w, g, groups)])
                 head = PayloadHeader(level, sent, kept, g, groups, rate_index)
-                out.append(head.pack(_crc16(head.pack() + body)) + body)
+                out.append(head.pack(_crc16(head.pack(0, self.version) + body), self.version) + body)
             if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
                 return out
             groups = self._groups_at_least(groups + 1, h, w)
@@ -289,10 +299,14 @@ class PacketCodec:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         y = self._analyse(frame_bgr)
-        grid = self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0])
-        rate, levels, sym, est = self.choose_rate(y, max_bytes)
+        return self.encode_latent(y, self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0]), max_bytes)
+
+    def encode_latent(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int, prefix: bytes = b"") -> list[bytes]:
+        """Latent ``(C, h*w)`` -> payloads of at most ``max_bytes`` together; ``prefix`` opens
+        every payload's body (a P-frame's reference)."""
+        rate, levels, sym, est = self.choose_rate(y, max_bytes - len(prefix) * 8)
         while True:
-            payloads = self._encode_levels(sym, est, grid, rate, levels)
+            payloads = self._encode_levels(sym, est, grid, rate, levels, prefix)
             if sum(map(len, payloads)) <= max_bytes or rate == Q_INDEXES - 1:
                 return payloads
             rate += 1  # the estimate was short: one step coarser
@@ -300,19 +314,31 @@ class PacketCodec:
             est = self._level_bytes(sym)
 
     def _encode_levels(self, sym: np.ndarray, est: np.ndarray, grid: tuple[int, int], rate: int,
-                       levels: int) -> list[bytes]:
+                       levels: int, prefix: bytes = b"") -> list[bytes]:
         nonzero = [lv for lv in range(levels) if est[lv] > 0]
         sent = max(nonzero, default=0) + 1  # level 0 is always sent: it carries the frame's header
         payloads: list[bytes] = []
         for lv in range(sent):
             # the first levels go out in MIN_GROUPS payloads or more (see there)
             payloads += self._encode_level(sym[self.levels[lv]], grid, lv, sent, levels, rate, est[lv],
-                                           MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1)
+                                           MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1, prefix)
         return payloads
 
     # --- decode ---------------------------------------------------------------------------
     def decode(self, payloads: Sequence[bytes | None], width: int, height: int) -> np.ndarray:
         """Payloads (``None`` or damaged ones are erasures) -> BGR uint8 frame."""
+        with torch.inference_mode():
+            x4 = self.decode_s2d(payloads, width, height)
+            x4 = (x4.float().clamp_(0, 1) * 255).round_().byte().cpu().numpy()
+        h, w = self.latent_hw(width, height)
+        # depth-to-space on bytes, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
+        bgr = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
+        return np.ascontiguousarray(bgr[:height, :width])
+
+    def decode_s2d(self, payloads: Sequence[bytes | None], width: int, height: int,
+                   prefix_len: int = 0) -> torch.Tensor:
+        """Payloads -> the synthesis output ``(48, H'/4, W'/4)`` (padded size, not clamped),
+        each payload's first ``prefix_len`` body bytes skipped."""
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         h, w = self.latent_hw(width, height)
@@ -326,10 +352,10 @@ class PacketCodec:
             if p is None:
                 continue
             try:
-                head, body = parse_payload(bytes(p), len(self.levels))
+                head, body = parse_payload(bytes(p), len(self.levels), self.version)
                 sl = self.levels[head.level]
                 pos = group_positions(h, w, head.group, head.groups)
-                sym = decode_group(body, sl.stop - sl.start, len(pos))
+                sym = decode_group(body[prefix_len:], sl.stop - sl.start, len(pos))
             except (PayloadError, ValueError, RuntimeError):
                 continue  # an unusable payload is an erasure
             known_zero = known_zero or (head.levels_sent, head.levels_kept)
@@ -343,22 +369,4 @@ class PacketCodec:
         y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
         m = torch.from_numpy(mask.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            x4 = self.model.synthesise_s2d(y, m, q)[0]
-            x4 = (x4.float().clamp_(0, 1) * 255).round_().byte().cpu().numpy()
-        # depth-to-space on bytes, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
-        bgr = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
-        return np.ascontiguousarray(bgr[:height, :width])
-
-
-def load_stream_codec(name_or_path: str | Path, device: str = "auto", precision: str = "auto",
-                      bits: int = 8):
-    """The codec a stream runs, by shipped name or weights path: a :class:`PacketCodec` for an
-    entropy-coded model, a :class:`.frame_codec.FrameCodec` for a fixed-rate one."""
-    from .frame_codec import FrameCodec, pick_device
-    from .zoo import load_codec
-
-    dev = pick_device(device)
-    model, card = load_codec(name_or_path, device=dev)
-    if isinstance(model, RDCodec):
-        return PacketCodec(model, card, dev, precision)
-    return FrameCodec(model, card, dev, bits, precision)
+            return self.model.synthesise_s2d(y, m, q)[0]

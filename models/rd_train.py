@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (under torchrun: one GPU per rank)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("--inter", action="store_true",
+                   help="train the predicted-frame model: it codes motion-compensated residuals of frame "
+                        "pairs (photographs under synthetic camera motion, and --clips) instead of images")
+    p.add_argument("--clips", help="with --inter: a folder of real video clips to draw half of the pairs from")
+    p.add_argument("--init", help="start from these shipped weights (name or .safetensors) instead of a KLT")
+    p.add_argument("--intra", default="uniform",
+                   help="with --inter: the intra codec the model card names (what a stream's I-frames use)")
     p.add_argument("--export", metavar="DIR", help="write OUT/last.ckpt's averaged weights as "
                    "NAME-HASH.safetensors + NAME.json into DIR and exit (no training)")
     return p
@@ -132,6 +139,10 @@ def export(run: Path, out_dir: Path, name: str) -> Path:
             "images": f"{len(list_images(a['data'])) - a['val_images']} for training, {a['val_images']} held out "
                       "for validation" if Path(a["data"]).is_dir() else "unknown",
             "validation (held-out crops, 256x256, EMA)": last_val}
+    if a.get("inter"):
+        card.update(role="inter", intra=a.get("intra", "uniform"), clips=a.get("clips"),
+                    samples="motion-compensated residuals: photographs under synthetic camera motion"
+                            + (" and real video clips" if a.get("clips") else ""))
     return save_codec(model, out_dir, name, card)
 
 
@@ -162,7 +173,7 @@ class _Run:
     net: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    sampler: CropSampler
+    sampler: CropSampler  # or inter_data.ResidualSampler (same batch())
     val: torch.Tensor
     schedule: ErasureSchedule
     rng: np.random.Generator
@@ -204,17 +215,24 @@ def _start(args: argparse.Namespace) -> _Run:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed + 1000 * rank)
     torch.manual_seed(args.seed)
-    files = list_images(args.data)
-    sampler = CropSampler.from_files(files[args.val_images:], args.crop)
-    val = CropSampler.from_files(files[: args.val_images], 256).batch(8, np.random.default_rng(123)).to(device)
+    sampler, val = _samplers(args)
+    val = val.to(device)
     cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
                    latent_width=args.latent_width, pixel_width=args.pixel_width,
                    analysis_width=args.analysis_width)
+    init = None
+    if args.init:
+        from .zoo import load_codec
+
+        init, _ = load_codec(args.init, device="cpu")
+        cfg = init.cfg
     model, ckpt_path = RDCodec(cfg), out / "last.ckpt"
     ck = torch.load(ckpt_path, map_location=device, weights_only=False) if args.resume and ckpt_path.exists() else None
     if ck:
         model.load_state_dict(ck["model"])
         rng = np.random.default_rng(args.seed + ck["step"] + 1000 * rank)
+    elif init is not None:
+        model.load_state_dict(init.state_dict())
     else:
         model.init_from_klt(klt_patches(sampler, 40000, rng))
     model.to(device)
@@ -228,6 +246,22 @@ def _start(args: argparse.Namespace) -> _Run:
     return _Run(args, rank, world, device, cfg, model, ema, net, opt, sched, sampler, val,
                 ErasureSchedule.named(args.erasures), rng, step, time.monotonic() - (ck["wall"] if ck else 0.0),
                 ckpt_path)
+
+
+def _samplers(args: argparse.Namespace):
+    """(training sampler, validation batch): photographs, or with ``--inter`` residuals of
+    frame pairs (the last ``--val-images`` photographs held out either way)."""
+    files = list_images(args.data)
+    photos = CropSampler.from_files(files[args.val_images:], args.crop)
+    held_out = CropSampler.from_files(files[: args.val_images], 256)
+    if not args.inter:
+        return photos, held_out.batch(8, np.random.default_rng(123))
+    from .inter_data import ResidualSampler, load_clips
+
+    clips = load_clips(args.clips) if args.clips else []
+    if args.clips and not clips:
+        raise FileNotFoundError(f"no readable video clips in {args.clips}")
+    return ResidualSampler(photos, clips), ResidualSampler(held_out).batch(8, np.random.default_rng(123))
 
 
 def _train_step(run: _Run) -> dict:

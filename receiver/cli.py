@@ -36,7 +36,7 @@ class CodecCache:
 
         key = self.forced or info.codec_name
         if key not in self._cache:
-            from jscc_stream.models.packet_codec import load_stream_codec
+            from jscc_stream.models.stream_codec import load_stream_codec
 
             try:
                 codec = load_stream_codec(key, device=self.device, bits=info.layout.bits,

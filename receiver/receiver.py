@@ -26,10 +26,12 @@ import numpy as np
 from jscc_stream.proto.description import StreamInfo
 from jscc_stream.proto.reassembly import FrameSlot, Reassembler
 from jscc_stream.metrics import percentile
+from jscc_stream.proto.receipts import pack_bitmap, picture_crc
 from jscc_stream.proto.rtcp import ReceptionStats, build_report
 from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_tos, resolve, udp_socket
 
 from .outputs import FrameRecord, Outputs
+from .references import ReferenceStore
 
 __all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
 
@@ -65,7 +67,9 @@ class ReceiverConfig:
 class ReceiverStats:
     frames_out: int = 0
     frames_decoded: int = 0
-    frames_undecodable: int = 0  # released but no codec for their stream
+    frames_undecodable: int = 0  # released but no codec for their stream (or no reference for a predicted frame)
+    frames_predicted: int = 0  # decoded from a reference frame
+    frames_no_reference: int = 0  # predicted from a frame this receiver does not hold
     frames_skipped: int = 0  # decoder behind: dropped before decoding
     reports_sent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -101,6 +105,7 @@ class Receiver:
         self._lat_window: list[float] = []
         self._block_missing = None
         self._reported = 0
+        self.refs = ReferenceStore()  # decoded pictures predicted frames refer to
 
     # -- network -------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -162,11 +167,51 @@ class Receiver:
         if codec is None:
             return None, 0.0
         t = time.perf_counter()
-        if slot.payloads is not None:
+        if getattr(codec, "predicted_frames", False):
+            frame = self._decode_predicted(codec, slot)
+        elif slot.payloads is not None:
             frame = codec.decode(slot.payload_list(), slot.info.layout.width, slot.info.layout.height)
         else:
             frame = codec.decode(slot.wire, slot.received, slot.info.layout.width, slot.info.layout.height)
         return frame, (time.perf_counter() - t) * 1000
+
+    def _decode_predicted(self, codec, slot: FrameSlot) -> np.ndarray | None:
+        """A video codec's frame from its reference; the receipt goes back to the sender.  Frames
+        must decode in order (one decode worker) for a reference to be there when needed."""
+        payloads = slot.payload_list()
+        used = [p is not None and codec.payload_ok(p) for p in payloads]
+        payloads = [p if ok else None for p, ok in zip(payloads, used)]
+        kind = codec.frame_info(payloads)
+        ref = None
+        if kind.predicted:
+            ref = self.refs.get((slot.frame_id - kind.ref_back) & 0xFFFFFFFF)
+            if ref is None:
+                self.stats.frames_no_reference += 1
+                self._receipt(slot, used, None)
+                return None
+            self.stats.frames_predicted += 1
+        frame = codec.decode(payloads, slot.info.layout.width, slot.info.layout.height, ref)
+        self.refs.put(slot.frame_id, frame)
+        self._receipt(slot, used, frame)
+        return frame
+
+    def _receipt(self, slot: FrameSlot, used: list[bool], frame: np.ndarray | None) -> None:
+        """Tell the sender what this frame's decode used (from a decode worker: sent on the loop)."""
+        from jscc_stream.proto.stream_pb2 import Feedback, FrameReceipt
+
+        receipt = FrameReceipt(frame_id=slot.frame_id, payloads=len(used), received=pack_bitmap(used),
+                               decoded=frame is not None, crc32=picture_crc(frame) if frame is not None else 0)
+        body = Feedback(ssrc=slot.ssrc, receipts=[receipt]).SerializeToString()
+        self._loop.call_soon_threadsafe(self._send_feedback, slot.ssrc, build_report(self.ssrc, [], body))
+
+    def _send_feedback(self, ssrc: int, data: bytes) -> None:
+        addr = self._addr.get(ssrc)
+        if addr is None:
+            return
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            log.debug("RTCP to %s failed: %s", addr, exc)
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float,
                  units: tuple[np.ndarray, np.ndarray]) -> FrameRecord:
@@ -262,7 +307,7 @@ class Receiver:
             self._send_reports()
 
     async def run(self) -> ReceiverStats:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=self.cfg.decode_workers, thread_name_prefix="jscc-decode")
         out_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-output")
         done = asyncio.Event()

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval")
     p.add_argument("--no-adapt", action="store_true",
                    help="keep --fps even when receivers report that their decoder skips frames")
+    p.add_argument("--references", default="feedback", choices=["feedback", "oneway", "intra"],
+                   help="video codecs (predicted frames): predict from the newest frame the receiver confirmed "
+                        "decoding, bit for bit (feedback; intra until the first confirmation, oneway while the "
+                        "return path is silent), from the previous frame with an intra frame every "
+                        "--intra-period frames (oneway: no return path, several receivers), or never (intra)")
+    p.add_argument("--intra-period", type=int, default=30, help="oneway references: frames between intra frames")
     p.add_argument("--frames", type=int, help="stop after sending this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
@@ -62,7 +68,7 @@ def _codec_and_rate(args, width: int, height: int):
     """The codec by name, and the bitrate (kbit/s) for an entropy-coded one (None otherwise)."""
     import torch
 
-    from jscc_stream.models.packet_codec import load_stream_codec
+    from jscc_stream.models.stream_codec import load_stream_codec
 
     torch.set_num_threads(args.threads)
     try:
@@ -124,7 +130,8 @@ def _main(argv: Sequence[str] | None) -> int:
         source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
-                       adapt=not args.no_adapt, kbps=kbps)
+                       adapt=not args.no_adapt, kbps=kbps, references=args.references,
+                       intra_period=args.intra_period)
     try:
         sender = Sender(codec, source, cfg)
     except ValueError as exc:

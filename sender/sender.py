@@ -27,9 +27,12 @@ from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
+from jscc_stream.proto.receipts import unpack_bitmap
 from jscc_stream.proto.rtcp import parse_report
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
+
+from .references import Receipt, ReferenceState
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -59,6 +62,8 @@ class SenderConfig:
     description_interval: float = 1.0
     ssrc: int | None = None
     adapt: bool = True  # lower the frame rate to what the slowest receiver decodes (from its feedback)
+    references: str = "feedback"  # predicted-frame codecs: feedback | oneway | intra (sender/references.py)
+    intra_period: int = 30  # oneway references: an intra frame every this many frames
 
 
 @dataclass
@@ -77,9 +82,12 @@ class SenderStats:
     last_fraction_lost: float | None = None
     last_jitter_ms: float | None = None
     encode_ms: list[float] = field(default_factory=list)
+    references: object | None = None  # ReferenceStats of a predicted-frame stream
 
     def summary(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "encode_ms"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("encode_ms", "references")}
+        if self.references is not None:
+            d["references"] = self.references.summary()
         d["encode_ms_median"] = statistics.median(self.encode_ms) if self.encode_ms else None
         return d
 
@@ -105,8 +113,12 @@ class Sender:
         self.entropy_coded = bool(getattr(codec, "entropy_coded", False))
         if self.entropy_coded and not cfg.kbps:
             raise ValueError("an entropy-coded codec needs a bitrate (kbps)")
+        self.refs: ReferenceState | None = None
+        if getattr(codec, "predicted_frames", False):
+            self.refs = ReferenceState(codec, cfg.width, cfg.height, cfg.references, cfg.intra_period)
         self.packetizer = Packetizer(self.ssrc, self.levels, cfg.mtu, first_seq=int.from_bytes(os.urandom(2), "big"))
         self.stats = SenderStats()
+        self.stats.references = self.refs.stats if self.refs else None
         self.stop_event = asyncio.Event()
         self._dests = [resolve_dest(d) for d in cfg.dests]
         self._socks: dict[int, socket.socket] = {}
@@ -176,8 +188,23 @@ class Sender:
                 log.info("feedback from %s: decoded %d (incomplete %d, skipped %d), late packets %d, latency p50 "
                          "%.0f ms p95 %.0f ms", addr[0], fb.frames_decoded, fb.frames_incomplete, fb.frames_skipped,
                          fb.packets_late, fb.latency_p50_ms, fb.latency_p95_ms)
-                if fb.ssrc == self.ssrc:
+                if fb.ssrc != self.ssrc:
+                    continue
+                if fb.receipts:
+                    self._on_receipts(fb.receipts)
+                else:
                     self._adapt(addr, fb.frames_decoded, fb.frames_skipped)
+
+    def _on_receipts(self, receipts) -> None:
+        if self.refs is None:
+            return
+        for r in receipts:
+            try:
+                used = unpack_bitmap(r.received, r.payloads)
+            except ValueError as exc:
+                log.debug("ignoring a receipt for frame %d: %s", r.frame_id, exc)
+                continue
+            self.refs.on_receipt(Receipt(r.frame_id, used, r.decoded, r.crc32))
 
     # -- rate adaptation -----------------------------------------------------------------
     def _adapt(self, addr, decoded: int, skipped: int) -> None:
@@ -241,7 +268,14 @@ class Sender:
             return None
         mono = time.monotonic()
         t = time.perf_counter()
-        wire = self.codec.encode(frame, self.frame_budget()) if self.entropy_coded else self.codec.encode(frame)
+        if self.refs is not None:
+            ref_id, ref = self.refs.choose(index)
+            wire = self.codec.encode(frame, self.frame_budget(), ref, 0 if ref_id is None else index - ref_id)
+            self.refs.sent(index, wire, ref_id, ref)
+        elif self.entropy_coded:
+            wire = self.codec.encode(frame, self.frame_budget())
+        else:
+            wire = self.codec.encode(frame)
         self.stats.encode_ms.append((time.perf_counter() - t) * 1000)
         return index, mono, wire
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from jscc_stream.metrics import psnr
-from jscc_stream.models.packet_codec import load_stream_codec
+from jscc_stream.models.stream_codec import load_stream_codec
 from jscc_stream.sources import fit_frame
 
 __all__ = ["time_call", "bench_codec"]

@@ -38,7 +38,7 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
                           "--fps", str(fps), "--frames", str(n_frames), "--codec", codec, "--device", "cpu",
                           "--seed", str(seed), "--pace", str(pace), "--stats-json", str(workdir / "sender.json"),
                           *(extra_sender or []))
-    from jscc_stream.models.packet_codec import load_stream_codec
+    from jscc_stream.models.stream_codec import load_stream_codec
 
     if kbps and getattr(load_stream_codec(codec, device="cpu"), "entropy_coded", False):
         send_cmd += ["--kbps", f"{kbps:.1f}"]

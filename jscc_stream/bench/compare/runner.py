@@ -136,7 +136,7 @@ def _payload_bytes(cfg: HarnessConfig) -> int:
     default = 2 * 8 * (-(-cfg.width // 16)) * (-(-cfg.height // 16))  # 0.5 bpp at 16x16 patches
     if "jscc" not in cfg.arms:
         return default
-    from jscc_stream.models.packet_codec import load_stream_codec
+    from jscc_stream.models.stream_codec import load_stream_codec
 
     codec = load_stream_codec(cfg.codec, device="cpu")
     return default if getattr(codec, "entropy_coded", False) else codec.layout(cfg.width, cfg.height).frame_bytes

@@ -1,0 +1,204 @@
+"""Which decoded frame the sender predicts from, kept in sync with the receiver under loss.
+
+``feedback`` mode (reference picture selection, as H.263's NEWPRED and H.264's long-term
+references do it): the receiver reports, for every frame it decodes, which payloads it used
+and a CRC of the picture it got (:class:`FrameReceipt`).  The sender decodes that frame from
+exactly those payloads and the reference it was predicted from, which it holds itself, so it
+then holds the receiver's picture bit for bit (the CRC confirms it) and predicts the next frames
+from the newest such *confirmed* frame.  A loss therefore never drifts: it costs the frames
+until its receipt arrives (one round trip), and prediction from a frame a round trip old.
+Nothing is re-decoded in a chain: a frame is only ever predicted from a confirmed one, so each
+receipt needs at most one decode (none when every payload arrived and the sender's own decode
+is the receiver's).  Without a confirmed frame (start, a receiver that restarted or lost its
+reference, a silent return path) the next frame is intra.
+
+``oneway`` mode (no return path, or several receivers that lose different packets): predict
+from the previous frame as the sender decoded it with nothing lost, and send an intra frame
+every ``intra_period`` frames, which bounds how long a loss's error can drift.
+
+``intra`` mode: every frame intra (the still-image codec's behaviour).
+
+A forged or stale receipt cannot corrupt this state: it only ever confirms a frame the sender
+sent, from payloads the sender holds, and a wrong bitmap gives a picture whose CRC does not
+match the receiver's claim, which is then not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from jscc_stream.proto.receipts import picture_crc
+
+__all__ = ["ReferenceState", "Receipt", "MODES"]
+
+log = logging.getLogger("jscc.send.refs")
+
+MODES = ("feedback", "oneway", "intra")
+MAX_BACK = 255  # a payload names its reference up to this many frame ids back
+
+
+class _Codec(Protocol):
+    def decode(self, payloads: Sequence[bytes | None], width: int, height: int,
+               ref: np.ndarray | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Receipt:
+    frame_id: int
+    received: tuple[bool, ...]  # per payload of the frame
+    decoded: bool
+    crc32: int
+
+
+@dataclass
+class _Sent:
+    payloads: list[bytes]
+    ref_id: int | None  # None: intra
+    recon: np.ndarray | None = None  # the sender's decode with nothing lost (oneway mode)
+
+
+@dataclass
+class ReferenceStats:
+    intra: int = 0
+    predicted: int = 0
+    receipts: int = 0
+    confirmed: int = 0
+    redecoded: int = 0  # receipts with losses: decoded again from what arrived
+    mismatches: int = 0  # the receiver's CRC differed from the sender's decode
+    rejected: int = 0  # receipts for frames not sent (forged, too old, wrong size)
+    ref_back_sum: int = 0
+
+    def summary(self) -> dict:
+        d = dict(self.__dict__)
+        d.pop("ref_back_sum")
+        d["mean_ref_back"] = round(self.ref_back_sum / self.predicted, 2) if self.predicted else None
+        return d
+
+
+class ReferenceState:
+    """The sender's side of reference sync (see the module docstring)."""
+
+    def __init__(self, codec: _Codec, width: int, height: int, mode: str = "feedback",
+                 intra_period: int = 30, history: int = 64, silence_s: float = 1.0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"reference mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if intra_period < 1:
+            raise ValueError("intra period must be at least 1")
+        self.codec, self.width, self.height = codec, width, height
+        self.mode, self.intra_period, self.history_size, self.silence_s = mode, intra_period, history, silence_s
+        self.stats = ReferenceStats()
+        self._sent: OrderedDict[int, _Sent] = OrderedDict()
+        self._confirmed: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._receipts: dict[int, Receipt] = {}
+        self._lock = threading.Lock()
+        self._last_receipt = -1e9
+        self._last_intra: int | None = None
+        self._last_sent: int | None = None
+
+    # --- feedback (event loop thread) ----------------------------------------------------
+    def on_receipt(self, receipt: Receipt) -> None:
+        """A receiver's report of one frame.  Cheap: the decode happens at the next choose()."""
+        with self._lock:
+            self.stats.receipts += 1
+            sent = self._sent.get(receipt.frame_id)
+            if sent is None or len(receipt.received) != len(sent.payloads):
+                self.stats.rejected += 1
+                return
+            self._last_receipt = time.monotonic()
+            if not receipt.decoded:
+                # the receiver lacks that frame's reference (it restarted, or joined late):
+                # nothing it holds is known any more
+                self._confirmed.clear()
+                self._receipts.clear()
+                return
+            self._receipts[receipt.frame_id] = receipt
+
+    # --- encoding (encoder thread) -------------------------------------------------------
+    def effective_mode(self) -> str:
+        """feedback falls back on oneway while the return path is silent."""
+        if self.mode == "feedback" and time.monotonic() - self._last_receipt > self.silence_s:
+            return "oneway"
+        return self.mode
+
+    def choose(self, frame_id: int) -> tuple[int | None, np.ndarray | None]:
+        """(reference frame id, its picture) to predict ``frame_id`` from; (None, None): intra."""
+        mode = self.effective_mode()
+        if mode == "intra":
+            return None, None
+        if mode == "oneway":
+            last = self._last_sent
+            due = self._last_intra is None or frame_id - self._last_intra >= self.intra_period
+            if last is None or due or frame_id - last > MAX_BACK or self._sent[last].recon is None:
+                return None, None
+            return last, self._sent[last].recon
+        self._confirm_newest(frame_id)
+        for fid in reversed(self._confirmed):
+            if 0 < frame_id - fid <= MAX_BACK:
+                return fid, self._confirmed[fid]
+        return None, None
+
+    def _confirm_newest(self, frame_id: int) -> None:
+        with self._lock:
+            receipts = sorted(self._receipts.values(), key=lambda r: r.frame_id, reverse=True)
+            self._receipts.clear()
+        newest = next(iter(reversed(self._confirmed)), None)
+        for r in receipts:
+            if newest is not None and r.frame_id <= newest:
+                break  # an older frame than the reference already held: no use
+            picture = self._receiver_picture(r)
+            if picture is not None:
+                self._confirmed[r.frame_id] = picture
+                self.stats.confirmed += 1
+                break
+        while len(self._confirmed) > 4:  # the newest few suffice: older ones are never chosen
+            self._confirmed.popitem(last=False)
+
+    def _receiver_picture(self, r: Receipt) -> np.ndarray | None:
+        """The picture the receiver decoded for ``r``'s frame, if the sender can know it."""
+        sent = self._sent.get(r.frame_id)
+        if sent is None:
+            return None
+        ref = None
+        if sent.ref_id is not None:
+            ref = self._confirmed.get(sent.ref_id)
+            if ref is None:
+                return None  # predicted from a frame no longer held: cannot be reproduced
+        payloads = [p if ok else None for p, ok in zip(sent.payloads, r.received)]
+        if all(r.received) and sent.recon is not None:
+            picture = sent.recon
+        else:
+            picture = self.codec.decode(payloads, self.width, self.height, ref)
+            self.stats.redecoded += not all(r.received)
+        if picture_crc(picture) != r.crc32:
+            self.stats.mismatches += 1
+            log.warning("frame %d: the receiver's picture differs from the sender's decode of the same "
+                        "payloads (CRC %08x vs %08x); not used as a reference", r.frame_id, r.crc32,
+                        picture_crc(picture))
+            return None
+        return picture
+
+    def sent(self, frame_id: int, payloads: list[bytes], ref_id: int | None, ref: np.ndarray | None) -> None:
+        """Record a frame just encoded (from ``ref``, the picture of ``ref_id``)."""
+        if self._last_sent is None:
+            self._last_receipt = time.monotonic()  # the return path has silence_s to speak up
+        recon = None
+        if self.effective_mode() == "oneway":  # the next frame predicts from this one's decode
+            recon = self.codec.decode(payloads, self.width, self.height, ref)
+        if ref_id is None:
+            self.stats.intra += 1
+            self._last_intra = frame_id
+        else:
+            self.stats.predicted += 1
+            self.stats.ref_back_sum += frame_id - ref_id
+        with self._lock:
+            self._sent[frame_id] = _Sent(payloads, ref_id, recon)
+            while len(self._sent) > self.history_size:
+                self._sent.popitem(last=False)
+        self._last_sent = frame_id
