@@ -9,9 +9,10 @@ their own SSRC, at the same total bitrate), ``h264-nack`` (the same as h264 plus
 RFC 4585, and retransmission of the original packet; the receiver holds each NACK for RTT/2 to
 model the return path, the shim's one-way delay is the other half), ``jpeg``.
 
-Playout (same rule as jscc-recv): frames leave in order, each at the first of: complete; a newer
-frame complete (not for NACK, which must wait for repairs); its deadline = first packet arrival +
-latency. A frame with no picture keeps the last good one on screen (frozen).
+Playout: the rule of jscc-recv (``proto.reassembly.playout_count``): frames leave in order, each at
+the first of: complete; its deadline = first packet arrival + latency; a newer frame complete or
+past its deadline (for NACK, which must wait for repairs, only when nothing of the frame arrived).
+A frame with no picture keeps the last good one on screen (frozen).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from jscc_stream.baselines.fec import FecError, FecHeader, encode_parity, fec_ra
 from jscc_stream.baselines.h264 import H264Decoder, H264Encoder
 from jscc_stream.baselines.jpeg_payload import JpegDepacketizer, JpegPacketizer
 from jscc_stream.proto.packet import DATAGRAM_LIMIT, RTP_HEADER_BYTES
+from jscc_stream.proto.reassembly import playout_count
 from jscc_stream.proto.seq import SeqUnwrapper
 
 __all__ = ["ARMS", "ArmConfig", "ArmRun", "run_arm"]
@@ -177,7 +179,10 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.peer = addr
-        now = time.monotonic()
+        self.receive(data, time.monotonic())
+
+    def receive(self, data: bytes, now: float) -> None:
+        """One datagram at time ``now`` (monotonic seconds)."""
         try:
             pkt = RtpPacket.parse(data)
         except ValueError:
@@ -275,21 +280,17 @@ class _Receiver(asyncio.DatagramProtocol):
         return self._media_complete(f, slot) or self._recoverable(slot)
 
     def _release(self, now: float, flush: bool = False) -> None:
-        while self.next_frame < self.n:
-            f = self.next_frame
-            slot = self.slots.get(f)
-            go = flush or self._complete(f) or (slot is not None and now >= slot.first_arrival + self.deadline_s)
-            if not go:
-                newer = [g for g in self.slots if g > f]
-                if slot is None:  # nothing of f arrived: give up when a newer frame is due or complete
-                    go = any(now >= self.slots[g].first_arrival + self.deadline_s or self._complete(g) for g in newer)
-                elif not self.nack:
-                    go = any(self._complete(g) for g in newer)
-            if not go:
-                return
+        """Show the frames that the playout rule lets go (``flush``: all the rest)."""
+        window = range(self.next_frame, self.n if flush else max(self.slots, default=self.next_frame - 1) + 1)
+        slots = [self.slots.get(f) for f in window]
+        ready = [flush or (s is not None and (self._complete(f) or now >= s.first_arrival + self.deadline_s))
+                 for f, s in zip(window, slots)]
+        count = playout_count(ready, [s is not None for s in slots] if self.nack else None)
+        for f in window[:count]:
             self._show(f, self.slots.pop(f, None), now)
-            self.next_frame += 1
-        self.done.set()
+        self.next_frame += count
+        if self.next_frame >= self.n:
+            self.done.set()
 
     def _show(self, f: int, slot: _Slot | None, now: float) -> None:
         img = None
