@@ -47,7 +47,7 @@ def test_jpeg_packets_and_loss_concealment(frames):
     # (or nothing when the offline decoder says undecodable).
     for lost in range(len(payloads)):
         got = dep.decode(payloads[:lost] + payloads[lost + 1 :])
-        ref, info = decode_with_loss(coded, [i == lost for i in range(len(payloads))])
+        ref, info = decode_with_loss(coded, [i != lost for i in range(len(payloads))])
         if info["decodable"]:
             assert got is not None and np.array_equal(got, ref[:, :, ::-1])
         else:

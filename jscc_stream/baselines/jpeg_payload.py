@@ -129,7 +129,7 @@ class JpegDepacketizer:
                            width=self.width, height=self.height, unit_spans=tuple(spans),
                            packet_units=tuple((u,) for u in range(total)))
         try:
-            rgb, info = decode_with_loss(coded, [u not in units for u in range(total)])
+            rgb, info = decode_with_loss(coded, [u in units for u in range(total)])
         except (ValueError, IndexError, struct.error):
             return None
         return np.ascontiguousarray(rgb[:, :, ::-1]) if info["decodable"] else None
