@@ -88,12 +88,14 @@ class JpegDepacketizer:
     def packet_count(payload: bytes) -> int | None:
         return payload[1] if len(payload) >= JPEG_HEADER_BYTES else None
 
-    def decode(self, payloads: list[bytes]) -> np.ndarray | None:
+    def decode(self, packets: list[tuple[int, bytes]]) -> np.ndarray | None:
+        """``(sequence number, payload)`` of one frame, any order (the payload header says where
+        each belongs, so the sequence numbers go unused)."""
         units: dict[int, bytes] = {}
         pieces: dict[int, dict[int, bytes]] = {}
         piece_counts: dict[int, int] = {}
         total = None
-        for pl in payloads:
+        for _, pl in packets:
             if len(pl) < JPEG_HEADER_BYTES:
                 continue
             _, _, first, n_units, tot, pc = _JPEG_HDR.unpack_from(pl)
