@@ -3,7 +3,7 @@
 The encoder maps an RGB frame to ``K*alpha`` channels at ``H/s x W/s`` with values in [0, 1];
 channels ``[i*alpha, (i+1)*alpha)`` form block ``i`` (block 0 most important).  The decoder gets
 the latent with every erased element set to -1 (paper 000, eq. 1 / Remark III.2) together with
-the element-wise erasure mask (1 = received), which the MCA module turns into features.
+the element-wise erasure mask ``received`` (1 = arrived), which the MCA module turns into features.
 
 Following CompressAI, ``forward`` is the training path (erasures applied inside, differentiable),
 ``encode``/``decode`` are the inference path.  Frames of any size are padded to the latent
@@ -158,8 +158,8 @@ class MaskConditionalAggregation(nn.Module):
         )
         self.fuse = nn.Sequential(nn.Conv2d(latent_ch + hidden, out_ch, 3, padding=1), nn.GELU())
 
-    def forward(self, y: Tensor, mask: Tensor) -> Tensor:
-        return self.fuse(torch.cat([y, self.mask_net(mask)], dim=1))
+    def forward(self, y: Tensor, received: Tensor) -> Tensor:
+        return self.fuse(torch.cat([y, self.mask_net(received)], dim=1))
 
 
 class Decoder(nn.Module):
@@ -187,12 +187,12 @@ class Decoder(nn.Module):
             nn.init.zeros_(layers[-2].weight)  # start as the linear transform alone
             nn.init.zeros_(layers[-2].bias)
 
-    def forward(self, y: Tensor, mask: Tensor) -> Tensor:
-        h = self.head(y, mask) if self.use_mask else self.head(y)
+    def forward(self, y: Tensor, received: Tensor) -> Tensor:
+        h = self.head(y, received) if self.use_mask else self.head(y)
         out = self.body(h)
         if self.linear is not None:
             # erased coefficients contribute their mean (0.5 -> 0) to the linear reconstruction
-            out = out + self.linear((y - 0.5) * mask)
+            out = out + self.linear((y - 0.5) * received)
         return out
 
 
@@ -228,41 +228,42 @@ class JSCCCodec(nn.Module):
         y = self.encoder(self._pad(x).contiguous(memory_format=torch.channels_last))
         return checkerboard_swap(y, self.cfg.checker_swap)
 
-    def decode(self, latent: Tensor, mask: Tensor | None, size: tuple[int, int]) -> Tensor:
-        """Latent (erased elements anywhere) + mask (1 = received) -> frames cropped to size.
+    def decode(self, latent: Tensor, received: Tensor | None, size: tuple[int, int]) -> Tensor:
+        """Latent (erased elements anywhere) + ``received`` mask (1 = arrived) -> frames cropped
+        to size.
 
-        Elements whose mask is 0 are replaced by the -1 placeholder here, so callers may pass
+        Elements not received are replaced by the -1 placeholder here, so callers may pass
         any value there."""
         if latent.dim() != 4 or latent.shape[1] != self.cfg.latent_channels:
             raise ValueError(
                 f"expected latent (N, {self.cfg.latent_channels}, h, w), got {tuple(latent.shape)}")
-        if mask is None:
-            mask = torch.ones_like(latent)
-        if mask.shape != latent.shape:
-            raise ValueError(f"mask shape {tuple(mask.shape)} != latent shape {tuple(latent.shape)}")
-        mask = mask.to(latent.dtype)
-        y = mask * latent + (1 - mask) * ERASED
-        return self._decode(y, mask)[..., : size[0], : size[1]]
+        if received is None:
+            received = torch.ones_like(latent)
+        if received.shape != latent.shape:
+            raise ValueError(f"mask shape {tuple(received.shape)} != latent shape {tuple(latent.shape)}")
+        received = received.to(latent.dtype)
+        y = received * latent + (1 - received) * ERASED
+        return self._decode(y, received)[..., : size[0], : size[1]]
 
-    def _decode(self, y_tilde: Tensor, keep: Tensor) -> Tensor:
-        """Placeholder-filled latent and mask, both in transmission order -> frames."""
+    def _decode(self, y_tilde: Tensor, received: Tensor) -> Tensor:
+        """Placeholder-filled latent and its received mask, both in transmission order -> frames."""
         swap = self.cfg.checker_swap
         y_tilde = checkerboard_swap(y_tilde, swap).contiguous(memory_format=torch.channels_last)
-        keep = checkerboard_swap(keep, swap).contiguous(memory_format=torch.channels_last)
-        return self.decoder(y_tilde, keep)
+        received = checkerboard_swap(received, swap).contiguous(memory_format=torch.channels_last)
+        return self.decoder(y_tilde, received)
 
     # -- training -------------------------------------------------------------------------
-    def forward(self, x: Tensor, keep: Tensor | None = None, noise: float = 0.0) -> Tensor:
-        """Training path.  ``keep`` is the element-wise mask (1 = received) over the latent;
+    def forward(self, x: Tensor, received: Tensor | None = None, noise: float = 0.0) -> Tensor:
+        """Training path.  ``received`` is the element-wise mask (1 = arrived) over the latent;
         erasure is ``r*(B+1)-1`` (Remark III.2).  ``noise`` adds uniform quantization noise of
         that step size (0 = the paper's real-valued training)."""
         y = self.encode(x)
         if noise > 0:
             y = (y + (torch.rand_like(y) - 0.5) * noise).clamp(0, 1)
-        if keep is None:
-            keep = torch.ones_like(y)
-        y_tilde = keep * (y + 1) - 1
-        return self._decode(y_tilde, keep)[..., : x.shape[-2], : x.shape[-1]]
+        if received is None:
+            received = torch.ones_like(y)
+        y_tilde = received * (y + 1) - 1
+        return self._decode(y_tilde, received)[..., : x.shape[-2], : x.shape[-1]]
 
     @torch.no_grad()
     def init_linear_from_pca(self, patches: Tensor, spread: float = 3.0) -> None:

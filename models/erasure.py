@@ -1,4 +1,4 @@
-"""Turn a packet-loss process into element-wise keep masks over the latent.
+"""Turn a packet-loss process into element-wise ``received`` masks over the latent (1 = arrived).
 
 A block's ``alpha*h*w`` bytes travel in wire order (``scr.wire_order``) and may be cut into
 several packets (fragments).  A lost fragment erases exactly the elements it carried, so the
@@ -17,7 +17,7 @@ from jscc_stream.proto.packetizer import fragment_cuts
 
 from .scr import wire_order
 
-__all__ = ["fragment_of_element", "packet_losses", "keep_mask", "block_keep_mask"]
+__all__ = ["fragment_of_element", "packet_losses", "received_mask", "block_received_mask"]
 
 
 def fragment_of_element(alpha: int, h: int, w: int, fragments: int, scr: bool) -> np.ndarray:
@@ -34,7 +34,8 @@ def fragment_of_element(alpha: int, h: int, w: int, fragments: int, scr: bool) -
 
 def packet_losses(process: LossProcess, n: int, blocks: int, fragments: int,
                   rng: np.random.Generator) -> np.ndarray:
-    """Lost flags ``(n, blocks, fragments)`` for n frames."""
+    """Lost flags ``(n, blocks, fragments)`` for n frames: the channel's draws (True = lost), as
+    the loss processes and traces write them; :func:`received_mask` turns them into the mask."""
     if isinstance(process, TailDrop):
         per_block = process.sample(n, blocks, rng)
         return np.repeat(per_block[:, :, None], fragments, axis=2)
@@ -45,16 +46,16 @@ def packet_losses(process: LossProcess, n: int, blocks: int, fragments: int,
     return process.sample(n, blocks * fragments, rng).reshape(n, blocks, fragments)
 
 
-def keep_mask(lost: np.ndarray, alpha: int, h: int, w: int, scr: bool) -> torch.Tensor:
-    """Packet losses ``(n, K, F)`` -> float keep mask ``(n, K*alpha, h, w)`` (1 = received)."""
+def received_mask(lost: np.ndarray, alpha: int, h: int, w: int, scr: bool) -> torch.Tensor:
+    """Packet losses ``(n, K, F)`` -> float received mask ``(n, K*alpha, h, w)`` (1 = arrived)."""
     n, k, f = lost.shape
     frag = torch.from_numpy(fragment_of_element(alpha, h, w, f, scr))
-    keep_frag = torch.from_numpy(~lost).float()  # (n, K, F)
-    keep = keep_frag[:, :, frag]  # (n, K, alpha*h*w)
-    return keep.reshape(n, k * alpha, h, w)
+    received_frag = torch.from_numpy(~lost).float()  # (n, K, F)
+    received = received_frag[:, :, frag]  # (n, K, alpha*h*w)
+    return received.reshape(n, k * alpha, h, w)
 
 
-def block_keep_mask(received: torch.Tensor, alpha: int, h: int, w: int) -> torch.Tensor:
-    """Whole-block mask: ``received`` bool/float ``(n, K)`` -> ``(n, K*alpha, h, w)``."""
+def block_received_mask(received: torch.Tensor, alpha: int, h: int, w: int) -> torch.Tensor:
+    """Whole-block received mask: ``received`` bool/float ``(n, K)`` -> ``(n, K*alpha, h, w)``."""
     n, k = received.shape
     return received.float()[:, :, None, None, None].expand(n, k, alpha, h, w).reshape(n, k * alpha, h, w)

@@ -20,7 +20,7 @@ from jscc_stream.proto.packet import MEDIA_PAYLOAD_BYTES
 
 from .codec import JSCCCodec
 from .data import to_tensor
-from .erasure import keep_mask, packet_losses
+from .erasure import packet_losses, received_mask
 from .quant import dequantize, quantize
 from .zoo import load_codec
 
@@ -101,9 +101,9 @@ class Evaluator:
         return self._cache[name]
 
     @torch.inference_mode()
-    def decode(self, enc: Encoded, keep: torch.Tensor, repeats: int, metrics: bool = False
+    def decode(self, enc: Encoded, received: torch.Tensor, repeats: int, metrics: bool = False
                ) -> dict[str, np.ndarray]:
-        """Decode every image ``repeats`` times with ``keep`` masks ``(N*repeats, C, h, w)``
+        """Decode every image ``repeats`` times with ``received`` masks ``(N*repeats, C, h, w)``
         (image-major) -> per-decode PSNR (and MS-SSIM), shaped ``(N, repeats)``."""
         n = len(self.x)
         vals = enc.values.repeat_interleave(repeats, 0)
@@ -112,7 +112,7 @@ class Evaluator:
         out_p, out_s = [], []
         for i in range(0, len(vals), self.batch):
             with self.autocast():
-                rec = enc.model.decode(vals[i : i + self.batch], keep[i : i + self.batch], size).float()
+                rec = enc.model.decode(vals[i : i + self.batch], received[i : i + self.batch], size).float()
             out_p.append(psnr(rec, refs[i : i + self.batch]))
             if metrics:
                 out_s.append(ms_ssim(rec, refs[i : i + self.batch]))
@@ -121,24 +121,24 @@ class Evaluator:
             res["ms_ssim"] = torch.cat(out_s).numpy().reshape(n, repeats)
         return res
 
-    def keep_from_losses(self, enc: Encoded, lost: np.ndarray) -> torch.Tensor:
+    def received_from_losses(self, enc: Encoded, lost: np.ndarray) -> torch.Tensor:
         c = enc.model.cfg
         h, w = enc.values.shape[-2:]
-        return keep_mask(lost, c.alpha, h, w, c.scr)
+        return received_mask(lost, c.alpha, h, w, c.scr)
 
     def under_process(self, name: str, process: LossProcess, trials: int, seed_offset: int = 0,
                       metrics: bool = False) -> dict[str, np.ndarray]:
         enc = self.encoded(name)
         rng = np.random.default_rng([self.seed, seed_offset])
         lost = packet_losses(process, len(self.x) * trials, enc.blocks, enc.fragments(), rng)
-        return self.decode(enc, self.keep_from_losses(enc, lost), trials, metrics)
+        return self.decode(enc, self.received_from_losses(enc, lost), trials, metrics)
 
     def with_blocks(self, name: str, received: np.ndarray, metrics: bool = False) -> dict[str, np.ndarray]:
         """``received`` bool ``(R, K)`` patterns applied to every image (whole blocks)."""
         enc = self.encoded(name)
         r = len(received)
         lost = np.repeat((~received)[None], len(self.x), 0).reshape(-1, enc.blocks, 1)
-        return self.decode(enc, self.keep_from_losses(enc, lost), r, metrics)
+        return self.decode(enc, self.received_from_losses(enc, lost), r, metrics)
 
 
 def training_eps(card: dict) -> list[float] | None:
@@ -301,7 +301,7 @@ def _baseline_rows(ev: Evaluator, proc: LossProcess, label: str, trials: int, fr
             lost = proc.sample(trials, len(coded.packets), rng)
             recs = []
             for t in range(trials):
-                rec, info = baselines.decode_with_loss(coded, list(lost[t]))
+                rec, info = baselines.decode_with_loss(coded, list(~lost[t]))
                 undecodable += not info.get("decodable", True)
                 recs.append(to_tensor(rec))
             recs_t = torch.cat(recs)

@@ -102,10 +102,10 @@ class FrameCodec:
             raise ValueError(f"received mask must be {shape}, got {received.shape}")
         codes = np.where(received, wire, 0).astype(np.uint8)
         values = dequantize(from_wire(codes, lay.alpha, lay.h, lay.w, lay.scr), self.bits)
-        mask = from_wire(received.astype(np.float32), lay.alpha, lay.h, lay.w, lay.scr)
+        received_el = from_wire(received.astype(np.float32), lay.alpha, lay.h, lay.w, lay.scr)
         c = lay.blocks * lay.alpha
         latent = torch.from_numpy(values.reshape(1, c, lay.h, lay.w)).to(self.device)
-        m = torch.from_numpy(mask.reshape(1, c, lay.h, lay.w)).to(self.device)
+        m = torch.from_numpy(received_el.reshape(1, c, lay.h, lay.w)).to(self.device)
         with self._autocast():
             out = self.model.decode(latent, m, (height, width))[0].float()
         rgb = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()

@@ -147,7 +147,7 @@ def loss_rows(codec: PacketCodec, images: dict[str, np.ndarray], bpp: float, tri
                              "psnr": psnr_u8(out, bgr), "lost": float(lost.mean()),
                              "bytes": sum(map(len, payloads))})
                 jl = proc.sample(1, len(jpeg.packets), rng_jpeg)[0]
-                dec, _ = decode_with_loss(jpeg, jl)
+                dec, _ = decode_with_loss(jpeg, ~jl)
                 rows.append({"codec": "jpeg", "condition": cond, "image": name, "trial": t,
                              "psnr": psnr_u8(dec, rgb), "lost": float(jl.mean()), "bytes": len(jpeg.data)})
     return rows

@@ -56,8 +56,8 @@ class ErasureSchedule:
             raise ValueError(f"erasure schedule must be one of {sorted(table)}, got {name!r}")
         return table[name]
 
-    def masks(self, n: int, levels: int, h: int, w: int, rng: np.random.Generator) -> torch.Tensor:
-        """``(n, levels, h, w)`` float mask, 1 = the element's packet arrived."""
+    def received(self, n: int, levels: int, h: int, w: int, rng: np.random.Generator) -> torch.Tensor:
+        """``(n, levels, h, w)`` float received mask, 1 = the element's packet arrived."""
         out = np.ones((n, levels, h, w), dtype=np.float32)
         for i in range(n):
             r = rng.random()
@@ -270,13 +270,13 @@ def _train_step(run: _Run) -> dict:
     x = run.sampler.batch(a.batch, run.rng).to(run.device)
     # log-uniform steps: every rate the rate control may pick is trained alike
     q = torch.from_numpy(np.exp(run.rng.uniform(math.log(a.q_min), math.log(a.q_max), a.batch))).float().to(run.device)
-    masks = run.schedule.masks(a.batch, run.cfg.n_levels, hw, hw, run.rng).to(run.device)
-    r = run.net(x, q, masks)
+    received = run.schedule.received(a.batch, run.cfg.n_levels, hw, hw, run.rng).to(run.device)
+    r = run.net(x, q, received)
     mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
     bpp = r.bits / (a.crop * a.crop)
     # an erasure's distortion does not shrink with q: weigh it as at a mid rate, or the
     # finest-step samples with losses would dominate the batch
-    erased = (masks < 1).flatten(1).any(1)
+    erased = (received < 1).flatten(1).any(1)
     norm = torch.where(erased, q.clamp_min(ERASED_Q_FLOOR), q) ** 2
     loss = (mse / norm + a.gamma * bpp).mean()
     run.opt.zero_grad(set_to_none=True)

@@ -29,7 +29,7 @@ from jscc_stream.sources import fit_frame
 
 from .codec import CodecConfig, JSCCCodec
 from .data import CropSampler, list_images, load_rgb, to_tensor
-from .erasure import block_keep_mask, keep_mask, packet_losses
+from .erasure import block_received_mask, packet_losses, received_mask
 from .frame_codec import pick_device
 from .precision import resolve_precision
 from .zoo import load_codec, save_codec
@@ -132,12 +132,12 @@ def validate(model: JSCCCodec, val: torch.Tensor, loss: LossProcess, device: tor
     clean = psnr_batch(model(x), x).mean().item()
     only_first = torch.zeros(x.shape[0], model.cfg.blocks)
     only_first[:, 0] = 1
-    first = block_keep_mask(only_first, model.cfg.alpha, h, w).to(device)
+    first = block_received_mask(only_first, model.cfg.alpha, h, w).to(device)
     first_block = psnr_batch(model(x, first), x).mean().item()
     rng = np.random.default_rng(seed)
     lost = packet_losses(loss, x.shape[0] * 4, model.cfg.blocks, 1, rng)
-    keep = keep_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
-    lossy = psnr_batch(model(x.repeat(4, 1, 1, 1), keep), x.repeat(4, 1, 1, 1)).mean().item()
+    received = received_mask(lost, model.cfg.alpha, h, w, model.cfg.scr).to(device)
+    lossy = psnr_batch(model(x.repeat(4, 1, 1, 1), received), x.repeat(4, 1, 1, 1)).mean().item()
     model.train()
     return {"psnr_all_blocks": round(clean, 3), "psnr_train_loss": round(lossy, 3),
             "psnr_first_block": round(first_block, 3)}
@@ -237,9 +237,9 @@ def resume(ckpt_path: Path, model: JSCCCodec, opt, sched) -> TrainState:
     return TrainState(int(ck["step"]), float(ck["wall"]), json.loads(ck["history"]), ck.get("ema"))
 
 
-def draw_keep(args: argparse.Namespace, model: JSCCCodec, loss: LossProcess, frag: tuple[list[int], list[float]],
+def draw_received(args: argparse.Namespace, model: JSCCCodec, loss: LossProcess, frag: tuple[list[int], list[float]],
               n_first: int, rng: np.random.Generator, hw: tuple[int, int]) -> torch.Tensor:
-    """One batch's element-wise keep mask: packet losses (fragments per block drawn), an
+    """One batch's element-wise received mask: packet losses (fragments per block drawn), an
     occasional tail drop, and the first-block-only share."""
     frags = int(rng.choice(frag[0], p=frag[1]))
     frags = min(frags, args.crop // model.cfg.stride)  # at least one row of elements each
@@ -250,7 +250,7 @@ def draw_keep(args: argparse.Namespace, model: JSCCCodec, loss: LossProcess, fra
         lost |= tail[:, :, None]
     if n_first:
         lost[:n_first, 1:, :] = True
-    return keep_mask(lost, model.cfg.alpha, *hw, model.cfg.scr)
+    return received_mask(lost, model.cfg.alpha, *hw, model.cfg.scr)
 
 
 @dataclass
@@ -270,10 +270,10 @@ class _Run:
     rank: int
 
 
-def train_step(run: _Run, x: torch.Tensor, keep: torch.Tensor) -> float:
-    """One optimiser step on batch ``x`` under ``keep``; returns the batch MSE."""
+def train_step(run: _Run, x: torch.Tensor, received: torch.Tensor) -> float:
+    """One optimiser step on batch ``x`` under the ``received`` mask; returns the batch MSE."""
     with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-        x_hat = run.net(x, keep, noise=run.args.quant_noise)
+        x_hat = run.net(x, received, noise=run.args.quant_noise)
         mse = F.mse_loss(x_hat.float(), x)
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(mse).backward()
@@ -407,8 +407,8 @@ def _loop(run: _Run, state: TrainState, sampler: CropSampler, val: torch.Tensor,
     while state.step < args.steps:
         x = sampler.batch(args.batch, rng).to(run.device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
-        keep = draw_keep(args, model, run.loss, frag, n_first, rng, hw).to(run.device)
-        mse = train_step(run, x, keep)
+        received = draw_received(args, model, run.loss, frag, n_first, rng, hw).to(run.device)
+        mse = train_step(run, x, received)
         state.step += 1
         bar.update(1)
         if state.step % 50 == 0:

@@ -20,6 +20,7 @@ never raised.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,25 @@ from .description import StreamInfo, parse_description
 from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, PayloadPacket, WireError, parse_datagram
 from .seq import frame_diff
 
-__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler"]
+__all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler", "playout_count"]
+
+
+def playout_count(ready: Sequence[bool], arrived: Sequence[bool] | None = None) -> int:
+    """The playout rule: how many of the oldest pending frames leave now.
+
+    ``ready`` holds, oldest frame first, whether each pending frame may be played (complete, or
+    past its deadline).  Frames leave in order, so a ready frame takes every older one out with
+    it.  With ``arrived`` (a receiver that waits for retransmissions) an older frame of which
+    something arrived waits for its own turn; only frames with nothing are passed over.
+    ``jscc-recv`` and every arm of ``jscc-bench compare`` release frames by this one function.
+    """
+    last = max((i for i, r in enumerate(ready) if r), default=-1)
+    if arrived is None:
+        return last + 1
+    n = 0
+    while n <= last and (ready[n] or not arrived[n]):
+        n += 1
+    return n
 
 
 @dataclass
@@ -266,7 +285,7 @@ class Reassembler:
             slot.deadline = min(slot.deadline, now + self.reorder_grace)
         out: list[FrameSlot] = []
         if slot.complete:
-            out = self._release_through(pkt.ssrc, pkt.header.frame_id, now)
+            out = self._release_ready(pkt.ssrc, lambda s: s.complete, now)
         if len(self.slots) > self.max_frames:
             oldest = min(self.slots.values(), key=lambda s: s.deadline)
             out += self._release([oldest], now, "evicted")
@@ -338,11 +357,14 @@ class Reassembler:
                 stream.mark_released(s.frame_id)
         return slots
 
-    def _release_through(self, ssrc: int, frame_id: int, now: float) -> list[FrameSlot]:
-        """Release ``frame_id`` and every older pending frame of the same stream, oldest first."""
-        older = [s for (sc, fid), s in self.slots.items() if sc == ssrc and frame_diff(fid, frame_id) <= 0]
-        older.sort(key=lambda s: frame_diff(s.frame_id, frame_id))
-        return self._release(older, now, "superseded")
+    def _release_ready(self, ssrc: int, ready: Callable[[FrameSlot], bool], now: float) -> list[FrameSlot]:
+        """Release the stream's pending frames that :func:`playout_count` lets go, oldest first."""
+        pending = [s for (sc, _), s in self.slots.items() if sc == ssrc]
+        if not pending:
+            return []
+        ref = pending[0].frame_id
+        pending.sort(key=lambda s: frame_diff(s.frame_id, ref))
+        return self._release(pending[:playout_count([ready(s) for s in pending])], now, "superseded")
 
     def next_deadline(self) -> float | None:
         return min((s.deadline for s in self.slots.values()), default=None)
@@ -355,6 +377,4 @@ class Reassembler:
             if not due:
                 return out
             first = min(due, key=lambda s: s.deadline)
-            newest = max((s.frame_id for s in due if s.ssrc == first.ssrc),
-                         key=lambda f: frame_diff(f, first.frame_id))
-            out += self._release_through(first.ssrc, newest, now)
+            out += self._release_ready(first.ssrc, lambda s: s.deadline <= now, now)

@@ -41,11 +41,12 @@ def coded(astronaut) -> dict[str, CodedImage]:
     return {"jpeg": encode_jpeg(astronaut, BUDGET_320), "jpeg2000": encode_jpeg2000(astronaut, BUDGET_320)}
 
 
-def _lose(coded: CodedImage, *idx: int) -> list[bool]:
-    lost = [False] * len(coded.packets)
+def _all_but(coded: CodedImage, *idx: int) -> list[bool]:
+    """Received mask: every packet but ``idx``."""
+    received = [True] * len(coded.packets)
     for i in idx:
-        lost[i] = True
-    return lost
+        received[i] = False
+    return received
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "jpeg2000"])
@@ -75,14 +76,14 @@ def test_640x480_budget():
     for enc in (encode_jpeg, encode_jpeg2000):
         c = enc(img, 19200)
         assert len(c.data) <= 19200 and max(map(len, c.packets)) <= 880
-        rgb, info = decode_with_loss(c, _lose(c))
+        rgb, info = decode_with_loss(c, _all_but(c))
         assert rgb.shape == (480, 640, 3) and info["decodable"]
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "jpeg2000"])
 def test_lossless_delivery_matches_full_decode(coded, codec):
     c = coded[codec]
-    rgb, info = decode_with_loss(c, _lose(c))
+    rgb, info = decode_with_loss(c, _all_but(c))
     assert info["decodable"] and info["packets_lost"] == 0 and info["bytes_used"] == len(c.data)
     np.testing.assert_array_equal(rgb, _full_decode(c))
 
@@ -90,7 +91,7 @@ def test_lossless_delivery_matches_full_decode(coded, codec):
 def test_jpeg_middle_packet_lost_is_concealed(astronaut, coded):
     c = coded["jpeg"]
     mid = len(c.packets) // 2
-    rgb, info = decode_with_loss(c, _lose(c, mid))
+    rgb, info = decode_with_loss(c, _all_but(c, mid))
     assert info["decodable"] and info["packets_lost"] == 1 and 0 < info["mcu_rows_lost"] < info["mcu_rows"]
     assert info["bytes_used"] < len(c.data)
     grey = _psnr(grey_frame(320, 240), astronaut)
@@ -112,23 +113,23 @@ def test_jpeg_small_packets_split_header_and_intervals(astronaut):
     assert max(map(len, c.packets)) <= 100
     header_packets = [p for p, units in enumerate(c.packet_units) if 0 in units]
     assert len(header_packets) > 1  # the ~600-byte header needs several packets
-    rgb, info = decode_with_loss(c, _lose(c, header_packets[-1]))
+    rgb, info = decode_with_loss(c, _all_but(c, header_packets[-1]))
     assert not info["decodable"]
-    rgb, info = decode_with_loss(c, _lose(c, header_packets[-1] + 1))  # a piece of interval 0
+    rgb, info = decode_with_loss(c, _all_but(c, header_packets[-1] + 1))  # a piece of interval 0
     assert info["decodable"] and info["mcu_rows_lost"] == 1
 
 
 @pytest.mark.parametrize("codec", ["jpeg", "jpeg2000"])
 def test_header_packet_lost_gives_grey(coded, codec):
     c = coded[codec]
-    rgb, info = decode_with_loss(c, _lose(c, 0))
+    rgb, info = decode_with_loss(c, _all_but(c, 0))
     assert info["decodable"] is False and info["bytes_used"] == 0
     np.testing.assert_array_equal(rgb, grey_frame(320, 240))
 
 
 def test_jpeg_bottom_rows_lost_copy_the_last_received_row(coded):
     c = coded["jpeg"]
-    rgb, info = decode_with_loss(c, [False] + [True] * (len(c.packets) - 1))
+    rgb, info = decode_with_loss(c, [True] + [False] * (len(c.packets) - 1))
     received = len(c.packet_units[0]) - 1  # the header packet also carries the first intervals
     assert info["decodable"] and info["mcu_rows_lost"] == info["mcu_rows"] - received > 0
     band = 240 // info["mcu_rows"]
@@ -140,13 +141,13 @@ def test_jpeg2000_prefix_decode(astronaut, coded):
     c = coded["jpeg2000"]
     grey = _psnr(grey_frame(320, 240), astronaut)
     for k in range(1, len(c.packets)):
-        rgb, info = decode_with_loss(c, _lose(c, k))
+        rgb, info = decode_with_loss(c, _all_but(c, k))
         assert info["decodable"], info
         assert info["bytes_used"] == info["prefix_bytes"] == sum(map(len, c.packets[:k]))
         assert _psnr(rgb, astronaut) > grey + 2
     # everything after the first loss is ignored
-    a, _ = decode_with_loss(c, _lose(c, 2))
-    b, _ = decode_with_loss(c, _lose(c, *range(2, len(c.packets))))
+    a, _ = decode_with_loss(c, _all_but(c, 2))
+    b, _ = decode_with_loss(c, _all_but(c, *range(2, len(c.packets))))
     np.testing.assert_array_equal(a, b)
 
 
@@ -165,4 +166,4 @@ def test_bad_input(enc, astronaut):
 def test_wrong_loss_vector_length(coded):
     c = coded["jpeg"]
     with pytest.raises(ValueError, match="packets"):
-        decode_with_loss(c, [False] * (len(c.packets) + 1))
+        decode_with_loss(c, [True] * (len(c.packets) + 1))

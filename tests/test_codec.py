@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jscc_stream.models.codec import ERASED, CodecConfig, JSCCCodec
-from jscc_stream.models.erasure import block_keep_mask, fragment_of_element, keep_mask, packet_losses
+from jscc_stream.models.erasure import block_received_mask, fragment_of_element, packet_losses, received_mask
 from jscc_stream.models.quant import dequantize, quantize
 from jscc_stream.models.scr import from_wire, golden_stride, to_wire, wire_order
 from jscc_stream.netem.loss import GE_10, LADDER, TailDrop
@@ -94,34 +94,34 @@ def test_decoder_sees_placeholder_and_mask() -> None:
     m = _small()
     x = torch.rand(1, 3, 64, 64)
     y = m.encode(x)
-    keep = torch.ones_like(y)
-    keep[:, 4:6] = 0
-    keep[:, 0, 1, 2] = 0  # a single element of block 0
+    received = torch.ones_like(y)
+    received[:, 4:6] = 0
+    received[:, 0, 1, 2] = 0  # a single element of block 0
     with torch.no_grad():
-        a = m.decode(y, keep, (64, 64))
-        b = m.decode(torch.where(keep.bool(), y, torch.full_like(y, 0.77)), keep, (64, 64))
-        c = m(x, keep)
+        a = m.decode(y, received, (64, 64))
+        b = m.decode(torch.where(received.bool(), y, torch.full_like(y, 0.77)), received, (64, 64))
+        c = m(x, received)
         seen = {}
 
         def grab(mod, args) -> None:
             seen["y"] = args[0].clone()
 
         hook = m.decoder.register_forward_pre_hook(grab)
-        m.decode(y, keep, (64, 64))
+        m.decode(y, received, (64, 64))
         hook.remove()
     assert torch.allclose(a, b) and torch.allclose(a, c, atol=1e-6)
-    assert torch.all(seen["y"][keep == 0] == ERASED)
-    assert torch.all(seen["y"][keep == 1] >= 0)
+    assert torch.all(seen["y"][received == 0] == ERASED)
+    assert torch.all(seen["y"][received == 1] >= 0)
 
 
 def test_mask_changes_output_only_through_mca() -> None:
     m = _small()
     y = torch.rand(1, 16, 4, 4)
-    keep = torch.ones_like(y)
-    keep[:, 2:4] = 0
+    received = torch.ones_like(y)
+    received[:, 2:4] = 0
     with torch.no_grad():
         full = m.decode(y, None, (64, 64))
-        erased = m.decode(y, keep, (64, 64))
+        erased = m.decode(y, received, (64, 64))
     assert not torch.allclose(full, erased)
 
 
@@ -139,9 +139,9 @@ def test_fragment_loss_erases_exactly_its_bytes() -> None:
     alpha, h, w, frags = 2, 6, 5, 3
     lost = np.zeros((1, 8, frags), bool)
     lost[0, 2, 1] = True  # block 2, middle fragment
-    keep = keep_mask(lost, alpha, h, w, scr=True)[0].numpy()
-    assert keep.shape == (16, h, w)
-    erased = keep == 0
+    received = received_mask(lost, alpha, h, w, scr=True)[0].numpy()
+    assert received.shape == (16, h, w)
+    erased = received == 0
     assert erased[[c for c in range(16) if c not in (4, 5)]].sum() == 0
     n = alpha * h * w
     assert erased[4:6].sum() == n // 3
@@ -159,9 +159,9 @@ def test_packet_losses_shapes_and_profiles() -> None:
     assert (td[:, :, 0] == td[:, :, 1]).all()  # whole blocks
 
 
-def test_block_keep_mask() -> None:
+def test_block_received_mask() -> None:
     rec = torch.tensor([[1, 0, 1, 1, 1, 1, 1, 0]])
-    m = block_keep_mask(rec, 2, 3, 4)
+    m = block_received_mask(rec, 2, 3, 4)
     assert m.shape == (1, 16, 3, 4)
     assert m[0, 2:4].sum() == 0 and m[0, 14:16].sum() == 0 and m[0, :2].all()
 
@@ -226,9 +226,9 @@ def test_widening_the_synthesis_kernel_keeps_the_outputs() -> None:
     wide = m.with_linear_taps(3).eval()
     assert wide.cfg.linear_taps == 3 and wide.decoder.linear[0].kernel_size == (3, 3)
     x = torch.rand(2, 3, 48, 64)
-    keep = (torch.rand(2, m.cfg.latent_channels, 3, 4) > 0.3).float()
+    received = (torch.rand(2, m.cfg.latent_channels, 3, 4) > 0.3).float()
     with torch.no_grad():
-        assert torch.allclose(m(x, keep), wide(x, keep), atol=1e-6)
+        assert torch.allclose(m(x, received), wide(x, received), atol=1e-6)
     with pytest.raises(ValueError, match="shrink"):
         wide.with_linear_taps(1)
 
@@ -283,9 +283,9 @@ def test_checker_swap_gives_the_first_block_half_of_each_channel() -> None:
     sw.decoder.register_forward_hook(lambda mod, args, out: seen.update(mask=args[1].clone()))
     with torch.no_grad():
         assert torch.allclose(m(x), sw(x), atol=1e-6)
-        keep = torch.zeros(1, sw.cfg.latent_channels, 4, 5)
-        keep[:, :2] = 1
-        sw(x, keep)
+        received = torch.zeros(1, sw.cfg.latent_channels, 4, 5)
+        received[:, :2] = 1
+        sw(x, received)
     mask = seen["mask"][0]
     assert bool(mask[0].all()) and not bool(mask[3:].any())
     assert torch.equal(mask[1] + mask[2], torch.ones(4, 5))  # complementary checkerboards

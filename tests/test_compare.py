@@ -40,20 +40,20 @@ def test_jpeg_packets_and_loss_concealment(frames):
     coded = encode_jpeg(np.ascontiguousarray(frames[0][:, :, ::-1]), 3000, 300 - 12 - 6)
     assert len(coded.packets) == len(payloads)
     dep = JpegDepacketizer(160, 128)
-    full = dep.decode(payloads)
+    full = dep.decode(list(enumerate(payloads)))
     assert full is not None and full.shape == (128, 160, 3)
     assert 10 * np.log10(255**2 / np.mean((full.astype(float) - frames[0]) ** 2)) > 25
     # Whatever is lost, the receiver decodes exactly what the offline baseline decodes for that loss
     # (or nothing when the offline decoder says undecodable).
     for lost in range(len(payloads)):
-        got = dep.decode(payloads[:lost] + payloads[lost + 1 :])
-        ref, info = decode_with_loss(coded, [i == lost for i in range(len(payloads))])
+        got = dep.decode([(i, p) for i, p in enumerate(payloads) if i != lost])
+        ref, info = decode_with_loss(coded, [i != lost for i in range(len(payloads))])
         if info["decodable"]:
             assert got is not None and np.array_equal(got, ref[:, :, ::-1])
         else:
             assert got is None
     assert dep.decode([]) is None
-    assert dep.decode([b"\x00\x01", b"garbage"]) is None
+    assert dep.decode([(0, b"\x00\x01"), (1, b"garbage")]) is None
 
 
 def test_traces_are_seeded_and_match_their_process(tmp_path):

@@ -193,9 +193,10 @@ class H264Encoder:
     """BGR frames -> NAL units of one access unit each (libx264, zero latency, intra refresh)."""
 
     def __init__(self, width: int, height: int, fps: float, bitrate_bps: float, preset: str = "veryfast",
-                 keyint: int = 30, slice_max_size: int | None = None) -> None:
+                 keyint: int = 30, slice_max_size: int | None = None, mtu: int = DATAGRAM_LIMIT) -> None:
         import av
 
+        self.mtu = mtu
         self.ctx = av.CodecContext.create("libx264", "w")
         self.ctx.width, self.ctx.height, self.ctx.pix_fmt = width, height, "yuv420p"
         self.ctx.time_base = fractions.Fraction(1, round(fps))
@@ -226,9 +227,9 @@ class H264Encoder:
         data = b"".join(bytes(p) for p in self.ctx.encode(frame))
         return split_annexb(data)
 
-    def packets(self, bgr: np.ndarray, mtu: int) -> list[bytes]:
-        """RTP payloads (RFC 6184 single NAL / FU-A) of the next frame."""
-        return packetize_access_unit(self.encode(bgr), mtu)
+    def packets(self, bgr: np.ndarray, mtu: int | None = None) -> list[bytes]:
+        """RTP payloads (RFC 6184 single NAL / FU-A) of the next frame (``mtu``: the constructor's)."""
+        return packetize_access_unit(self.encode(bgr), mtu or self.mtu)
 
 
 class H264Decoder:

@@ -441,19 +441,19 @@ def _decode_j2k(coded: CodedImage, unit_ok: np.ndarray) -> tuple[np.ndarray | No
 # -------------------------------------------------------------------------------------------- decoding
 
 
-def decode_with_loss(coded: CodedImage, lost: Sequence[bool]) -> tuple[np.ndarray, dict]:
-    """Decode `coded` when packets with lost[i] True did not arrive; returns (RGB uint8, info).
+def decode_with_loss(coded: CodedImage, received: Sequence[bool]) -> tuple[np.ndarray, dict]:
+    """Decode `coded` from the packets with received[i] True; returns (RGB uint8, info).
 
     info: decodable, packets_lost, bytes_used (payload bytes of the packets that the decoder used),
     plus codec specific keys (JPEG: mcu_rows_lost, mcu_rows; JPEG 2000: prefix_bytes) and a reason
     when the frame is undecodable.
     """
-    lost_arr = np.asarray(lost, dtype=bool).reshape(-1)
-    if lost_arr.shape[0] != len(coded.packets):
-        raise ValueError(f"lost has {lost_arr.shape[0]} entries, the frame has {len(coded.packets)} packets")
+    received_arr = np.asarray(received, dtype=bool).reshape(-1)
+    if received_arr.shape[0] != len(coded.packets):
+        raise ValueError(f"received has {received_arr.shape[0]} entries, the frame has {len(coded.packets)} packets")
     unit_ok = np.ones(len(coded.unit_spans), dtype=bool)
     for p, units in enumerate(coded.packet_units):
-        if lost_arr[p]:
+        if not received_arr[p]:
             unit_ok[list(units)] = False
     if coded.codec == "jpeg":
         rgb, extra = _decode_jpeg(coded, unit_ok)
@@ -463,7 +463,7 @@ def decode_with_loss(coded: CodedImage, lost: Sequence[bool]) -> tuple[np.ndarra
         used = extra["prefix_bytes"]
     else:
         raise ValueError(f"unknown codec {coded.codec!r}")
-    info = {"decodable": rgb is not None, "packets_lost": int(lost_arr.sum()), "packets": len(coded.packets)}
+    info = {"decodable": rgb is not None, "packets_lost": int((~received_arr).sum()), "packets": len(coded.packets)}
     if rgb is None:
         rgb, used = grey_frame(coded.width, coded.height), 0
     info["bytes_used"] = int(used)

@@ -88,12 +88,14 @@ class JpegDepacketizer:
     def packet_count(payload: bytes) -> int | None:
         return payload[1] if len(payload) >= JPEG_HEADER_BYTES else None
 
-    def decode(self, payloads: list[bytes]) -> np.ndarray | None:
+    def decode(self, packets: list[tuple[int, bytes]]) -> np.ndarray | None:
+        """``(sequence number, payload)`` of one frame, any order (the payload header says where
+        each belongs, so the sequence numbers go unused)."""
         units: dict[int, bytes] = {}
         pieces: dict[int, dict[int, bytes]] = {}
         piece_counts: dict[int, int] = {}
         total = None
-        for pl in payloads:
+        for _, pl in packets:
             if len(pl) < JPEG_HEADER_BYTES:
                 continue
             _, _, first, n_units, tot, pc = _JPEG_HDR.unpack_from(pl)
@@ -129,7 +131,7 @@ class JpegDepacketizer:
                            width=self.width, height=self.height, unit_spans=tuple(spans),
                            packet_units=tuple((u,) for u in range(total)))
         try:
-            rgb, info = decode_with_loss(coded, [u not in units for u in range(total)])
+            rgb, info = decode_with_loss(coded, [u in units for u in range(total)])
         except (ValueError, IndexError, struct.error):
             return None
         return np.ascontiguousarray(rgb[:, :, ::-1]) if info["decodable"] else None

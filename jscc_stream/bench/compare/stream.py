@@ -9,9 +9,10 @@ their own SSRC, at the same total bitrate), ``h264-nack`` (the same as h264 plus
 RFC 4585, and retransmission of the original packet; the receiver holds each NACK for RTT/2 to
 model the return path, the shim's one-way delay is the other half), ``jpeg``.
 
-Playout (same rule as jscc-recv): frames leave in order, each at the first of: complete; a newer
-frame complete (not for NACK, which must wait for repairs); its deadline = first packet arrival +
-latency. A frame with no picture keeps the last good one on screen (frozen).
+Playout: the rule of jscc-recv (``proto.reassembly.playout_count``): frames leave in order, each at
+the first of: complete; its deadline = first packet arrival + latency; a newer frame complete or
+past its deadline (for NACK, which must wait for repairs, only when nothing of the frame arrived).
+A frame with no picture keeps the last good one on screen (frozen).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiortc.rtp import RTCP_RTPFB_NACK, RtcpPacket, RtcpRtpfbPacket, RtpPacket
 
+from jscc_stream.baselines.codec import PacketDecoder, PacketEncoder
 from jscc_stream.baselines.fec import FecError, FecHeader, encode_parity, fec_ratio, parity_count, recover
 from jscc_stream.baselines.h264 import H264Decoder, H264Encoder
 from jscc_stream.baselines.jpeg_payload import JpegDepacketizer, JpegPacketizer
 from jscc_stream.proto.packet import DATAGRAM_LIMIT, RTP_HEADER_BYTES
+from jscc_stream.proto.reassembly import playout_count
 from jscc_stream.proto.seq import SeqUnwrapper
 
 __all__ = ["ARMS", "ArmConfig", "ArmRun", "run_arm"]
@@ -92,9 +95,11 @@ class _Sender(asyncio.DatagramProtocol):
         self.fec_ratio = ratio
         bitrate = cfg.payload_bytes_per_frame * 8 * cfg.fps * (1 - ratio)
         slices = cfg.mtu - RTP_HEADER_BYTES - 8 if cfg.arm == "h264-slices" else None  # x264 counts the NAL overhead itself
-        self.h264 = (H264Encoder(cfg.width, cfg.height, cfg.fps, bitrate, slice_max_size=slices)
-                     if cfg.arm.startswith("h264") else None)
-        self.jpeg = JpegPacketizer(cfg.payload_bytes_per_frame, cfg.mtu) if cfg.arm == "jpeg" else None
+        self.pt = JPEG_PT if cfg.arm == "jpeg" else MEDIA_PT
+        mtu = cfg.mtu - (20 if cfg.arm == "h264-fec" else 0)  # room for FEC header + length
+        self.encoder: PacketEncoder = (
+            JpegPacketizer(cfg.payload_bytes_per_frame, cfg.mtu) if cfg.arm == "jpeg"
+            else H264Encoder(cfg.width, cfg.height, cfg.fps, bitrate, slice_max_size=slices, mtu=mtu))
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -107,11 +112,7 @@ class _Sender(asyncio.DatagramProtocol):
 
     def send_frame(self, index: int, bgr: np.ndarray) -> None:
         ts = (index * CLOCK // round(self.cfg.fps)) & 0xFFFFFFFF
-        if self.jpeg is not None:
-            payloads, pt = self.jpeg.packets(bgr), JPEG_PT
-        else:
-            mtu = self.cfg.mtu - (20 if self.cfg.arm == "h264-fec" else 0)  # room for FEC header + length
-            payloads, pt = self.h264.packets(bgr, mtu), MEDIA_PT
+        payloads, pt = self.encoder.packets(bgr), self.pt
         sources = []
         for i, pl in enumerate(payloads):
             pkt = RtpPacket(payload_type=pt, marker=int(i == len(payloads) - 1), sequence_number=self.seq,
@@ -160,8 +161,8 @@ class _Receiver(asyncio.DatagramProtocol):
         self.nack = cfg.arm == "h264-nack"
         lat = cfg.latency_ms if not self.nack else (cfg.nack_latency_ms or cfg.latency_ms + 2.5 * cfg.rtt_ms)
         self.deadline_s = lat / 1000
-        self.h264 = None
-        self.jpeg = JpegDepacketizer(cfg.width, cfg.height) if cfg.arm == "jpeg" else None
+        self.decoder: PacketDecoder | None = None  # made in _run, from what the sender signals
+        self.jpeg = cfg.arm == "jpeg"
         self.highest: int | None = None
         self.pending: dict[int, list[float]] = {}  # NACK: ext seq -> [next send time, tries]
         self.marker_of: dict[int, int] = {}  # frame -> ext seq of its marker packet
@@ -177,7 +178,10 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:
         self.peer = addr
-        now = time.monotonic()
+        self.receive(data, time.monotonic())
+
+    def receive(self, data: bytes, now: float) -> None:
+        """One datagram at time ``now`` (monotonic seconds)."""
         try:
             pkt = RtpPacket.parse(data)
         except ValueError:
@@ -256,7 +260,7 @@ class _Receiver(asyncio.DatagramProtocol):
     def _media_complete(self, f: int, slot: _Slot | None) -> bool:
         if slot is None:
             return False
-        if self.jpeg is not None:
+        if self.jpeg:
             counts = {JpegDepacketizer.packet_count(p) for p in slot.media.values()}
             return len(counts) == 1 and len(slot.media) == next(iter(counts))
         first = self._first_seq(f, slot)
@@ -275,21 +279,17 @@ class _Receiver(asyncio.DatagramProtocol):
         return self._media_complete(f, slot) or self._recoverable(slot)
 
     def _release(self, now: float, flush: bool = False) -> None:
-        while self.next_frame < self.n:
-            f = self.next_frame
-            slot = self.slots.get(f)
-            go = flush or self._complete(f) or (slot is not None and now >= slot.first_arrival + self.deadline_s)
-            if not go:
-                newer = [g for g in self.slots if g > f]
-                if slot is None:  # nothing of f arrived: give up when a newer frame is due or complete
-                    go = any(now >= self.slots[g].first_arrival + self.deadline_s or self._complete(g) for g in newer)
-                elif not self.nack:
-                    go = any(self._complete(g) for g in newer)
-            if not go:
-                return
+        """Show the frames that the playout rule lets go (``flush``: all the rest)."""
+        window = range(self.next_frame, self.n if flush else max(self.slots, default=self.next_frame - 1) + 1)
+        slots = [self.slots.get(f) for f in window]
+        ready = [flush or (s is not None and (self._complete(f) or now >= s.first_arrival + self.deadline_s))
+                 for f, s in zip(window, slots)]
+        count = playout_count(ready, [s is not None for s in slots] if self.nack else None)
+        for f in window[:count]:
             self._show(f, self.slots.pop(f, None), now)
-            self.next_frame += 1
-        self.done.set()
+        self.next_frame += count
+        if self.next_frame >= self.n:
+            self.done.set()
 
     def _show(self, f: int, slot: _Slot | None, now: float) -> None:
         img = None
@@ -306,10 +306,8 @@ class _Receiver(asyncio.DatagramProtocol):
                     self.run.fec_recovered_frames += 1
                 except (FecError, ValueError):
                     pass
-            if self.jpeg is not None:
-                img = self.jpeg.decode(list(slot.media.values()))
-            elif slot.media:
-                img = self.h264.decode([(s & 0xFFFF, p) for s, p in slot.media.items()])
+            if slot.media:
+                img = self.decoder.decode([(s & 0xFFFF, p) for s, p in slot.media.items()])
         t = time.monotonic()
         if img is not None:
             self.last_image = img
@@ -334,8 +332,9 @@ async def _run(cfg: ArmConfig, frames: list[np.ndarray], shim_addr: tuple[str, i
     rx = _Receiver(cfg, run, n, capture)
     rtransport, _ = await loop.create_datagram_endpoint(lambda: rx, local_addr=("127.0.0.1", recv_port or 0))
     tx = _Sender(cfg, run)
-    if tx.h264 is not None:  # signalled out of band (SDP sprop-parameter-sets)
-        rx.h264 = H264Decoder(tx.h264.parameter_sets)
+    # out of band: H.264's SDP sprop-parameter-sets, the picture size
+    rx.decoder = (JpegDepacketizer(cfg.width, cfg.height) if cfg.arm == "jpeg"
+                  else H264Decoder(tx.encoder.parameter_sets))
     stransport, _ = await loop.create_datagram_endpoint(lambda: tx, remote_addr=shim_addr)
     stop = asyncio.Event()
     ticker = asyncio.create_task(rx.tick(stop))
@@ -359,7 +358,7 @@ async def _run(cfg: ArmConfig, frames: list[np.ndarray], shim_addr: tuple[str, i
         rtransport.close()
     run.duration_s = n / cfg.fps
     run.extra["fec_ratio"] = tx.fec_ratio
-    run.extra["nals_dropped"] = rx.h264.nals_dropped if rx.h264 else 0
+    run.extra["nals_dropped"] = getattr(rx.decoder, "nals_dropped", 0)
     return run
 
 
