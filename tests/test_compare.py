@@ -94,3 +94,67 @@ def test_tiny_run_writes_the_table(tmp_path, tiny_weights):
     assert runs["h264-fec"]["extra"]["fec_ratio"] > 0
     assert (out / "psnr_vs_loss_synthetic.png").stat().st_size > 0
     assert (out / "psnr_time_synthetic_ge10.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """A 40-frame MJPG clip of moving content, wider than 160x128 so that fitting must crop."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("clip") / "my street.avi"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (240, 128))
+    assert out.isOpened()
+    yy, xx = np.mgrid[0:128, 0:240]
+    for i in range(40):
+        img = np.stack([128 + 90 * np.sin((xx + 4 * i) / 13) * np.cos(yy / 9), 128 + 60 * np.cos((xx - yy) / 17),
+                        (xx + 3 * i) % 256], 2).astype(np.uint8)
+        out.write(np.ascontiguousarray(img))
+    out.release()
+    return path
+
+
+def test_video_sources_are_named_cropped_and_checked(clip, tmp_path, capsys):
+    import cv2
+
+    from jscc_stream.bench.compare.runner import load_frames, name_sources
+    from jscc_stream.sources import fit_frame
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    assert name_sources(["synthetic", str(clip), str(clip), str(folder), str(folder / "*.png")]) == {
+        "synthetic": "synthetic", "my-street": str(clip), "my-street-2": str(clip), "shots": str(folder),
+        "shots-2": str(folder / "*.png")}
+    frames = load_frames(str(clip), 40, 160, 128, 30)
+    cap = cv2.VideoCapture(str(clip))
+    first = cap.read()[1]
+    cap.release()
+    assert np.array_equal(frames[0], fit_frame(first, 160, 128))  # centre crop, not a stretch
+    assert main(["--quick", "--sources", str(tmp_path / "nope.mp4")]) == 2
+    assert "nope.mp4" in capsys.readouterr().err
+    assert main(["--quick", "--frames", "41", "--arms", "jpeg", "--sources", str(clip), "--out", str(tmp_path / "o"),
+                 "--size", "160x128"]) == 2
+    assert "has 40 frames, fewer than --frames 41" in capsys.readouterr().err
+    (folder / "junk.avi").write_text("not a video")
+    assert main(["--quick", "--arms", "jpeg", "--sources", str(folder / "junk.avi"), "--out", str(tmp_path / "o")]) == 2
+    assert "junk.avi" in capsys.readouterr().err
+
+
+def test_a_video_file_runs_with_the_same_frames_for_every_arm(clip, tmp_path, tiny_weights):
+    import av
+
+    from jscc_stream.bench.compare.runner import load_frames
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = main(["--quick", "--frames", "8", "--conditions", "none", "--size", "160x128", "--arms", "jscc,jpeg",
+               "--sources", str(clip), "--codec", str(tiny_weights), "--out", str(out), "--workdir", str(work),
+               "--log-level", "warning"])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["sources"] == {"my-street": str(clip)}
+    runs = {r["arm"]: r for r in results["runs"]}
+    assert set(runs) == {"jscc", "jpeg"} and all(r["source"] == "my-street" for r in runs.values())
+    assert runs["jpeg"]["psnr_mean"] > 25  # scored against the frames it was sent
+    assert (out / "psnr_vs_loss_my-street.png").stat().st_size > 0
+    # jscc-send read a lossless copy of exactly the frames the baselines and the scorer used
+    sent = [f.to_ndarray(format="bgr24") for f in av.open(str(work / "my-street.mkv")).decode(video=0)]
+    assert len(sent) == 8 and all(np.array_equal(a, b) for a, b in zip(sent, load_frames(str(clip), 8, 160, 128, 30)))

@@ -5,6 +5,10 @@ One command regenerates every table and plot of docs/results.md (seeds fixed):
     jscc-bench compare --out docs/results
 
 ``--quick`` (CI): 30 frames, the synthetic source, no loss and GE ~10 %.
+
+``--sources`` also takes the user's own footage (video files, image folders, globs):
+
+    jscc-bench compare --sources synthetic,clips/street.mp4 --frames 120 --out /tmp/cmp
 """
 
 from __future__ import annotations
@@ -42,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the JSCC arm's frames at this wall-clock rate (media stays at --fps: the exact "
                         "frames go through a lossless video file, pacing is scaled) when the CPU is too busy "
                         "for its decoder to keep up in real time (default: --fps)")
-    p.add_argument("--sources", help=f"comma list of {', '.join(SOURCES)} (default all; --quick synthetic)")
+    p.add_argument("--sources",
+                   help=f"comma list of {', '.join(SOURCES)} and/or your own footage: video files (any that OpenCV "
+                        "reads; centre-cropped to --size, never stretched; frames taken in order at --fps; it must "
+                        "hold at least --frames frames, no looping), image folders or globs (a slideshow with slow "
+                        "camera motion). Tables and plots name a path by its file stem (default: all built-ins; "
+                        "--quick synthetic)")
     p.add_argument("--conditions", help="comma list of " + ", ".join(c.name for c in CONDITIONS)
                    + " (default all; --quick none,ge10)")
     p.add_argument("--arms", default=",".join(ALL_ARMS), help="comma list of codecs to run")
@@ -70,6 +79,19 @@ def _pick(text: str | None, allowed: Sequence[str], default: Sequence[str], what
     return items
 
 
+def _sources(text: str | None, default: list[str]) -> list[str]:
+    """Built-in source names and paths from ``--sources``; a path that does not exist is an error now."""
+    from .runner import name_sources
+
+    if not text:
+        return default
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError("--sources is empty")
+    name_sources(items)
+    return items
+
+
 def run(args: argparse.Namespace) -> Path:
     """Run the harness for parsed arguments; returns the path of table.md (what `jscc-eval stream` calls)."""
     import json
@@ -90,7 +112,7 @@ def run(args: argparse.Namespace) -> Path:
     by_name = {c.name: c for c in CONDITIONS}
     conds = _pick(args.conditions, list(by_name), [c.name for c in (QUICK_CONDITIONS if args.quick else CONDITIONS)],
                   "condition")
-    sources = _pick(args.sources, SOURCES, ["synthetic"] if args.quick else SOURCES, "source")
+    sources = _sources(args.sources, ["synthetic"] if args.quick else list(SOURCES))
     arms = _pick(args.arms, ALL_ARMS, ALL_ARMS, "arm")
     if "jscc" in arms:
         from jscc_stream.models.zoo import resolve_weights

@@ -5,12 +5,19 @@ source frames in real time through its own ``jscc-netem`` shim process replaying
 Scores are per source frame, on what the viewer sees at that frame's slot: the frame decoded for
 it, or the last good one (frozen), or mid-grey before the first. PSNR and SSIM (scikit-image,
 colour, 8-bit range) against the source frame.
+
+A source is a built-in name (`SOURCES`) or the user's own footage: a video file (any that OpenCV
+reads; centre-cropped to the frame size, taken in order at the media rate whatever its own rate,
+and it must hold at least ``frames`` frames: no looping, whose jump would be a scene cut), an
+image folder or a glob (a slideshow, like ``photos``). A video file reaches the JSCC sender as a
+lossless copy of exactly the frames the baselines and the scorer use.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -20,20 +27,22 @@ from pathlib import Path
 
 import numpy as np
 
+from jscc_stream.errors import UserError
 from jscc_stream.metrics import psnr
 from jscc_stream.procs import free_port
-from jscc_stream.sources import open_source
+from jscc_stream.sources import IMAGE_SUFFIXES, open_source
 
 from .channel import CONDITIONS, Condition, Shim, write_trace
 from .jscc_arm import run_jscc
 from .stream import ARMS, ArmConfig, ArmRun, run_arm
 
-__all__ = ["HarnessConfig", "ALL_ARMS", "SOURCES", "run_harness", "score_run", "prepare_source"]
+__all__ = ["HarnessConfig", "ALL_ARMS", "SOURCES", "run_harness", "score_run", "prepare_source", "name_sources",
+           "load_frames"]
 
 log = logging.getLogger(__name__)
 
 ALL_ARMS = ("jscc",) + ARMS
-SOURCES = ("synthetic", "photos")
+SOURCES = ("synthetic", "photos")  # built in; cfg.sources may also name video files, image folders, globs
 _PHOTO_ORDER = ("coffee", "rocket", "chelsea", "astronaut")  # the synthetic source pans over astronaut
 
 
@@ -45,7 +54,7 @@ class HarnessConfig:
     height: int = 240
     fps: float = 30.0  # media frame rate: source motion, bits per frame, RTP timestamps
     jscc_wall_fps: float | None = None  # send the JSCC arm's frames at this wall-clock rate (None: fps)
-    sources: Sequence[str] = SOURCES
+    sources: Sequence[str] = SOURCES  # SOURCES names or paths (see the module docstring)
     conditions: Sequence[Condition] = CONDITIONS
     arms: Sequence[str] = ALL_ARMS
     codec: str = "uniform"
@@ -61,8 +70,59 @@ class HarnessConfig:
     extra: dict = field(default_factory=dict)
 
 
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def _is_video(source: str) -> bool:
+    """A video file: read in sequence, not a pure function of the frame index like the others."""
+    return source not in SOURCES and not _is_glob(source) and Path(source).is_file() \
+        and Path(source).suffix.lower() not in IMAGE_SUFFIXES
+
+
+def name_sources(sources: Sequence[str]) -> dict[str, str]:
+    """A short name per source for tables, plots and run folders -> the source as given.
+
+    Built-ins keep their name; a file gives its stem, a folder its name, a glob the folder before
+    its first wildcard; clashes get -2, -3. A path that does not exist is a one-line error."""
+    names: dict[str, str] = {}
+    for source in sources:
+        if source in SOURCES:
+            base = source
+        elif _is_glob(source):
+            base = Path(re.split(r"[*?\[]", source, maxsplit=1)[0] or ".").resolve().name or "glob"
+        elif Path(source).exists():
+            base = Path(source).stem if Path(source).is_file() else Path(source).resolve().name
+        else:
+            raise UserError(f"source {source!r}: no such file or folder (built-in sources: {', '.join(SOURCES)})")
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.")[:32] or "source"
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}-{k}"
+        names[name] = source
+    return names
+
+
+def load_frames(spec: str, n: int, width: int, height: int, fps: float, seed: int = 0) -> list[np.ndarray]:
+    """The first ``n`` frames of a source; a video that holds fewer is a one-line error."""
+    src = open_source(spec, width, height, fps, seed=seed)
+    try:
+        frames = []
+        for i in range(n):
+            frame = src.read(i)
+            if frame is None:
+                raise UserError(f"cannot decode any frame of {spec}" if i == 0 else
+                                f"{spec} has {i} frames, fewer than --frames {n}: pass --frames {i} or less")
+            frames.append(frame)
+        return frames
+    finally:
+        src.close()
+
+
 def prepare_source(name: str, data_dir: Path) -> str:
-    """The source spec for jscc-send / open_source: 'synthetic' or a folder of photographs."""
+    """The source spec for jscc-send / open_source: 'synthetic', a folder of photographs, or the
+    user's path as it is."""
     if name == "synthetic":
         return "synthetic"
     if name == "photos":
@@ -76,7 +136,7 @@ def prepare_source(name: str, data_dir: Path) -> str:
             if not path.exists():
                 cv2.imwrite(str(path), cv2.cvtColor(getattr(skdata, photo)(), cv2.COLOR_RGB2BGR))
         return str(folder)
-    raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)}")
+    return name
 
 
 def _video_file(frames: list[np.ndarray], path: Path, fps: float) -> str:
@@ -153,13 +213,17 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                                 if k not in ("conditions",)},
                      "payload_bytes_per_frame": payload, "conditions": {}, "runs": []}
     results["config"]["conditions"] = [asdict(c) for c in cfg.conditions]
+    names = name_sources(cfg.sources)
+    results["sources"] = names
     t_start = time.monotonic()
     try:
-        for source_name in cfg.sources:
-            spec = prepare_source(source_name, work)
-            src = open_source(spec, cfg.width, cfg.height, cfg.fps, seed=cfg.source_seed)
-            frames = [src.read(i) for i in range(cfg.frames)]
-            src.close()
+        for source in names.values():  # a short or unreadable video fails now, not after an hour of runs
+            if source not in SOURCES:
+                load_frames(source, cfg.frames, cfg.width, cfg.height, cfg.fps, cfg.source_seed)
+        for source_name, source in names.items():
+            spec = prepare_source(source, work)
+            frames = load_frames(spec, cfg.frames, cfg.width, cfg.height, cfg.fps, cfg.source_seed)
+            (work / f"{source_name}.mkv").unlink(missing_ok=True)  # a kept --workdir's copy may hold other frames
             for cond in cfg.conditions:
                 trace = work / f"trace-{cond.name}.txt"
                 stats = write_trace(cond, trace, trace_len, cfg.seed)
@@ -170,7 +234,7 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                     rundir.mkdir(parents=True, exist_ok=True)
                     if arm == "jscc":
                         run = _run_jscc_arm(cfg, spec, frames, trace, rundir, work / f"{source_name}.mkv",
-                                            f"{source_name} {cond.name}", payload)
+                                            f"{source_name} {cond.name}", payload, copy=_is_video(source))
                     else:
                         acfg = ArmConfig(arm, cfg.width, cfg.height, cfg.fps, payload_bytes_per_frame=payload,
                                          latency_ms=cfg.latency_ms, rtt_ms=cfg.rtt_ms,
@@ -196,11 +260,12 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
 
 
 def _run_jscc_arm(cfg: HarnessConfig, spec: str, frames: list[np.ndarray], trace: Path, rundir: Path,
-                  video: Path, label: str, payload: int) -> ArmRun:
+                  video: Path, label: str, payload: int, copy: bool = False) -> ArmRun:
     """The real daemons at ``cfg.jscc_wall_fps`` (the exact frames through a lossless video file
-    when that differs from the media rate)."""
+    when that differs from the media rate, or under ``copy``: the source is a video file, which
+    jscc-send would otherwise decode and crop on its own)."""
     wall = cfg.jscc_wall_fps or cfg.fps
-    jspec = spec if wall == cfg.fps else _video_file(frames, video, cfg.fps)
+    jspec = spec if wall == cfg.fps and not copy else _video_file(frames, video, cfg.fps)
     # A video file is read in sequence, so a frame the sender skips (busy encoder) puts
     # frame ids and file frames out of step: keep the rate fixed and retry such a run.
     for attempt in range(3):
