@@ -74,6 +74,9 @@ class Outputs:
         lines = [f"{len(self._shown)} fps  loss {100 * loss:.0f}%",
                  f"levels {rec.blocks_received}/{rec.blocks_expected}  "
                  + (f"latency {self._last_latency_ms:.0f} ms" if self._last_latency_ms is not None else "")]
+        if "frame_type" in rec.extra:  # a video codec: I, or P with its reference's age in frames
+            kind = rec.extra["frame_type"]
+            lines.append(f"{kind} frame" + (f" from {rec.extra['ref_back']} back" if kind == "P" else ""))
         out = frame.copy()
         font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.45
         for i, text in enumerate(lines):

@@ -106,6 +106,7 @@ class Receiver:
         self._block_missing = None
         self._reported = 0
         self.refs = ReferenceStore()  # decoded pictures predicted frames refer to
+        self._kinds: dict[int, dict] = {}  # frame id -> its type, for the record (decode -> output thread)
 
     # -- network -------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -182,6 +183,8 @@ class Receiver:
         used = [p is not None and codec.payload_ok(p) for p in payloads]
         payloads = [p if ok else None for p, ok in zip(payloads, used)]
         kind = codec.frame_info(payloads)
+        self._kinds[slot.frame_id] = ({"frame_type": "P", "ref_back": kind.ref_back} if kind.predicted
+                                      else {"frame_type": "I"})
         ref = None
         if kind.predicted:
             ref = self.refs.get((slot.frame_id - kind.ref_back) & 0xFFFFFFFF)
@@ -224,7 +227,7 @@ class Receiver:
             blocks_partial=int(((got > 0) & (got < expected)).sum()), bytes_expected=int(expected.sum()),
             bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
             dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),
-            decode_ms=round(decode_ms, 2), capture_to_display_ms=None)
+            decode_ms=round(decode_ms, 2), capture_to_display_ms=None, extra=self._kinds.pop(slot.frame_id, {}))
         self.outputs.show(frame, rec)
         rec.display_unix = time.time()
         if info.clock_epoch_unix_us:

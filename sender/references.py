@@ -48,6 +48,8 @@ class _Codec(Protocol):
     def decode(self, payloads: Sequence[bytes | None], width: int, height: int,
                ref: np.ndarray | None = None) -> np.ndarray: ...
 
+    def frame_info(self, payloads: Sequence[bytes | None]): ...
+
 
 @dataclass(frozen=True)
 class Receipt:
@@ -185,7 +187,10 @@ class ReferenceState:
         return picture
 
     def sent(self, frame_id: int, payloads: list[bytes], ref_id: int | None, ref: np.ndarray | None) -> None:
-        """Record a frame just encoded (from ``ref``, the picture of ``ref_id``)."""
+        """Record a frame just encoded (from ``ref``, the picture of ``ref_id``, unless the codec
+        chose to code it intra: a scene cut)."""
+        if ref_id is not None and not self.codec.frame_info(payloads).predicted:
+            ref_id = ref = None
         if self._last_sent is None:
             self._last_receipt = time.monotonic()  # the return path has silence_s to speak up
         recon = None

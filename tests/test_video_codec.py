@@ -78,6 +78,14 @@ def test_predicted_frames_beat_intra_at_the_same_bytes(codec, frames):
     assert np.mean(p_db) > np.mean(intra_db) + 1.5, (p_db, intra_db)
 
 
+def test_a_scene_cut_is_coded_intra(codec, frames):
+    other = SyntheticSource(W, H, 30.0, seed=2).read(0)
+    ref = codec.decode(codec.encode(other, BUDGET), W, H)
+    pl = codec.encode(frames[0], BUDGET, ref, 1)
+    assert not codec.frame_info(pl).predicted
+    assert psnr(codec.decode(pl, W, H, ref), frames[0]) > 25
+
+
 def test_each_payload_decodes_alone_and_losses_degrade_gracefully(codec, frames):
     ref = codec.decode(codec.encode(frames[2], BUDGET), W, H)
     pl = codec.encode(frames[3], BUDGET, ref, 1)
@@ -227,5 +235,7 @@ async def test_predicted_stream_keeps_references_in_sync_end_to_end(tiny_video_c
     assert receiver.stats.frames_predicted == refs.predicted - (frames - len(got))
     assert receiver.stats.frames_no_reference == 0
     assert all(r.decoded for r, _ in got)
+    kinds = [r.extra["frame_type"] for r, _ in got]
+    assert kinds[0] == "I" and kinds.count("P") == receiver.stats.frames_predicted
     if path == "shim":
         assert refs.redecoded > 0  # frames with losses were confirmed from exactly what arrived
