@@ -80,6 +80,7 @@ class ResidualSampler:
     clips: list[np.ndarray] = field(default_factory=list)
     clip_share: float = 0.5  # share of samples from video clips when there are any
     max_back: int = 4  # a reference up to this many frames back (feedback delays it)
+    with_prediction: bool = False  # append the prediction (RGB, 0..1): a conditional model's context
 
     @property
     def crop(self) -> int:
@@ -105,10 +106,12 @@ class ResidualSampler:
     def batch(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         c = self.crop
         grid = (c // 16, c // 16)
-        out = np.empty((n, 3, c, c), dtype=np.float32)
+        out = np.empty((n, 6 if self.with_prediction else 3, c, c), dtype=np.float32)
         for i in range(n):
             frame, ref = self.pair(rng)
             _, vectors = motion.choose_vectors(frame, ref, grid)
-            diff = frame.astype(np.float32) - motion.predict(ref, vectors)
-            out[i] = diff[..., ::-1].transpose(2, 0, 1) / 255 + 0.5
+            pred = motion.predict(ref, vectors)
+            out[i, :3] = (frame.astype(np.float32) - pred)[..., ::-1].transpose(2, 0, 1) / 255 + 0.5
+            if self.with_prediction:
+                out[i, 3:] = pred[..., ::-1].transpose(2, 0, 1) / 255
         return torch.from_numpy(out)

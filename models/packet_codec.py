@@ -336,9 +336,10 @@ class PacketCodec:
         return np.ascontiguousarray(bgr[:height, :width])
 
     def decode_s2d(self, payloads: Sequence[bytes | None], width: int, height: int,
-                   prefix_len: int = 0) -> torch.Tensor:
+                   prefix_len: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:
         """Payloads -> the synthesis output ``(48, H'/4, W'/4)`` (padded size, not clamped),
-        each payload's first ``prefix_len`` body bytes skipped."""
+        each payload's first ``prefix_len`` body bytes skipped; ``context`` ``(1, 3, H, W)``:
+        the picture a conditional model's decoder reads (a P-frame's prediction)."""
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         h, w = self.latent_hw(width, height)
@@ -368,5 +369,9 @@ class PacketCodec:
         q = q_of_index(int(np.median(rates))) if rates else q_of_index(64)
         y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
         m = torch.from_numpy(mask.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
+        ctx = None
+        if context is not None and self.model.cfg.context:
+            ctx = F.pad(context.to(self.device), (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")
+            ctx = F.pixel_unshuffle(ctx, 4).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            return self.model.synthesise_s2d(y, m, q)[0]
+            return self.model.synthesise_s2d(y, m, q, ctx)[0]

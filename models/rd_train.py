@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,7 @@ class ErasureSchedule:
 
 def klt_patches(sampler: CropSampler, n: int, rng: np.random.Generator) -> torch.Tensor:
     """``(n, 768)`` random 16x16 RGB patches (conv-weight order) for the KLT."""
-    crops = sampler.batch(max(1, n // 64), rng)  # 128x128 crops hold 64 patches each
+    crops = sampler.batch(max(1, n // 64), rng)[:, :3]  # 128x128 crops hold 64 patches each
     p = crops.unfold(2, 16, 16).unfold(3, 16, 16)  # N,3,8,8,16,16
     return p.permute(0, 2, 3, 1, 4, 5).reshape(-1, 3 * 256)
 
@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "pairs (photographs under synthetic camera motion, and --clips) instead of images")
     p.add_argument("--clips", help="with --inter: a folder of real video clips to draw half of the pairs from")
     p.add_argument("--init", help="start from these shipped weights (name or .safetensors) instead of a KLT")
+    p.add_argument("--context", type=int, choices=[0, 48],
+                   help="with --inter: 48 = the decoder's refinement CNN also reads the prediction (conditional "
+                        "coding); 0 = a plain residual model (default: as --init's model, else 0)")
     p.add_argument("--intra", default="uniform",
                    help="with --inter: the intra codec the model card names (what a stream's I-frames use)")
     p.add_argument("--export", metavar="DIR", help="write OUT/last.ckpt's averaged weights as "
@@ -152,8 +155,9 @@ def validate(model: RDCodec, val: torch.Tensor, q_indexes: tuple[int, ...]) -> d
     with torch.no_grad():
         for qi in q_indexes:
             q = torch.full((len(val),), float(q_of_index(qi)), device=val.device)
-            r = model(val, q)
-            out[f"psnr@{qi}"] = float(psnr_batch(r.x_hat, val).mean())
+            x, ctx = split_context(val, model.cfg.context)
+            r = model(x, q, context=ctx)
+            out[f"psnr@{qi}"] = float(psnr_batch(r.x_hat, x).mean())
             out[f"bpp@{qi}"] = float(r.bits.mean() / (val.shape[2] * val.shape[3]))
     model.train()
     return out
@@ -215,24 +219,28 @@ def _start(args: argparse.Namespace) -> _Run:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed + 1000 * rank)
     torch.manual_seed(args.seed)
-    sampler, val = _samplers(args)
-    val = val.to(device)
-    cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
-                   latent_width=args.latent_width, pixel_width=args.pixel_width,
-                   analysis_width=args.analysis_width)
+    ckpt_path = out / "last.ckpt"
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False) if args.resume and ckpt_path.exists() else None
     init = None
-    if args.init:
+    if ck:  # the checkpoint's architecture, whatever the flags say
+        cfg = RDConfig.from_dict(ck["config"])
+    elif args.init:
         from .zoo import load_codec
 
         init, _ = load_codec(args.init, device="cpu")
-        cfg = init.cfg
-    model, ckpt_path = RDCodec(cfg), out / "last.ckpt"
-    ck = torch.load(ckpt_path, map_location=device, weights_only=False) if args.resume and ckpt_path.exists() else None
+        cfg = replace(init.cfg, context=args.context) if args.context is not None else init.cfg
+    else:
+        cfg = RDConfig(channels=args.channels, levels=tuple(int(v) for v in args.levels.split(",")),
+                       latent_width=args.latent_width, pixel_width=args.pixel_width,
+                       analysis_width=args.analysis_width, context=args.context or 0)
+    sampler, val = _samplers(args, cfg.context)
+    val = val.to(device)
+    model = RDCodec(cfg)
     if ck:
         model.load_state_dict(ck["model"])
         rng = np.random.default_rng(args.seed + ck["step"] + 1000 * rank)
     elif init is not None:
-        model.load_state_dict(init.state_dict())
+        model.load_widened(init.state_dict())
     else:
         model.init_from_klt(klt_patches(sampler, 40000, rng))
     model.to(device)
@@ -248,7 +256,7 @@ def _start(args: argparse.Namespace) -> _Run:
                 ckpt_path)
 
 
-def _samplers(args: argparse.Namespace):
+def _samplers(args: argparse.Namespace, context: int = 0):
     """(training sampler, validation batch): photographs, or with ``--inter`` residuals of
     frame pairs (the last ``--val-images`` photographs held out either way)."""
     files = list_images(args.data)
@@ -261,17 +269,26 @@ def _samplers(args: argparse.Namespace):
     clips = load_clips(args.clips) if args.clips else []
     if args.clips and not clips:
         raise FileNotFoundError(f"no readable video clips in {args.clips}")
-    return ResidualSampler(photos, clips), ResidualSampler(held_out).batch(8, np.random.default_rng(123))
+    with_pred = bool(context)
+    return (ResidualSampler(photos, clips, with_prediction=with_pred),
+            ResidualSampler(held_out, with_prediction=with_pred).batch(8, np.random.default_rng(123)))
+
+
+def split_context(batch: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(what the model codes, the prediction its decoder reads) of a conditional model's batch."""
+    if not context:
+        return batch, None
+    return batch[:, :3], batch[:, 3:]
 
 
 def _train_step(run: _Run) -> dict:
     """One batch; returns what the log line reports."""
     a, hw = run.args, run.args.crop // 16
-    x = run.sampler.batch(a.batch, run.rng).to(run.device)
+    x, ctx = split_context(run.sampler.batch(a.batch, run.rng).to(run.device), run.cfg.context)
     # log-uniform steps: every rate the rate control may pick is trained alike
     q = torch.from_numpy(np.exp(run.rng.uniform(math.log(a.q_min), math.log(a.q_max), a.batch))).float().to(run.device)
     received = run.schedule.received(a.batch, run.cfg.n_levels, hw, hw, run.rng).to(run.device)
-    r = run.net(x, q, received)
+    r = run.net(x, q, received, ctx)
     mse = ((r.x_hat - x) ** 2).mean(dim=(1, 2, 3))
     bpp = r.bits / (a.crop * a.crop)
     # an erasure's distortion does not shrink with q: weigh it as at a mid rate, or the

@@ -91,6 +91,10 @@ class RDConfig:
     # linear synthesis kernel in latent positions: 1 = each coefficient paints its own 16x16
     # patch (cheap); 3 = overlapping, also its 8 neighbours' (smoother, ~9x the multiplies)
     synthesis_taps: int = 1
+    # channels of side information the H/4 refinement CNN also reads: 48 for a predicted
+    # frame's residual model, which then sees the prediction (its 4x4 space-to-depth) and
+    # codes the frame conditionally on it rather than as a plain residual; 0 for intra
+    context: int = 0
     arch: str = "rd-klt-v2"
 
     def __post_init__(self) -> None:
@@ -166,7 +170,7 @@ class RDCodec(nn.Module):
             pw = cfg.pixel_width
             self.feat_up = nn.Conv2d(lw, 16 * 16, 1)  # latent features -> 16 ch at H/4
             self.pixel = nn.Sequential(
-                nn.Conv2d(48 + 16, pw, 3, padding=1), nn.GELU(),
+                nn.Conv2d(48 + 16 + cfg.context, pw, 3, padding=1), nn.GELU(),
                 nn.Conv2d(pw, pw, 3, padding=1), nn.GELU(),
                 nn.Conv2d(pw, 48, 3, padding=1))
             nn.init.zeros_(self.pixel[-1].weight)
@@ -195,6 +199,18 @@ class RDCodec(nn.Module):
         self.synthesis.weight.copy_(w)
         self.synthesis.bias.copy_(mean[order])
 
+    @torch.no_grad()
+    def load_widened(self, state: dict[str, Tensor]) -> None:
+        """Load a model's weights into this one where this one reads more context channels:
+        the extra input channels of the first refinement layer start at zero (the same output)."""
+        own = self.state_dict()
+        for k, v in state.items():
+            if k in own and own[k].shape != v.shape and own[k].dim() == 4 and own[k].shape[1] > v.shape[1]:
+                w = torch.zeros_like(own[k])
+                w[:, :v.shape[1]] = v
+                state = {**state, k: w}
+        self.load_state_dict(state)
+
     # --- pieces ---------------------------------------------------------------------------
     def steps(self, q: Tensor | float) -> Tensor:
         """Quantizer step per channel, ``(N or 1, C, 1, 1)``."""
@@ -212,9 +228,11 @@ class RDCodec(nn.Module):
         reps = torch.tensor(self.cfg.levels, device=mask_levels.device)
         return torch.repeat_interleave(mask_levels, reps, dim=1)
 
-    def synthesise_s2d(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
+    def synthesise_s2d(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float,
+                       context: Tensor | None = None) -> Tensor:
         """Dequantized latent (erased elements already 0) + per-level mask -> image at H/4
-        as ``(N, 48, H/4, W/4)``, channels (colour, row, column) of each 4x4 pixel block."""
+        as ``(N, 48, H/4, W/4)``, channels (colour, row, column) of each 4x4 pixel block;
+        ``context`` ``(N, cfg.context, H/4, W/4)`` when the model reads one."""
         n, _, h, w = y_hat.shape
         std = self.coef_std.reshape(1, -1, 1, 1)
         y_hat = fill_erased(y_hat, self.level_mask(mask_levels.to(y_hat.dtype)))
@@ -227,12 +245,15 @@ class RDCodec(nn.Module):
         x4 = F.pixel_shuffle(self.synthesis(y_ref), 4)  # (N, 48, H/4, W/4): 4x4 pixels per channel
         if self.pixel is not None:
             up = F.pixel_shuffle(self.feat_up(feat), 4)
-            x4 = x4 + self.pixel(torch.cat([x4, up], 1))
+            side = [] if not self.cfg.context else [context.to(x4.dtype) if context is not None else
+                                                     x4.new_zeros(n, self.cfg.context, *x4.shape[2:])]
+            x4 = x4 + self.pixel(torch.cat([x4, up, *side], 1))
         return x4
 
-    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float) -> Tensor:
+    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float,
+                   context: Tensor | None = None) -> Tensor:
         """Dequantized latent (erased elements already 0) + per-level mask -> image."""
-        return F.pixel_shuffle(self.synthesise_s2d(y_hat, mask_levels, q), 4)
+        return F.pixel_shuffle(self.synthesise_s2d(y_hat, mask_levels, q, context), 4)
 
     # --- training -------------------------------------------------------------------------
     def rate_bits(self, u: Tensor, u_hat: Tensor) -> Tensor:
@@ -253,8 +274,10 @@ class RDCodec(nn.Module):
         flags = -(nz_levels * torch.log2(p) + (1 - nz_levels) * torch.log2(1 - p)).sum(dim=(1, 2, 3))
         return data + flags
 
-    def forward(self, x: Tensor, q: Tensor, mask_levels: Tensor | None = None) -> RDOutput:
-        """Training pass: ``q`` ``(N,)`` steps, ``mask_levels`` ``(N, K, h, w)`` (1 = arrived)."""
+    def forward(self, x: Tensor, q: Tensor, mask_levels: Tensor | None = None,
+                context: Tensor | None = None) -> RDOutput:
+        """Training pass: ``q`` ``(N,)`` steps, ``mask_levels`` ``(N, K, h, w)`` (1 = arrived),
+        ``context`` an image ``(N, cfg.context // 16, H, W)`` (the prediction) or None."""
         y = self.analyse(x)
         step = self.steps(q)
         u = y / step
@@ -266,4 +289,5 @@ class RDCodec(nn.Module):
         if mask_levels is None:
             mask_levels = torch.ones(x.shape[0], self.cfg.n_levels, *y.shape[2:], device=x.device)
         y_hat = y_hat * self.level_mask(mask_levels)
-        return RDOutput(self.synthesise(y_hat, mask_levels, q), bits)
+        ctx = F.pixel_unshuffle(context, 4) if context is not None else None
+        return RDOutput(self.synthesise(y_hat, mask_levels, q, ctx), bits)

@@ -177,7 +177,10 @@ class VideoCodec:
         pred = motion.predict(ref, vectors)
         residual = [p for p in got if p[0] >> 4 == RESIDUAL_VERSION]
         with torch.inference_mode():
-            x4 = self.inter.decode_s2d(residual, width, height, prefix_len=_REF.size)
+            context = None
+            if self.inter.model.cfg.context:  # a conditional model reads the prediction too
+                context = torch.from_numpy(np.ascontiguousarray(pred[..., ::-1].transpose(2, 0, 1)))[None].div_(255)
+            x4 = self.inter.decode_s2d(residual, width, height, prefix_len=_REF.size, context=context)
             res = F.pixel_shuffle(x4.float()[None], 4)[0, :, :height, :width]
             res = (res - 0.5).mul_(255).flip(0).permute(1, 2, 0).cpu().numpy()  # BGR, HxWx3
         return np.clip(np.rint(pred + res), 0, 255).astype(np.uint8)
