@@ -7,6 +7,11 @@ Experiments (``--experiments``, default all).  The entropy-coded codecs (``--rd-
 * ``rdloss``   PSNR under uniform and Gilbert-Elliott packet loss at 0.5 bpp, beside JPEG;
 * ``rdlevels`` PSNR decoded from the first j importance levels.
 
+The video codecs (``--video-models``, predicted frames):
+
+* ``video``    a stream simulated offline (receipts a round trip late, loss per payload):
+               predicted frames against intra-only at the same bytes (:mod:`.video_eval`).
+
 The fixed-rate codecs of papers 000/001 (``--models`` and the other model lists):
 
 * ``blocks``   PSNR / MS-SSIM vs number of leading blocks received, and with a random E of K
@@ -53,7 +58,7 @@ from .zoo import available_codecs
 
 log = logging.getLogger("jscc.eval")
 
-RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels")
+RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codecs trained with and without SCR (ablation at the largest size)")
     p.add_argument("--rd-models", default="uniform,ladder,noerasure",
                    help="entropy-coded codecs for the rd, rdloss and rdlevels experiments")
+    p.add_argument("--video-models", default="video", help="video codecs for the video experiment")
+    p.add_argument("--video-sources", default="synthetic:0,synthetic:1,synthetic:2,synthetic:3",
+                   help="comma list of frame sources for the video experiment (synthetic[:SEED], a video file, "
+                        "an image folder); frames at the first --sizes")
+    p.add_argument("--video-frames", type=int, default=60, help="frames per video source")
     p.add_argument("--experiments", default=",".join(EXPERIMENTS + RD_EXPERIMENTS),
                    help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)}")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
@@ -182,7 +192,11 @@ def run(args: argparse.Namespace) -> dict:
     models = _usable(args.models, shipped) if exps else []
     if exps and not models:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
+    video = "video" in rd_exps
+    rd_exps = [e for e in rd_exps if e != "video"]
     rd_results = _run_rd(args, rd_exps, sizes, shipped, out) if rd_exps else None
+    if video:
+        rd_results = {**(rd_results or {}), "video": _run_video(args, sizes[0], out)}
     if not exps:
         return {"rd": rd_results}
     out.mkdir(parents=True, exist_ok=True)
@@ -221,6 +235,27 @@ def _run_rd(args: argparse.Namespace, exps: list[str], sizes: list[tuple[int, in
     res = rd_run(models, sizes, exps, out / "rd", args.images, args.trials, seed=args.seed, precision=args.precision,
                  baselines=() if args.no_baselines else ("jpeg", "jpeg2000", "webp"), progress=log.info)
     print((out / "rd" / "summary.md").read_text())
+    return res
+
+
+def _run_video(args: argparse.Namespace, size: tuple[int, int], out: Path) -> dict:
+    """The video codecs' experiment into ``out/video`` (:func:`.video_eval.run`)."""
+    from jscc_stream.sources import open_source
+
+    from .video_eval import run as video_run
+
+    w, h = size
+    sources = {}
+    for spec in (s.strip() for s in args.video_sources.split(",") if s.strip()):
+        src = open_source(spec, w, h, 30.0)
+        frames = [f for f in (src.read(i) for i in range(args.video_frames)) if f is not None]
+        src.close()
+        if len(frames) < 2:
+            raise UserError(f"video source {spec} has fewer than 2 frames")
+        sources[Path(spec).stem if Path(spec).exists() else spec] = frames
+    models = [m.strip() for m in args.video_models.split(",") if m.strip()]
+    res = video_run(models, sources, out / "video", budget=w * h // 16, seed=args.seed, progress=log.info)
+    print((out / "video" / "summary.md").read_text())
     return res
 
 

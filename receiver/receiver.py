@@ -31,7 +31,7 @@ from jscc_stream.proto.rtcp import ReceptionStats, build_report
 from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_tos, resolve, udp_socket
 
 from .outputs import FrameRecord, Outputs
-from .references import ReferenceStore
+from jscc_stream.proto.references import ReferenceStore
 
 __all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
 

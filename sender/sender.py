@@ -32,7 +32,7 @@ from jscc_stream.proto.rtcp import parse_report
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
-from .references import Receipt, ReferenceState
+from jscc_stream.proto.references import Receipt, ReferenceState
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -333,6 +333,8 @@ class Sender:
                 grams.insert(0, self._description())
                 self.stats.descriptions_sent += 1
             queue.put_nowait(grams)
+            if self.refs is not None:  # receipts decoded now, after the frame left, not before the next
+                loop.run_in_executor(executor, self.refs.confirm)
             self.stats.frames_sent += 1
             if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
                 ended.set()

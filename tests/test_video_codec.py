@@ -12,8 +12,7 @@ from jscc_stream.models.stream_codec import load_stream_codec
 from jscc_stream.models.zoo import CodecLoadError
 from jscc_stream.models.video_codec import MOTION_VERSION, RESIDUAL_VERSION, VideoCodec, frame_info
 from jscc_stream.proto.receipts import pack_bitmap, picture_crc, unpack_bitmap
-from jscc_stream.receiver.references import ReferenceStore
-from jscc_stream.sender.references import Receipt, ReferenceState
+from jscc_stream.proto.references import Receipt, ReferenceState, ReferenceStore
 from jscc_stream.sources import SyntheticSource
 
 W, H = 320, 240

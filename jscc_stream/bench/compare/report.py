@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ARM_LABELS", "goal_check", "markdown_report", "plot_all", "write_report"]
+__all__ = ["ARM_LABELS", "goal_check", "video_goal_check", "recovery_frames", "markdown_report", "plot_all",
+           "write_report"]
 
 ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-slices": "H.264 slices", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG"}
 _COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-slices": "tab:cyan", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange"}
@@ -47,6 +48,61 @@ def goal_check(results: dict, min_loss: float = 0.05, margin_db: float = 3.0) ->
     return lines
 
 
+def recovery_frames(psnr_db: list[float], drop_db: float = 3.0, within_db: float = 1.0) -> list[int]:
+    """Frames from each quality drop until quality is back: a drop is a frame more than
+    ``drop_db`` under the median of the 5 frames before it; it is over at the first frame
+    within ``within_db`` of that level (0 = the dropped frame itself never counted twice)."""
+    out, i = [], 5
+    while i < len(psnr_db):
+        base = float(np.median(psnr_db[i - 5:i]))
+        if psnr_db[i] < base - drop_db:
+            k = next((k for k in range(1, len(psnr_db) - i) if psnr_db[i + k] >= base - within_db), None)
+            if k is None:
+                break  # not back before the run ended: not counted (the run is too short to say)
+            out.append(k)
+            i += k + 5
+        else:
+            i += 1
+    return out
+
+
+def video_goal_check(results: dict) -> list[str]:
+    """Issue "Video, not stills" per source: nothing lost, JSCC >= H.264 - 2 dB; from 5 % loss
+    JSCC >= H.264+FEC + 1 dB (and >= H.264+NACK from 10 %), frozen frames <= 1 %; JSCC latency
+    p95 <= H.264+FEC's + 30 ms; after drops, back within 1 dB in a round trip + 3 frames."""
+    conds, cfg = results["conditions"], results["config"]
+    rtt_frames = cfg["rtt_ms"] / 1000 * cfg["fps"]
+    lines = []
+    for source in dict.fromkeys(r["source"] for r in results["runs"]):
+        runs = _runs(results, source)
+        j0, h0 = runs.get(("none", "jscc")), runs.get(("none", "h264"))
+        miss: list[str] = []
+        if j0 and h0 and j0["psnr_mean"] < h0["psnr_mean"] - 2:
+            miss.append(f"clean {j0['psnr_mean'] - h0['psnr_mean']:+.2f} dB vs H.264 (bar -2)")
+        rec: list[int] = []
+        for c, info in conds.items():
+            j, f, n = (runs.get((c, a)) for a in ("jscc", "h264-fec", "h264-nack"))
+            if j is None:
+                continue
+            rec += recovery_frames(j["psnr"])
+            if info["trace_loss"] < 0.05:
+                continue
+            if f and j["psnr_mean"] < f["psnr_mean"] + 1:
+                miss.append(f"{c} {j['psnr_mean'] - f['psnr_mean']:+.2f} dB vs H.264+FEC (bar +1)")
+            if n and info["trace_loss"] >= 0.1 and j["psnr_mean"] < n["psnr_mean"]:
+                miss.append(f"{c} {j['psnr_mean'] - n['psnr_mean']:+.2f} dB vs H.264+NACK")
+            if j["frozen"] > 0.01 * len(j["psnr"]):
+                miss.append(f"{c} {j['frozen']} frozen")
+            if f and j["latency_p95_ms"] and f["latency_p95_ms"] and j["latency_p95_ms"] > f["latency_p95_ms"] + 30:
+                miss.append(f"{c} latency p95 {j['latency_p95_ms']:.0f} vs {f['latency_p95_ms']:.0f} ms")
+        slow = [k for k in rec if k > rtt_frames + 3]
+        rec_text = (f"{len(rec)} drops, back within 1 dB in median {np.median(rec):.0f} frames, max {max(rec)}"
+                    f" (bar {rtt_frames + 3:.0f}){'' if not slow else f', {len(slow)} slower'}" if rec else "no drops")
+        lines.append(f"- **{source}**: {'all bars met' if not miss else 'missed: ' + '; '.join(miss)}. "
+                     f"Recovery: {rec_text}.")
+    return lines
+
+
 def markdown_report(results: dict) -> str:
     conds = results["conditions"]
     arms = [a for a in ARM_LABELS if any(r["arm"] == a for r in results["runs"])]
@@ -55,6 +111,9 @@ def markdown_report(results: dict) -> str:
     goal = goal_check(results)
     if goal:
         out += ["### Goal check (mean PSNR, all frames, frozen ones included)\n", *goal, ""]
+    video = video_goal_check(results)
+    if video:
+        out += ["### Video bars (issue \"Video, not stills\")\n", *video, ""]
     for source in sources:
         runs = _runs(results, source)
         names = [c for c in conds if any((c, a) in runs for a in arms)]

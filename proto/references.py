@@ -1,4 +1,9 @@
-"""Which decoded frame the sender predicts from, kept in sync with the receiver under loss.
+"""Predicted frames' references, kept in sync between sender and receiver under loss.
+
+The receiver keeps the pictures it decoded (:class:`ReferenceStore`) and, after decoding each
+frame, sends a receipt: which payloads it used and a CRC of the picture
+(:mod:`.receipts`).  A frame whose reference it does not hold is not decoded, and its receipt
+says so.  The sender's side (:class:`ReferenceState`) chooses what to predict from:
 
 ``feedback`` mode (reference picture selection, as H.263's NEWPRED and H.264's long-term
 references do it): the receiver reports, for every frame it decodes, which payloads it used
@@ -8,8 +13,7 @@ then holds the receiver's picture bit for bit (the CRC confirms it) and predicts
 from the newest such *confirmed* frame.  A loss therefore never drifts: it costs the frames
 until its receipt arrives (one round trip), and prediction from a frame a round trip old.
 Nothing is re-decoded in a chain: a frame is only ever predicted from a confirmed one, so each
-receipt needs at most one decode (none when every payload arrived and the sender's own decode
-is the receiver's).  Without a confirmed frame (start, a receiver that restarted or lost its
+receipt needs at most one decode, and only the newest receipt is decoded.  Without a confirmed frame (start, a receiver that restarted or lost its
 reference, a silent return path) the next frame is intra.
 
 ``oneway`` mode (no return path, or several receivers that lose different packets): predict
@@ -34,11 +38,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from jscc_stream.proto.receipts import picture_crc
+from .receipts import picture_crc
 
-__all__ = ["ReferenceState", "Receipt", "MODES"]
+__all__ = ["ReferenceState", "ReferenceStats", "Receipt", "ReferenceStore", "MODES"]
 
-log = logging.getLogger("jscc.send.refs")
+log = logging.getLogger("jscc.refs")
 
 MODES = ("feedback", "oneway", "intra")
 MAX_BACK = 255  # a payload names its reference up to this many frame ids back
@@ -140,13 +144,18 @@ class ReferenceState:
             if last is None or due or frame_id - last > MAX_BACK or self._sent[last].recon is None:
                 return None, None
             return last, self._sent[last].recon
-        self._confirm_newest(frame_id)
+        self.confirm()
         for fid in reversed(self._confirmed):
             if 0 < frame_id - fid <= MAX_BACK:
                 return fid, self._confirmed[fid]
         return None, None
 
-    def _confirm_newest(self, frame_id: int) -> None:
+    def confirm(self) -> None:
+        """Turn the newest usable receipt into a confirmed reference (at most one decode).  The
+        sender calls it right after a frame went out, so the decode is off the next frame's
+        capture-to-send path; :meth:`choose` calls it too, which then finds nothing to do."""
+        if self.mode != "feedback":
+            return
         with self._lock:
             receipts = sorted(self._receipts.values(), key=lambda r: r.frame_id, reverse=True)
             self._receipts.clear()
@@ -207,3 +216,27 @@ class ReferenceState:
             while len(self._sent) > self.history_size:
                 self._sent.popitem(last=False)
         self._last_sent = frame_id
+
+
+class ReferenceStore:
+    """Decoded pictures by frame id, for predicted frames to refer to (thread-safe)."""
+
+    def __init__(self, capacity: int = 48) -> None:
+        self.capacity = capacity
+        self._pictures: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, frame_id: int, picture: np.ndarray) -> None:
+        with self._lock:
+            self._pictures[frame_id] = picture
+            self._pictures.move_to_end(frame_id)
+            while len(self._pictures) > self.capacity:
+                self._pictures.popitem(last=False)
+
+    def get(self, frame_id: int) -> np.ndarray | None:
+        with self._lock:
+            return self._pictures.get(frame_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pictures.clear()
