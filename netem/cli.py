@@ -56,6 +56,9 @@ def _shim_parser() -> argparse.ArgumentParser:
                         "playout deadline anyway. Off by default; pairs well with --priority")
     p.add_argument("--overhead", type=int, default=28,
                    help="bytes added to each datagram by the bottleneck accounting (IP+UDP: 28)")
+    p.add_argument("--reverse-delay-ms", type=float, default=0.0,
+                   help="one-way delay of the return path alone (RTCP, receipts), lossless: a round trip of "
+                        "--delay-ms + this without impairing the feedback")
     p.add_argument("--both-ways", action="store_true",
                    help="impair the receiver->sender direction (RTCP) the same way too")
     p.add_argument("--stats-interval", type=float, default=5.0,
@@ -159,7 +162,12 @@ def _shim_main(args: argparse.Namespace) -> int:
         if type(exc).__name__ == "LossSpecError":
             raise
         raise UserError(str(exc)) from None
-    rev = LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways else LinkConfig()
+    if args.reverse_delay_ms < 0:
+        raise UserError("--reverse-delay-ms must be >= 0")
+    if args.both_ways and args.reverse_delay_ms:
+        raise UserError("--reverse-delay-ms and --both-ways both set the return path: choose one")
+    rev = (LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways
+           else LinkConfig(delay_s=args.reverse_delay_ms / 1e3))
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
                      seed=args.seed, stats_interval=args.stats_interval)
     from jscc_stream.cli import event_loop_factory

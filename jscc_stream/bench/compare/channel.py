@@ -74,13 +74,16 @@ class Shim:
     """``jscc-netem`` as a subprocess on loopback (context manager); its counters end up in stats_json."""
 
     def __init__(self, listen_port: int, forward_port: int, trace: Path, delay_ms: float, workdir: Path,
-                 seed: int = 1) -> None:
+                 seed: int = 1, reverse_delay_ms: float = 0.0) -> None:
+        """``reverse_delay_ms``: the return path's delay (lossless; the JSCC arm's receipts and
+        RTCP); the baselines' feedback is timed by the arms themselves (``--rtt-ms``)."""
         self.listen_port, self.forward_port = listen_port, forward_port
         self.log_path = workdir / "shim.log"
         self.stats_json = workdir / "shim.json"
         self.cmd = daemon_cmd("netem", "--listen", f"127.0.0.1:{listen_port}", "--forward",
                               f"127.0.0.1:{forward_port}", "--loss", f"trace:{trace}", "--seed", str(seed),
-                              "--delay-ms", str(delay_ms), "--stats-interval", "0", "--stats-json",
+                              "--delay-ms", str(delay_ms), "--reverse-delay-ms", str(reverse_delay_ms),
+                              "--stats-interval", "0", "--stats-json",
                               str(self.stats_json), "--log-level", "info")
         self.proc: subprocess.Popen | None = None
 

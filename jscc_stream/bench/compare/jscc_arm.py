@@ -46,7 +46,9 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     recv = send = None
     try:
         recv = subprocess.Popen(recv_cmd, stdout=logs["receiver"], stderr=subprocess.STDOUT)
-        with Shim(sport, rport, trace, delay_ms, workdir):
+        # the return path as long as the forward one: a round trip of 2 x delay_ms, as the NACK
+        # arm's (--rtt-ms, 100 ms by default), for the video codec's receipts
+        with Shim(sport, rport, trace, delay_ms, workdir, reverse_delay_ms=delay_ms):
             wait_for_line(workdir / "receiver.log", "listening on", recv, 120)
             send = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT)
             try:
