@@ -24,17 +24,17 @@ from jscc_stream.proto.references import Receipt, ReferenceState, ReferenceStore
 
 __all__ = ["simulate", "run", "CONFIGS", "CONDITIONS"]
 
-# (label, reference mode, receipt delay in frames)
-CONFIGS = (("intra", "intra", 0), ("P rtt 1", "feedback", 1), ("P rtt 4", "feedback", 4),
-           ("P oneway", "oneway", 0))
+# (label, reference mode, receipt delay in frames, optimism: see ReferenceState)
+CONFIGS = (("intra", "intra", 0, 0.0), ("P rtt 1", "feedback", 1, 0.25), ("P rtt 4", "feedback", 4, 0.25),
+           ("P rtt 4 confirmed only", "feedback", 4, 0.0), ("P oneway", "oneway", 0, 0.0))
 CONDITIONS = (("none", "none"), ("u10", "uniform:0.10"), ("ge10", "ge10"))
 
 
 def simulate(codec, frames: list[np.ndarray], budget: int, mode: str, delay: int, loss_spec: str,
-             seed: int = 0) -> dict:
+             seed: int = 0, optimism: float = 0.25) -> dict:
     """One simulated stream (see the module docstring); returns per-frame PSNR and counts."""
     h, w = frames[0].shape[:2]
-    refs = ReferenceState(codec, w, h, mode, intra_period=30, silence_s=1e9)
+    refs = ReferenceState(codec, w, h, mode, intra_period=30, silence_s=1e9, optimism_loss=optimism)
     store = ReferenceStore()
     proc = parse_loss_spec(loss_spec)
     rng = np.random.default_rng(seed)
@@ -78,8 +78,8 @@ def run(codec_names: list[str], sources: dict[str, list[np.ndarray]], out: Path,
             raise ValueError(f"codec {name!r} has no predicted frames")
         for src, frames in sources.items():
             for cond, spec in CONDITIONS:
-                for label, mode, delay in CONFIGS:
-                    r = simulate(codec, frames, budget, mode, delay, spec, seed)
+                for label, mode, delay, optimism in CONFIGS:
+                    r = simulate(codec, frames, budget, mode, delay, spec, seed, optimism)
                     rows.append({"codec": name, "source": src, "condition": cond, "config": label,
                                  "psnr": round(float(np.mean(r["psnr"])), 3),
                                  "predicted": r["kinds"].count("P"), "frames": len(frames),

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -67,13 +67,16 @@ class Receipt:
 class _Sent:
     payloads: list[bytes]
     ref_id: int | None  # None: intra
-    recon: np.ndarray | None = None  # the sender's decode with nothing lost (oneway mode)
+    ref_picture: np.ndarray | None  # the picture it was predicted from (the object: see confirm)
+    recon: np.ndarray | None = None  # the sender's decode with nothing lost (when it needs one)
 
 
 @dataclass
 class ReferenceStats:
     intra: int = 0
     predicted: int = 0
+    optimistic: int = 0  # predicted from the previous frame before its receipt came
+    resyncs: int = 0  # predicted from a confirmed picture after a reported loss
     receipts: int = 0
     confirmed: int = 0
     redecoded: int = 0  # receipts with losses: decoded again from what arrived
@@ -89,20 +92,30 @@ class ReferenceStats:
 
 
 class ReferenceState:
-    """The sender's side of reference sync (see the module docstring)."""
+    """The sender's side of reference sync (see the module docstring).
+
+    ``optimism_loss``: in feedback mode, frames are predicted from the previous frame (before
+    its receipt arrived) while at most this share of the last 16 receipts reported losses and
+    none since the last resynchronisation did; 0 = always from a confirmed picture."""
 
     def __init__(self, codec: _Codec, width: int, height: int, mode: str = "feedback",
-                 intra_period: int = 30, history: int = 64, silence_s: float = 1.0) -> None:
+                 intra_period: int = 30, history: int = 64, silence_s: float = 1.0,
+                 optimism_loss: float = 0.25) -> None:
         if mode not in MODES:
             raise ValueError(f"reference mode must be one of {', '.join(MODES)}, got {mode!r}")
         if intra_period < 1:
             raise ValueError("intra period must be at least 1")
         self.codec, self.width, self.height = codec, width, height
         self.mode, self.intra_period, self.history_size, self.silence_s = mode, intra_period, history, silence_s
+        self.optimism_loss = optimism_loss
         self.stats = ReferenceStats()
         self._sent: OrderedDict[int, _Sent] = OrderedDict()
-        self._confirmed: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._exact: OrderedDict[int, np.ndarray] = OrderedDict()  # the receiver's pictures, known
         self._receipts: dict[int, Receipt] = {}
+        self._recent_lossy: deque[bool] = deque(maxlen=16)
+        self._chain_start: int | None = None  # first frame of the current optimistic chain
+        self._broken = False  # a loss was reported inside the current chain
+        self._reset = False  # the receiver lost its references (set by on_receipt)
         self._lock = threading.Lock()
         self._last_receipt = -1e9
         self._last_intra: int | None = None
@@ -110,7 +123,7 @@ class ReferenceState:
 
     # --- feedback (event loop thread) ----------------------------------------------------
     def on_receipt(self, receipt: Receipt) -> None:
-        """A receiver's report of one frame.  Cheap: the decode happens at the next choose()."""
+        """A receiver's report of one frame.  Cheap: the decode happens in :meth:`confirm`."""
         with self._lock:
             self.stats.receipts += 1
             sent = self._sent.get(receipt.frame_id)
@@ -121,7 +134,7 @@ class ReferenceState:
             if not receipt.decoded:
                 # the receiver lacks that frame's reference (it restarted, or joined late):
                 # nothing it holds is known any more
-                self._confirmed.clear()
+                self._reset = True
                 self._receipts.clear()
                 return
             self._receipts[receipt.frame_id] = receipt
@@ -133,59 +146,83 @@ class ReferenceState:
             return "oneway"
         return self.mode
 
+    def _optimistic(self) -> bool:
+        if self.optimism_loss <= 0 or self._broken:
+            return False
+        return sum(self._recent_lossy) <= self.optimism_loss * max(len(self._recent_lossy), 1)
+
     def choose(self, frame_id: int) -> tuple[int | None, np.ndarray | None]:
         """(reference frame id, its picture) to predict ``frame_id`` from; (None, None): intra."""
         mode = self.effective_mode()
         if mode == "intra":
             return None, None
+        last = self._last_sent
+        prev = self._sent.get(last) if last is not None else None
         if mode == "oneway":
-            last = self._last_sent
             due = self._last_intra is None or frame_id - self._last_intra >= self.intra_period
-            if last is None or due or frame_id - last > MAX_BACK or self._sent[last].recon is None:
+            if prev is None or due or frame_id - last > MAX_BACK or prev.recon is None:
                 return None, None
-            return last, self._sent[last].recon
+            return last, prev.recon
         self.confirm()
-        for fid in reversed(self._confirmed):
+        if (prev is not None and prev.recon is not None and self._chain_start is not None and self._optimistic()
+                and frame_id - last <= MAX_BACK):
+            self.stats.optimistic += 1
+            return last, prev.recon
+        self._chain_start, self._broken = frame_id, False  # a new chain starts from what is known
+        for fid in reversed(self._exact):
             if 0 < frame_id - fid <= MAX_BACK:
-                return fid, self._confirmed[fid]
+                self.stats.resyncs += 1
+                return fid, self._exact[fid]
         return None, None
 
     def confirm(self) -> None:
-        """Turn the newest usable receipt into a confirmed reference (at most one decode).  The
-        sender calls it right after a frame went out, so the decode is off the next frame's
-        capture-to-send path; :meth:`choose` calls it too, which then finds nothing to do."""
+        """Turn receipts into pictures known to be the receiver's (at most one decode each, for
+        a receipt with losses).  The sender calls it right after a frame went out, so the
+        decodes are off the next frame's capture-to-send path; :meth:`choose` calls it too."""
         if self.mode != "feedback":
             return
         with self._lock:
-            receipts = sorted(self._receipts.values(), key=lambda r: r.frame_id, reverse=True)
+            receipts = sorted(self._receipts.values(), key=lambda r: r.frame_id)
             self._receipts.clear()
-        newest = next(iter(reversed(self._confirmed)), None)
+            reset, self._reset = self._reset, False
+        if reset:
+            self._exact.clear()
+            self._broken = True
         for r in receipts:
-            if newest is not None and r.frame_id <= newest:
-                break  # an older frame than the reference already held: no use
-            picture = self._receiver_picture(r)
+            sent = self._sent.get(r.frame_id)
+            if sent is None:
+                continue
+            lossy = not all(r.received)
+            self._recent_lossy.append(lossy)
+            in_chain = self._chain_start is not None and r.frame_id >= self._chain_start
+            picture = self._receiver_picture(r, sent)
+            if picture is None or lossy:
+                self._broken |= in_chain  # the receiver's picture is not the one later frames used
             if picture is not None:
-                self._confirmed[r.frame_id] = picture
+                self._exact[r.frame_id] = picture
                 self.stats.confirmed += 1
-                break
-        while len(self._confirmed) > 4:  # the newest few suffice: older ones are never chosen
-            self._confirmed.popitem(last=False)
+        while len(self._exact) > 16:
+            self._exact.popitem(last=False)
 
-    def _receiver_picture(self, r: Receipt) -> np.ndarray | None:
-        """The picture the receiver decoded for ``r``'s frame, if the sender can know it."""
-        sent = self._sent.get(r.frame_id)
-        if sent is None:
-            return None
-        ref = None
+    def known(self) -> dict[int, np.ndarray]:
+        """The receiver's pictures the sender holds bit for bit, by frame id (newest 16)."""
+        return dict(self._exact)
+
+    def _receiver_picture(self, r: Receipt, sent: _Sent) -> np.ndarray | None:
+        """The picture the receiver decoded for ``r``'s frame, if the sender can know it: its
+        reference must be a picture known to be the receiver's, and the very one the frame was
+        predicted from (a frame predicted from the previous frame's loss-free decode, whose
+        receipt then reported losses, is not reproducible and is not used)."""
+        base = None
         if sent.ref_id is not None:
-            ref = self._confirmed.get(sent.ref_id)
-            if ref is None:
-                return None  # predicted from a frame no longer held: cannot be reproduced
-        payloads = [p if ok else None for p, ok in zip(sent.payloads, r.received)]
+            base = self._exact.get(sent.ref_id)
+            if base is None or base is not sent.ref_picture:
+                return None
         if all(r.received) and sent.recon is not None:
             picture = sent.recon
         else:
-            picture = self.codec.decode(payloads, self.width, self.height, ref)
+            payloads = [p if ok else None for p, ok in zip(sent.payloads, r.received)]
+            picture = self.codec.decode(payloads, self.width, self.height, base)
             self.stats.redecoded += not all(r.received)
         if picture_crc(picture) != r.crc32:
             self.stats.mismatches += 1
@@ -202,8 +239,10 @@ class ReferenceState:
             ref_id = ref = None
         if self._last_sent is None:
             self._last_receipt = time.monotonic()  # the return path has silence_s to speak up
+        mode = self.effective_mode()
         recon = None
-        if self.effective_mode() == "oneway":  # the next frame predicts from this one's decode
+        if mode == "oneway" or (mode == "feedback" and self._optimistic()):
+            # the next frame may predict from this one's loss-free decode
             recon = self.codec.decode(payloads, self.width, self.height, ref)
         if ref_id is None:
             self.stats.intra += 1
@@ -212,7 +251,7 @@ class ReferenceState:
             self.stats.predicted += 1
             self.stats.ref_back_sum += frame_id - ref_id
         with self._lock:
-            self._sent[frame_id] = _Sent(payloads, ref_id, recon)
+            self._sent[frame_id] = _Sent(payloads, ref_id, ref, recon)
             while len(self._sent) > self.history_size:
                 self._sent.popitem(last=False)
         self._last_sent = frame_id
