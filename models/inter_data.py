@@ -109,8 +109,7 @@ class ResidualSampler:
         out = np.empty((n, 6 if self.with_prediction else 3, c, c), dtype=np.float32)
         for i in range(n):
             frame, ref = self.pair(rng)
-            _, vectors = motion.choose_vectors(frame, ref, grid)
-            pred = motion.predict(ref, vectors)
+            _, _, pred = motion.choose_vectors(frame, ref, grid)
             out[i, :3] = (frame.astype(np.float32) - pred)[..., ::-1].transpose(2, 0, 1) / 255 + 0.5
             if self.with_prediction:
                 out[i, 3:] = pred[..., ::-1].transpose(2, 0, 1) / 255

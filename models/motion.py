@@ -13,6 +13,8 @@ on one machine (OpenCV's float32 resize and remap).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import cv2
 import numpy as np
 
@@ -112,29 +114,50 @@ def predict(ref_bgr: np.ndarray, vectors: np.ndarray) -> np.ndarray:
     # patch centres sit at 16 i + 7.5: resize from the (h, w) grid to (16h, 16w) maps them there
     fx = cv2.resize(field[0], (w * _PATCH, h * _PATCH), interpolation=cv2.INTER_LINEAR)[:hh, :ww]
     fy = cv2.resize(field[1], (w * _PATCH, h * _PATCH), interpolation=cv2.INTER_LINEAR)[:hh, :ww]
-    gx, gy = np.meshgrid(np.arange(ww, dtype=np.float32), np.arange(hh, dtype=np.float32))
+    gx, gy = _pixel_grid(hh, ww)
     src = ref_bgr.astype(np.float32)
     return cv2.remap(src, gx + fx, gy + fy, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _patch_sse(pred: np.ndarray, frame_bgr: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+@lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
+
+
+def _patch_sse(pred: np.ndarray, frame_f32: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Squared prediction error per patch (summed over its pixels and colours)."""
     h, w = grid
-    d = (pred - frame_bgr.astype(np.float32)) ** 2
-    d = np.pad(d.sum(2), ((0, h * _PATCH - d.shape[0]), (0, w * _PATCH - d.shape[1])))
-    return d.reshape(h, _PATCH, w, _PATCH).sum(axis=(1, 3))
+    d = cv2.subtract(pred, frame_f32)
+    d = cv2.multiply(d, d)
+    hh, ww = d.shape[:2]
+    if (hh, ww) != (h * _PATCH, w * _PATCH):
+        d = cv2.copyMakeBorder(d, 0, h * _PATCH - hh, 0, w * _PATCH - ww, cv2.BORDER_CONSTANT, value=0)
+    # an area resize by 16 is the mean of each patch (OpenCV's fast path for integer factors)
+    return cv2.resize(d, (w, h), interpolation=cv2.INTER_AREA).sum(axis=2) * (_PATCH * _PATCH)
 
 
-def choose_vectors(frame_bgr: np.ndarray, ref_bgr: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(affine parameters, ``(2, h, w)`` vectors) for coding ``frame_bgr`` from ``ref_bgr``:
+def choose_vectors(frame_bgr: np.ndarray, ref_bgr: np.ndarray,
+                   grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(affine parameters, ``(2, h, w)`` vectors, the prediction :func:`predict` makes of
+    them) for coding ``frame_bgr`` from ``ref_bgr``:
     the affine model's vector at every patch except where the patch's own measured vector
     predicts it clearly better (:data:`DEVIATION_GAIN`), so that camera motion costs nothing
     per patch and only objects moving on their own pay for their vectors."""
     measured = estimate_vectors(frame_bgr, ref_bgr, grid)
     params = fit_affine(measured)
     model = affine_vectors(params, grid)
+    pred_model = predict(ref_bgr, model)
     if np.array_equal(measured, model):
-        return params, model
-    sse_model = _patch_sse(predict(ref_bgr, model), frame_bgr, grid)
-    sse_own = _patch_sse(predict(ref_bgr, measured), frame_bgr, grid)
-    own = sse_model - sse_own > DEVIATION_GAIN * _PATCH * _PATCH * 3
-    return params, np.where(own[None], measured, model).astype(np.int32)
+        return params, model, pred_model
+    frame_f32 = frame_bgr.astype(np.float32)
+    pred_own = predict(ref_bgr, measured)
+    own = _patch_sse(pred_model, frame_f32, grid) - _patch_sse(pred_own, frame_f32, grid) \
+        > DEVIATION_GAIN * _PATCH * _PATCH * 3
+    if not own.any():
+        return params, model, pred_model
+    if own.all():
+        return params, measured, pred_own
+    vectors = np.where(own[None], measured, model).astype(np.int32)
+    return params, vectors, predict(ref_bgr, vectors)

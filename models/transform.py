@@ -100,6 +100,8 @@ class RDConfig:
     def __post_init__(self) -> None:
         if sum(self.levels) != self.channels or any(n <= 0 for n in self.levels):
             raise ValueError(f"levels {self.levels} must be positive and sum to channels={self.channels}")
+        if self.pixel_width and not self.latent_width:
+            raise ValueError("the pixel refinement CNN reads the latent CNN's features: pixel_width needs latent_width")
 
     @property
     def n_levels(self) -> int:
@@ -152,13 +154,16 @@ class RDCodec(nn.Module):
         # per-channel scale (std of the KLT coefficient) to normalise the decoder's inputs
         self.register_buffer("coef_std", torch.ones(c))
         self.log_step = nn.Parameter(torch.zeros(c))
-        # latent-domain CNN: fills erased coefficients and refines kept ones (MCA-style input)
+        # latent-domain CNN: fills erased coefficients and refines kept ones (MCA-style input);
+        # latent_width 0: none (a P-frame residual model gains nothing from it, see docs/codec.md)
         lw = cfg.latent_width
-        self.latent_in = nn.Conv2d(c + k + 1, lw, 3, padding=1, padding_mode="replicate")
-        self.latent_mid = nn.Conv2d(lw, lw, 3, padding=1, padding_mode="replicate")
-        self.latent_out = nn.Conv2d(lw, c, 1)
-        nn.init.zeros_(self.latent_out.weight)
-        nn.init.zeros_(self.latent_out.bias)
+        self.latent_cnn = lw > 0
+        if lw:
+            self.latent_in = nn.Conv2d(c + k + 1, lw, 3, padding=1, padding_mode="replicate")
+            self.latent_mid = nn.Conv2d(lw, lw, 3, padding=1, padding_mode="replicate")
+            self.latent_out = nn.Conv2d(lw, c, 1)
+            nn.init.zeros_(self.latent_out.weight)
+            nn.init.zeros_(self.latent_out.bias)
         # linear synthesis; its 768 outputs per position are ordered (colour, sub-pixel row and
         # column at H/4) x (4x4 offset), so one depth-to-space by 4 gives the image at H/4 as
         # 48 channels, the layout the refinement CNN reads: no shuffle by 16 and back (those
@@ -236,6 +241,8 @@ class RDCodec(nn.Module):
         n, _, h, w = y_hat.shape
         std = self.coef_std.reshape(1, -1, 1, 1)
         y_hat = fill_erased(y_hat, self.level_mask(mask_levels.to(y_hat.dtype)))
+        if not self.latent_cnn:  # the linear synthesis of the (filled-in) latent alone
+            return F.pixel_shuffle(self.synthesis(y_hat), 4)
         logq = torch.log2(torch.as_tensor(q, dtype=y_hat.dtype, device=y_hat.device) / 0.1)
         logq = logq.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
         z = torch.cat([y_hat / std, mask_levels.to(y_hat.dtype), logq], dim=1)

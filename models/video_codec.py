@@ -27,9 +27,9 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import motion
 from .entropy import decode_group, encode_group
@@ -128,9 +128,8 @@ class VideoCodec:
             raise ValueError(f"reference {ref.shape} and frame {frame_bgr.shape} differ in size")
         height, width = frame_bgr.shape[:2]
         grid = self.latent_hw(width, height)
-        params, vectors = motion.choose_vectors(frame_bgr, ref, grid)
+        params, vectors, pred = motion.choose_vectors(frame_bgr, ref, grid)
         motion_payloads = self._encode_motion(params, vectors, grid, ref_back)
-        pred = motion.predict(ref, vectors)
         mse = float(np.mean((frame_bgr.astype(np.float32) - pred) ** 2))
         if 10 * np.log10(255.0 ** 2 / max(mse, 1e-6)) < SCENE_CUT_DB:
             return self.intra.encode(frame_bgr, max_bytes)
@@ -181,9 +180,12 @@ class VideoCodec:
             if self.inter.model.cfg.context:  # a conditional model reads the prediction too
                 context = torch.from_numpy(np.ascontiguousarray(pred[..., ::-1].transpose(2, 0, 1)))[None].div_(255)
             x4 = self.inter.decode_s2d(residual, width, height, prefix_len=_REF.size, context=context)
-            res = F.pixel_shuffle(x4.float()[None], 4)[0, :, :height, :width]
-            res = (res - 0.5).mul_(255).flip(0).permute(1, 2, 0).cpu().numpy()  # BGR, HxWx3
-        return np.clip(np.rint(pred + res), 0, 255).astype(np.uint8)
+            x4 = x4.float().cpu().numpy()
+        h, w = grid
+        # depth-to-space in numpy, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
+        res = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
+        out = cv2.scaleAdd(res[:height, :width], 255.0, pred - 127.5)  # pred + (res - 0.5) * 255
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def _decode_motion(self, payloads: list[bytes], grid: tuple[int, int]) -> np.ndarray:
         h, w = grid

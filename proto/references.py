@@ -176,9 +176,12 @@ class ReferenceState:
         return None, None
 
     def confirm(self) -> None:
-        """Turn receipts into pictures known to be the receiver's (at most one decode each, for
-        a receipt with losses).  The sender calls it right after a frame went out, so the
-        decodes are off the next frame's capture-to-send path; :meth:`choose` calls it too."""
+        """Turn receipts into pictures known to be the receiver's.  A receipt whose picture is
+        the sender's own loss-free decode costs nothing; of those that need a decode (losses,
+        or no loss-free decode kept) only the newest is decoded: an older one could only ever
+        serve as an older reference.  At most one decode a call, then.  The sender calls it
+        right after a frame went out, off the next frame's capture-to-send path; :meth:`choose`
+        calls it too."""
         if self.mode != "feedback":
             return
         with self._lock:
@@ -188,6 +191,7 @@ class ReferenceState:
         if reset:
             self._exact.clear()
             self._broken = True
+        pending: tuple[Receipt, _Sent] | None = None  # the newest receipt that needs a decode
         for r in receipts:
             sent = self._sent.get(r.frame_id)
             if sent is None:
@@ -195,11 +199,20 @@ class ReferenceState:
             lossy = not all(r.received)
             self._recent_lossy.append(lossy)
             in_chain = self._chain_start is not None and r.frame_id >= self._chain_start
+            if lossy or sent.recon is None:
+                pending = (r, sent)
+                self._broken |= in_chain and lossy  # later frames used a picture the receiver lacks
+                continue
             picture = self._receiver_picture(r, sent)
-            if picture is None or lossy:
-                self._broken |= in_chain  # the receiver's picture is not the one later frames used
-            if picture is not None:
+            if picture is None:
+                self._broken |= in_chain
+            else:
                 self._exact[r.frame_id] = picture
+                self.stats.confirmed += 1
+        if pending is not None and pending[0].frame_id > max(self._exact, default=-1):
+            picture = self._receiver_picture(*pending)
+            if picture is not None:
+                self._exact[pending[0].frame_id] = picture
                 self.stats.confirmed += 1
         while len(self._exact) > 16:
             self._exact.popitem(last=False)

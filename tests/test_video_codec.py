@@ -57,8 +57,9 @@ def test_concealed_vectors_come_from_known_neighbours():
 
 
 def test_prediction_follows_camera_motion(frames):
-    _, vectors = motion.choose_vectors(frames[5], frames[4], (15, 20))
-    pred = np.clip(np.rint(motion.predict(frames[4], vectors)), 0, 255).astype(np.uint8)
+    _, vectors, pred = motion.choose_vectors(frames[5], frames[4], (15, 20))
+    assert np.array_equal(pred, motion.predict(frames[4], vectors))
+    pred = np.clip(np.rint(pred), 0, 255).astype(np.uint8)
     assert psnr(pred, frames[5]) > psnr(frames[4], frames[5]) + 5
 
 
