@@ -7,7 +7,8 @@ logic is tested without sleeping.  A frame is released when the first of these h
 * all its bytes arrived (``reason="complete"``);
 * a newer frame of the same stream completed: older frames go out first, with what they have,
   so frames leave in order without waiting (``"superseded"``);
-* its deadline passed: ``first packet arrival + latency`` (``"deadline"``), shortened to
+* its deadline passed: ``first packet arrival + latency`` (``"deadline"``), with the optional
+  ``gap`` rule for entropy-coded frames at most ``last arrival + gap``, shortened to
   ``now + reorder grace`` once the frame's last (marker) packet arrived, or a newer frame's
   packet at least as unimportant as every block still missing (the sender sends frames in
   order and blocks by importance; a priority network may hold back only less important ones);
@@ -174,9 +175,15 @@ class Reassembler:
     """Collects packets of every stream it hears; see the module docstring for release rules."""
 
     def __init__(self, latency: float = 0.05, reorder_grace: float = 0.01, max_frames: int = 32,
-                 max_streams: int = 4) -> None:
+                 max_streams: int = 4, gap: float | None = None) -> None:
+        """``gap``: release an entropy-coded frame once none of its packets arrived for this
+        long (its sender sends a frame's packets together: a silence means the rest is lost,
+        most often its last, marker packet); None: only the rules above."""
         if latency <= 0:
             raise ValueError("latency must be positive")
+        if gap is not None and gap <= 0:
+            raise ValueError("gap must be positive")
+        self.gap = gap
         self.latency = latency
         self.reorder_grace = reorder_grace
         self.max_frames = max_frames
@@ -281,6 +288,8 @@ class Reassembler:
     def _stored(self, slot: FrameSlot, pkt: MediaPacket | PayloadPacket, now: float) -> list[FrameSlot]:
         """After a packet's bytes went into its slot: deadline, completion, memory bound."""
         slot.packets += 1
+        if self.gap is not None and slot.payloads is not None:
+            slot.deadline = min(slot.first_arrival + self.latency, now + self.gap)
         if pkt.marker:
             slot.deadline = min(slot.deadline, now + self.reorder_grace)
         out: list[FrameSlot] = []

@@ -120,6 +120,7 @@ class ReferenceState:
         self._last_receipt = -1e9
         self._last_intra: int | None = None
         self._last_sent: int | None = None
+        self._recon_due = False
 
     # --- feedback (event loop thread) ----------------------------------------------------
     def on_receipt(self, receipt: Receipt) -> None:
@@ -156,6 +157,7 @@ class ReferenceState:
         mode = self.effective_mode()
         if mode == "intra":
             return None, None
+        self._reconstruct()
         last = self._last_sent
         prev = self._sent.get(last) if last is not None else None
         if mode == "oneway":
@@ -182,6 +184,7 @@ class ReferenceState:
         serve as an older reference.  At most one decode a call, then.  The sender calls it
         right after a frame went out, off the next frame's capture-to-send path; :meth:`choose`
         calls it too."""
+        self._reconstruct()
         if self.mode != "feedback":
             return
         with self._lock:
@@ -253,10 +256,9 @@ class ReferenceState:
         if self._last_sent is None:
             self._last_receipt = time.monotonic()  # the return path has silence_s to speak up
         mode = self.effective_mode()
-        recon = None
-        if mode == "oneway" or (mode == "feedback" and self._optimistic()):
-            # the next frame may predict from this one's loss-free decode
-            recon = self.codec.decode(payloads, self.width, self.height, ref)
+        # the next frame may predict from this one's loss-free decode: made by confirm(), after
+        # the frame went out (or by the next choose() at the latest)
+        self._recon_due = mode == "oneway" or (mode == "feedback" and self._optimistic())
         if ref_id is None:
             self.stats.intra += 1
             self._last_intra = frame_id
@@ -264,10 +266,19 @@ class ReferenceState:
             self.stats.predicted += 1
             self.stats.ref_back_sum += frame_id - ref_id
         with self._lock:
-            self._sent[frame_id] = _Sent(payloads, ref_id, ref, recon)
+            self._sent[frame_id] = _Sent(payloads, ref_id, ref)
             while len(self._sent) > self.history_size:
                 self._sent.popitem(last=False)
         self._last_sent = frame_id
+
+    def _reconstruct(self) -> None:
+        """The last frame's loss-free decode, when :meth:`sent` found it will be needed."""
+        if not self._recon_due or self._last_sent is None:
+            return
+        self._recon_due = False
+        last = self._sent.get(self._last_sent)
+        if last is not None and last.recon is None:
+            last.recon = self.codec.decode(last.payloads, self.width, self.height, last.ref_picture)
 
 
 class ReferenceStore:

@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-workers", type=int, default=1,
                    help="frames decoded in parallel, each on its own thread with --threads torch threads (2 raises throughput "
                         "when the receiver has 2 idle cores; on a shared machine it only adds latency)")
+    p.add_argument("--gap-ms", type=float, default=None,
+                   help="entropy-coded streams: a frame none of whose packets arrived for this long is decoded "
+                        "with what it has (its sender sends a frame's packets together, so the rest was lost; "
+                        "without it a frame whose last packet was lost waits for the next frame or --latency-ms). "
+                        "Use with jscc-send --pace 0 or small; off by default")
+    p.add_argument("--decode-queue", type=int, default=2,
+                   help="frames released for decoding that may wait for the decoder; beyond that the oldest is "
+                        "skipped (counted) so latency does not build up. 1 skips whenever two frames are released "
+                        "together, which loss makes common (a late frame goes out with the next one)")
     p.add_argument("--display", action="store_true",
                    help="show frames in a window at their real size with an fps/loss/levels/latency overlay; "
                         "q, Esc or closing the window stops the receiver (needs a desktop: see --web otherwise)")
@@ -100,6 +109,10 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--latency-ms must be positive and --reorder-ms not negative")
     if args.threads < 1 or args.decode_workers < 1:
         raise UserError("--threads and --decode-workers must be >= 1")
+    if args.decode_queue < 1:
+        raise UserError("--decode-queue must be >= 1")
+    if args.gap_ms is not None and args.gap_ms <= 0:
+        raise UserError("--gap-ms must be positive")
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
 
@@ -128,7 +141,9 @@ def _main(argv: Sequence[str] | None) -> int:
     outputs = Outputs(display=args.display, record=args.record, save_frames=args.save_frames,
                       stats_json=args.stats_json, on_close=window_closed)
     cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
-                         duration=args.duration, decode_workers=args.decode_workers)
+                         duration=args.duration, decode_workers=args.decode_workers,
+                         max_decode_queue=args.decode_queue,
+                         gap=None if args.gap_ms is None else args.gap_ms / 1000)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)

@@ -56,10 +56,11 @@ def open_listen_socket(spec: str) -> socket.socket:
 class ReceiverConfig:
     latency: float = 0.05  # playout deadline after a frame's first packet (s)
     reorder_grace: float = 0.01  # wait after a frame's last (marker) packet for reordered ones (s)
+    gap: float | None = None  # release an entropy-coded frame after this silence (s; proto/reassembly.py)
     frames: int | None = None
     duration: float | None = None
     report_interval: float = 1.0
-    max_decode_queue: int = 1  # frames waiting for a free decode worker; older ones are skipped
+    max_decode_queue: int = 2  # frames waiting for a free decode worker; older ones are skipped
     decode_workers: int = 1  # frames decoded in parallel (each on its own thread), shown in order
 
 
@@ -93,7 +94,7 @@ class Receiver:
         self.outputs = outputs
         self.cfg = cfg
         self.on_frame = on_frame
-        self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace)
+        self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace, gap=cfg.gap)
         self.stats = ReceiverStats()
         self.stop_event = asyncio.Event()
         self.ssrc = int.from_bytes(os.urandom(4), "big")

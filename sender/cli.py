@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dscp-map", metavar="SPEC",
                    help="importance level -> DSCP, e.g. 0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE (implies --priority-dscp; "
                         "default: RFC 8837 interactive video, AF41/AF42/AF43 then LE)")
-    p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval")
+    p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval (0: back to back)")
     p.add_argument("--no-adapt", action="store_true",
                    help="keep --fps even when receivers report that their decoder skips frames")
     p.add_argument("--references", default="feedback", choices=["feedback", "oneway", "intra"],
@@ -93,8 +93,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--threads must be >= 1")
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
-    if not 0 < args.pace <= 1:
-        raise UserError("--pace must be in (0, 1]")
+    if not 0 <= args.pace <= 1:
+        raise UserError("--pace must be in [0, 1] (0: a frame's packets back to back)")
 
     from .dscp import DscpMapError, default_dscp_map, parse_dscp_map
     from jscc_stream.proto.packetizer import MIN_MTU

@@ -333,7 +333,7 @@ class Sender:
                 grams.insert(0, self._description())
                 self.stats.descriptions_sent += 1
             queue.put_nowait(grams)
-            if self.refs is not None:  # receipts decoded now, after the frame left, not before the next
+            if self.refs is not None:  # decodes for the next reference now, after this frame left
                 loop.run_in_executor(executor, self.refs.confirm)
             self.stats.frames_sent += 1
             if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:

@@ -161,3 +161,20 @@ def test_send_kbps_errors_are_one_line(argv, msg, capsys):
     assert send_main(argv + ["--frames", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0]
+
+
+def test_gap_rule_releases_a_frame_whose_last_packet_was_lost(tiny_rd_codec):
+    """With ``gap``, a frame none of whose packets arrived for that long goes out (its marker was
+    lost); without, it waits for its deadline."""
+    payloads, grams = _frame(tiny_rd_codec, Packetizer(7, list(range(4))), 1)
+    last = 0.001 + (len(grams) - 2) * 0.0001  # arrival of the last packet that made it
+    for gap, released_at in ((0.01, last + 0.0101), (None, 0.0511)):
+        r = Reassembler(latency=0.05, gap=gap)
+        r.push(_desc(tiny_rd_codec), 0.0)
+        for i, g in enumerate(grams[:-1]):  # the marker (last payload) is lost
+            assert r.push(g.data, 0.001 + i * 0.0001) == []
+        assert r.pop_due(released_at - 0.002) == []
+        (slot,) = r.pop_due(released_at)
+        assert slot.reason == "deadline" and slot.payload_list()[-1] is None
+    with pytest.raises(ValueError, match="gap"):
+        Reassembler(gap=0)

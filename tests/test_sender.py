@@ -117,6 +117,8 @@ async def test_busy_encoder_drops_frames_and_fans_out_v4_v6():
     (["--mtu", "10"], "--mtu"),
     (["--codec", "/nonexistent/x.safetensors"], "does not exist"),
     (["--fps", "0"], "--fps"),
+    (["--pace", "1.5"], "--pace must be in [0, 1]"),
+    (["--codec", "video", "--kbps", "500", "--intra-period", "0"], "intra period"),
 ])
 def test_cli_user_errors_are_one_line(argv, msg, capsys):
     assert send_main(argv) == 2

@@ -139,3 +139,13 @@ def test_cli_control_errors_are_one_line(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs --control-token" in err
     assert main(["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", "--control", "nonsense"]) == 2
+
+
+@pytest.mark.parametrize("extra, msg", [(["--reverse-delay-ms", "-1"], "--reverse-delay-ms must be >= 0"),
+                                        (["--reverse-delay-ms", "5", "--both-ways"], "choose one")])
+def test_reverse_delay_errors_are_one_line(extra, msg, capsys):
+    from jscc_stream.netem.cli import main
+
+    assert main(["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:9", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and msg in err

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send the JSCC arm's frames at this wall-clock rate (media stays at --fps: the exact "
                         "frames go through a lossless video file, pacing is scaled) when the CPU is too busy "
                         "for its decoder to keep up in real time (default: --fps)")
+    p.add_argument("--jscc-pace", type=float, default=0.0,
+                   help="jscc-send --pace for the JSCC arm (0: a frame's packets back to back, as the baseline "
+                        "arms send them; the published runs before the video codec used 0.5)")
     p.add_argument("--sources",
                    help=f"comma list of {', '.join(SOURCES)} and/or your own footage: video files (any that OpenCV "
                         "reads; centre-cropped to --size, never stretched; frames taken in order at --fps; it must "
@@ -121,7 +124,8 @@ def run(args: argparse.Namespace) -> Path:
     cfg = HarnessConfig(out=args.out, frames=frames, width=width, height=height, fps=args.fps, sources=sources,
                         conditions=[by_name[c] for c in conds], arms=arms, codec=args.codec, seed=args.seed,
                         delay_ms=args.delay_ms, rtt_ms=args.rtt_ms, latency_ms=args.latency_ms,
-                        workdir=args.workdir, merge=args.merge, jscc_wall_fps=args.jscc_wall_fps)
+                        workdir=args.workdir, merge=args.merge, jscc_wall_fps=args.jscc_wall_fps,
+                        jscc_pace=args.jscc_pace)
     results = run_harness(cfg, progress=log.info)
     table = write_report(results, args.out)
     log.info("wrote %s and plots in %s (%.0f s)", table, args.out, results["wall_s"])

@@ -33,6 +33,7 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     stats = workdir / "frames.jsonl"
     recv_cmd = daemon_cmd("receiver", "--listen", f"127.0.0.1:{rport}", "--codec", codec, "--device", "cpu",
                           "--latency-ms", str(latency_ms), "--save-frames", str(frames_dir),
+                          *(["--gap-ms", "10"] if pace == 0 else []),
                           "--stats-json", str(stats), "--summary-json", str(workdir / "receiver.json"))
     send_cmd = daemon_cmd("sender", "--dest", f"127.0.0.1:{sport}", "--source", source, "--size", f"{width}x{height}",
                           "--fps", str(fps), "--frames", str(n_frames), "--codec", codec, "--device", "cpu",

@@ -54,6 +54,9 @@ class HarnessConfig:
     height: int = 240
     fps: float = 30.0  # media frame rate: source motion, bits per frame, RTP timestamps
     jscc_wall_fps: float | None = None  # send the JSCC arm's frames at this wall-clock rate (None: fps)
+    # jscc-send --pace: the share of a frame interval its packets are spread over (the baselines
+    # send a frame's packets back to back: 0 does the same)
+    jscc_pace: float = 0.0
     sources: Sequence[str] = SOURCES  # SOURCES names or paths (see the module docstring)
     conditions: Sequence[Condition] = CONDITIONS
     arms: Sequence[str] = ALL_ARMS
@@ -271,7 +274,7 @@ def _run_jscc_arm(cfg: HarnessConfig, spec: str, frames: list[np.ndarray], trace
     for attempt in range(3):
         run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
                        cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
-                       pace=0.5 * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
+                       pace=cfg.jscc_pace * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
                        extra_sender=["--no-adapt"] if jspec != spec else None)
         sender = run.extra.get("sender", {})
         skipped = sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0)
