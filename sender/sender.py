@@ -1,7 +1,8 @@
 """The send loop: capture on a clock, encode off the event loop, packetize, pace, mark DSCP, fan out.
 
-When the encoder is still busy at a capture tick the frame is dropped (counted), so latency
-never builds up behind a slow encoder.
+When the encoder is still busy at a capture tick the frame waits for it (its capture time
+stays the tick's); when a frame is already waiting, the new one is dropped (counted), so
+latency never builds up behind a slow encoder, and a single slow frame freezes nothing.
 
 DSCP: one UDP socket per address family (so a flow keeps one source port, which RTCP and
 shims rely on); ``IP_TOS``/``IPV6_TCLASS`` is set only when the class changes, at most 4 times
@@ -13,6 +14,7 @@ nothing that matters at ~240 datagrams/s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -115,7 +117,13 @@ class Sender:
             raise ValueError("an entropy-coded codec needs a bitrate (kbps)")
         self.refs: ReferenceState | None = None
         if getattr(codec, "predicted_frames", False):
-            self.refs = ReferenceState(codec, cfg.width, cfg.height, cfg.references, cfg.intra_period)
+            mode = cfg.references
+            if mode == "feedback" and len(cfg.dests) > 1:
+                # receivers that lose different packets hold different pictures: no common reference
+                log.info("%d destinations: oneway references (intra every %d frames)", len(cfg.dests),
+                         cfg.intra_period)
+                mode = "oneway"
+            self.refs = ReferenceState(codec, cfg.width, cfg.height, mode, cfg.intra_period)
         self.packetizer = Packetizer(self.ssrc, self.levels, cfg.mtu, first_seq=int.from_bytes(os.urandom(2), "big"))
         self.stats = SenderStats()
         self.stats.references = self.refs.stats if self.refs else None
@@ -262,11 +270,13 @@ class Sender:
         """Bytes an entropy-coded frame may take: the bitrate over the current frame rate."""
         return max(64, int(self.cfg.kbps * 1000 / 8 / self.stats.target_fps))
 
-    def _capture_encode(self, index: int) -> tuple[int, float, np.ndarray | list[bytes]] | None:
+    def _capture_encode(self, index: int, tick: float) -> tuple[int, float, np.ndarray | list[bytes]] | None:
+        """Read and encode frame ``index`` of the capture tick at monotonic time ``tick`` (its
+        capture time, also when the frame waited for the encoder)."""
         frame = self.source.read(index)
         if frame is None:
             return None
-        mono = time.monotonic()
+        mono = tick
         t = time.perf_counter()
         if self.refs is not None:
             ref_id, ref = self.refs.choose(index)
@@ -295,6 +305,37 @@ class Sender:
                         await asyncio.sleep(delay)
                 self._send(g)
 
+    def _on_encoded(self, fut: asyncio.Future, queue: asyncio.Queue, executor: ThreadPoolExecutor,
+                    ended: asyncio.Event) -> None:
+        """An encode finished (on the event loop): packetize, queue for the pacer, and let the
+        encoder thread make the next reference's decodes after the frame went out."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("encoding failed: %s", exc)
+            ended.set()
+            return
+        res = fut.result()
+        if res is None:
+            ended.set()
+            return
+        index, mono, wire = res
+        if self.entropy_coded:
+            grams = self.packetizer.packetize_payloads(index, self._timestamp(mono), wire,
+                                                       self.codec.payload_levels(wire), self._revision)
+        else:
+            grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
+        if self.stats.frames_sent < 3:  # repeat the description with the first frames: it may be lost
+            grams.insert(0, self._description())
+            self.stats.descriptions_sent += 1
+        queue.put_nowait(grams)
+        if self.refs is not None:
+            asyncio.get_running_loop().run_in_executor(executor, self.refs.confirm)
+        self.stats.frames_sent += 1
+        if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
+            ended.set()
+
     async def run(self) -> SenderStats:
         loop = asyncio.get_running_loop()
         self._open_sockets()
@@ -311,49 +352,28 @@ class Sender:
         start = loop.time()
         ended = asyncio.Event()
 
-        def done(fut: asyncio.Future) -> None:
-            if fut.cancelled():
-                return
-            exc = fut.exception()
-            if exc is not None:
-                log.error("encoding failed: %s", exc)
-                ended.set()
-                return
-            res = fut.result()
-            if res is None:
-                ended.set()
-                return
-            index, mono, wire = res
-            if self.entropy_coded:
-                grams = self.packetizer.packetize_payloads(index, self._timestamp(mono), wire,
-                                                           self.codec.payload_levels(wire), self._revision)
-            else:
-                grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
-            if self.stats.frames_sent < 3:  # repeat the description with the first frames: it may be lost
-                grams.insert(0, self._description())
-                self.stats.descriptions_sent += 1
-            queue.put_nowait(grams)
-            if self.refs is not None:  # decodes for the next reference now, after this frame left
-                loop.run_in_executor(executor, self.refs.confirm)
-            self.stats.frames_sent += 1
-            if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
-                ended.set()
+        done = functools.partial(self._on_encoded, queue=queue, executor=executor, ended=ended)
 
         last_encode = -1e9
+        inflight: list[asyncio.Future] = []
         try:
             index = 0
             while not (self.stop_event.is_set() or ended.is_set()):
                 now = loop.time()
                 if self.cfg.duration is not None and now - start >= self.cfg.duration:
                     break
-                if busy is not None and not busy.done():
+                inflight = [f for f in inflight if not f.done()]
+                # one frame may wait for a busy encoder (a slow frame now and then costs a few ms
+                # of latency, not a frozen frame); a second is dropped, so latency cannot build up
+                if len(inflight) >= 2:
                     self.stats.frames_dropped += 1
                 elif now - last_encode < 1.0 / self.stats.target_fps - period / 2:
                     self.stats.frames_rate_limited += 1
                 else:
                     last_encode = now
-                    busy = loop.run_in_executor(executor, self._capture_encode, index)
+                    busy = loop.run_in_executor(executor, self._capture_encode, index, time.monotonic())
                     busy.add_done_callback(done)
+                    inflight.append(busy)
                 self.stats.ticks += 1
                 index += 1
                 target = start + index * period
@@ -362,8 +382,8 @@ class Sender:
                 await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters:
                     w.cancel()
-            if busy is not None and not busy.done():
-                await asyncio.wait([busy], timeout=5)
+            if any(not f.done() for f in inflight):
+                await asyncio.wait(inflight, timeout=5)
         finally:
             self.stop_event.set()
             await queue.put(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -139,7 +141,7 @@ class _Receiver:
 
 @pytest.mark.parametrize("seed, optimism", [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)])
 def test_sender_holds_the_receivers_reference_bit_for_bit_under_any_loss(codec, frames, seed, optimism):
-    """Random losses, receipts two frames late: every picture the sender holds as the
+    """Random losses, receipts two frames late (some lost, some twice): every picture the sender holds as the
     receiver's is the receiver's, bit for bit; without optimism every reference is one of them;
     with it, a frame after a reported loss is predicted from one of them again (drift lasts
     until the loss's receipt, no longer)."""
@@ -158,8 +160,10 @@ def test_sender_holds_the_receivers_reference_bit_for_bit_under_any_loss(codec, 
         refs.sent(fid, pl, ref_id, ref)
         loss = rng.uniform(0, 0.5) if fid % 3 == 1 else 0.0
         in_flight.append(rx.decode(fid, [p if rng.random() > loss else None for p in pl]))
-        if len(in_flight) > 2:  # a round trip of two frames
-            refs.on_receipt(in_flight.pop(0))
+        if len(in_flight) > 2:  # a round trip of two frames; a receipt lost, or duplicated, now and then
+            receipt = in_flight.pop(0)
+            for _ in range(int(rng.choice([0, 1, 1, 1, 2]))):
+                refs.on_receipt(receipt)
         for k, pic in refs.known().items():
             assert np.array_equal(pic, rx.store.get(k))
     assert "exact" in kinds
@@ -262,3 +266,67 @@ async def test_predicted_stream_keeps_references_in_sync_end_to_end(tiny_video_c
     assert kinds[0] == "I" and kinds.count("P") == receiver.stats.frames_predicted
     if path == "shim":
         assert refs.redecoded > 0  # frames with losses were confirmed from exactly what arrived
+
+
+async def _run_receiver(port: int, seconds: float) -> tuple[object, list]:
+    from jscc_stream.receiver.outputs import Outputs
+    from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
+
+    got: list = []
+    sock = open_listen_socket(f"127.0.0.1:{port}")
+    receiver = Receiver(sock, lambda info: _run_receiver.codec, Outputs(),
+                        ReceiverConfig(latency=0.1, duration=seconds, max_decode_queue=8),
+                        on_frame=lambda r, f: got.append(r))
+    try:
+        await receiver.run()
+    finally:
+        sock.close()
+    return receiver, got
+
+
+async def test_a_late_receiver_and_a_restarted_one_recover_with_an_intra_frame(tiny_video_codec):
+    """The sender streams before anyone listens (predicting from frames nobody decoded, once its
+    return path fell silent); a receiver that joins, and later a fresh one on the same port, get
+    a picture within a round trip and a few frames: the first frames they cannot decode say so,
+    and the sender answers with an intra frame."""
+    import torch
+
+    from test_stream_e2e import _free_port
+
+    from jscc_stream.sender.sender import Sender, SenderConfig
+
+    torch.set_num_threads(1)
+    _run_receiver.codec = tiny_video_codec
+    port = _free_port()
+    sender = Sender(tiny_video_codec, SyntheticSource(W, H, 30.0, seed=1),
+                    SenderConfig(width=W, height=H, fps=30.0, dests=[f"127.0.0.1:{port}"], duration=4.5,
+                                 kbps=1152.0, adapt=False))
+    send = asyncio.create_task(sender.run())
+    await asyncio.sleep(1.2)  # past the sender's 1 s of silence: it predicts oneway now
+    for _ in range(2):
+        receiver, got = await _run_receiver(port, 1.4)
+        decoded = [r for r in got if r.decoded]
+        assert decoded, "nothing decoded"
+        # until the intra frame its receipts asked for, frames lacking their reference are not
+        # shown; then every frame is
+        first = got.index(decoded[0])
+        assert first <= 12 and all(r.decoded for r in got[first + 1:])
+        assert got[first].extra["frame_type"] == "I"
+    await send
+    assert sender.refs.stats.mismatches == 0
+
+
+def test_a_silent_return_path_falls_back_on_intra_refresh(codec, frames):
+    import time
+
+    refs = ReferenceState(codec, W, H, "feedback", intra_period=4, silence_s=0.05)
+    kinds = []
+    for fid in range(10):
+        ref_id, ref = refs.choose(fid)
+        kinds.append("I" if ref_id is None else "P")
+        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
+        if fid == 1:
+            time.sleep(0.06)  # no receipt ever comes back
+    assert refs.effective_mode() == "oneway"
+    # every frame is decodable from the one before it, and intra frames bound the drift
+    assert kinds[0] == "I" and "I" in kinds[2:6] and "I" in kinds[6:10]
