@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shim drops packets that waited longer than this in the bottleneck (default: never)")
     p.add_argument("--no-adapt", action="store_true",
                    help="sender keeps its frame rate (no adaptation to the receiver's decode rate)")
-    p.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
+    p.add_argument("--codec", default="video", help="codec name or .safetensors path")
     p.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
     p.add_argument("--display", action="store_true", default=None, help="show a window (default: when $DISPLAY is set)")
     p.add_argument("--record", default=None, help="record to this mp4 (default out/demo.mp4 when not displaying)")

@@ -31,7 +31,7 @@ class PipelineConfig:
     duration: float = 20.0
     loss: str = "ge10"  # "none" runs the shim without loss; "" skips the shim
     seed: int = 1
-    codec: str = "uniform"
+    codec: str = "video"
     latency_ms: float = 50.0
     sender_threads: int = 1
     receiver_threads: int = 1

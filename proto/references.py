@@ -163,6 +163,7 @@ class ReferenceState:
         if mode == "oneway":
             due = self._last_intra is None or frame_id - self._last_intra >= self.intra_period
             if prev is None or due or frame_id - last > MAX_BACK or prev.recon is None:
+                self._chain_start, self._broken = frame_id, False  # feedback may build on this intra frame
                 return None, None
             return last, prev.recon
         self.confirm()

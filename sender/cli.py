@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="receiver (or shim) address; repeat to fan out; IPv6 as [ADDR]:PORT (default 127.0.0.1:5004)")
     p.add_argument("--size", default="320x240", help="frame size WxH (multiples of 16)")
     p.add_argument("--fps", type=float, default=30.0, help="capture rate")
-    p.add_argument("--codec", default="uniform", help="shipped codec name or a .safetensors path")
+    p.add_argument("--codec", default="video",
+                   help="shipped codec name or a .safetensors path (video: predicted frames; uniform: every frame "
+                        "intra, as before the video codec)")
     p.add_argument("--kbps", type=float,
                    help="bitrate of an entropy-coded codec, kbit/s (each frame's byte budget is this at the "
                         "current frame rate; default 0.5 bit per pixel: 1152 at 320x240@30)"),

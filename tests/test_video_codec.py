@@ -330,3 +330,13 @@ def test_a_silent_return_path_falls_back_on_intra_refresh(codec, frames):
     assert refs.effective_mode() == "oneway"
     # every frame is decodable from the one before it, and intra frames bound the drift
     assert kinds[0] == "I" and "I" in kinds[2:6] and "I" in kinds[6:10]
+
+
+def test_a_stream_starts_with_one_intra_frame(codec, frames):
+    refs = ReferenceState(codec, W, H, "feedback", silence_s=60)
+    kinds = []
+    for fid in range(3):
+        ref_id, ref = refs.choose(fid)
+        kinds.append("I" if ref_id is None else "P")
+        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
+    assert kinds == ["I", "P", "P"]

@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--losses", default="none,ge10", help="comma-separated shim loss specs")
     pl.add_argument("--fps", type=float, default=30.0)
     pl.add_argument("--duration", type=float, default=20.0, help="seconds per run")
-    pl.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
+    pl.add_argument("--codec", default="video", help="codec name or .safetensors path")
     pl.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
     pl.add_argument("--sender-threads", type=int, default=1)
     pl.add_argument("--receiver-threads", type=int, default=1)

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditions", help="comma list of " + ", ".join(c.name for c in CONDITIONS)
                    + " (default all; --quick none,ge10)")
     p.add_argument("--arms", default=",".join(ALL_ARMS), help="comma list of codecs to run")
-    p.add_argument("--codec", default="uniform", help="JSCC codec name or .safetensors path")
+    p.add_argument("--codec", default="video", help="JSCC codec name or .safetensors path")
     p.add_argument("--seed", type=int, default=1, help="seed of the loss traces")
     p.add_argument("--rtt-ms", type=float, default=100.0, help="round trip for the NACK arm")
     p.add_argument("--delay-ms", type=float, default=50.0, help="shim one-way delay (every arm)")

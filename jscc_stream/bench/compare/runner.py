@@ -60,7 +60,7 @@ class HarnessConfig:
     sources: Sequence[str] = SOURCES  # SOURCES names or paths (see the module docstring)
     conditions: Sequence[Condition] = CONDITIONS
     arms: Sequence[str] = ALL_ARMS
-    codec: str = "uniform"
+    codec: str = "video"
     seed: int = 1  # loss traces
     source_seed: int = 0  # synthetic source / slideshow motion
     delay_ms: float = 50.0  # shim one-way delay, every arm (half the NACK arm's RTT)
