@@ -216,6 +216,8 @@ class WebViewer:
             "loss": round(1.0 - rec.bytes_received / max(1, rec.bytes_expected), 4),
             "latency_ms": rec.capture_to_display_ms, "decode_ms": rec.decode_ms, "psnr": None,
             "t": round(time.time(), 3),
+            # video codec: I or P, and how many frames back its reference is
+            "frame_type": rec.extra.get("frame_type"), "ref_back": rec.extra.get("ref_back"),
         }
         original = None
         if self._clients and frame is not None and self._originals is not None:

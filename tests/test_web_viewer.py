@@ -71,7 +71,9 @@ async def test_websocket_pushes_stats_pictures_and_psnr(viewer):
             noisy = np.clip(exact.astype(np.int16) + np.random.default_rng(0).integers(-20, 21, exact.shape),
                             0, 255).astype(np.uint8)
             viewer.on_frame(_rec(7), exact)
-            viewer.on_frame(_rec(8, blocks=5, bytes_received=3000), noisy)
+            predicted = _rec(8, blocks=5, bytes_received=3000)
+            predicted.extra = {"frame_type": "P", "ref_back": 3}  # what the receiver records of a video codec's frame
+            viewer.on_frame(predicted, noisy)
             viewer.on_frame(_rec(9, blocks=0, bytes_received=0), None)  # undecodable: stats only
             viewer.on_frame(_rec(6), exact)  # a decoder finishing late: stats, but no older picture
             stats: list[dict] = []
@@ -90,6 +92,7 @@ async def test_websocket_pushes_stats_pictures_and_psnr(viewer):
     assert 20 < by_id[8]["psnr"] < 40 and by_id[8]["blocks"] == 5 and by_id[8]["loss"] == pytest.approx(0.375)
     assert by_id[9]["psnr"] is None and by_id[9]["decoded"] is True
     assert by_id[6]["blocks"] == 8
+    assert (by_id[8]["frame_type"], by_id[8]["ref_back"]) == ("P", 3) and by_id[7]["frame_type"] is None
     # only the newest pictures are kept (frame 8's, not the late frame 6's); the original is the exact source
     fid, received = pictures[KIND_RECEIVED]
     ofid, original = pictures[KIND_ORIGINAL]

@@ -73,6 +73,7 @@ function onStats(msg) {
     $("loss").textContent = fmt(100 * f.loss, 0, " %");
     $("psnr").textContent = fmt(f.psnr, 1, " dB");
     $("latency").textContent = fmt(f.latency_ms, 0, " ms");
+    $("ftype").textContent = !f.frame_type ? "–" : f.frame_type === "P" ? `P (ref −${f.ref_back})` : "I";
     $("frames").textContent = state.statsFrames;
   }
   chartsDirty = true;
