@@ -346,7 +346,7 @@ class PacketCodec:
         n_pos = h * w
         c = self.model.cfg.channels
         coef = np.zeros((c, n_pos), dtype=np.float32)
-        mask = np.zeros((len(self.levels), n_pos), dtype=np.float32)
+        received = np.zeros((len(self.levels), n_pos), dtype=np.float32)
         rates: list[int] = []
         known_zero: tuple[int, int] | None = None
         for p in payloads:
@@ -362,13 +362,13 @@ class PacketCodec:
             known_zero = known_zero or (head.levels_sent, head.levels_kept)
             step = q_of_index(head.rate_index) * self._steps[sl]
             coef[sl][:, pos] = sym * step[:, None].astype(np.float32)
-            mask[head.level, pos] = 1.0
+            received[head.level, pos] = 1.0
             rates.append(head.rate_index)
         if known_zero:
-            mask[known_zero[0]:known_zero[1]] = 1.0
+            received[known_zero[0]:known_zero[1]] = 1.0
         q = q_of_index(int(np.median(rates))) if rates else q_of_index(64)
         y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
-        m = torch.from_numpy(mask.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
+        m = torch.from_numpy(received.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
         ctx = None
         if context is not None and self.model.cfg.context:
             ctx = F.pad(context.to(self.device), (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")

@@ -52,27 +52,27 @@ def _synthesis_order() -> Tensor:
     return (c * 256 + (4 * di + ii) * 16 + (4 * dj + jj)).reshape(-1)
 
 
-def fill_erased(y: Tensor, mask: Tensor, passes: int = 2) -> Tensor:
-    """Erased coefficients (mask 0) filled with the weighted mean of their received neighbours
+def fill_erased(y: Tensor, received: Tensor, passes: int = 2) -> Tensor:
+    """Erased coefficients (received 0) filled with the weighted mean of their received neighbours
     (normalised convolution, 3x3 binomial kernel, ``passes`` times for wider holes); where no
     neighbour arrived they stay 0.  The CNN refines from there: it starts from a smooth guess
     instead of a grey hole, which the measured single-payload losses showed it could not learn
     to fill quickly (level-0 loss: -13 to -17 dB at 4,000 steps)."""
-    y = y * mask
-    lossy = (mask < 1).flatten(2).any(2).any(0).nonzero().flatten()  # only channels with holes
+    y = y * received
+    lossy = (received < 1).flatten(2).any(2).any(0).nonzero().flatten()  # only channels with holes
     if len(lossy) == 0:
         return y
     full = y
-    y, mask = y[:, lossy], mask[:, lossy]
+    y, received = y[:, lossy], received[:, lossy]
     c = y.shape[1]
     k = torch.tensor([1.0, 2.0, 1.0], dtype=y.dtype, device=y.device)
     kernel = (k[:, None] * k[None, :]).expand(c, 1, 3, 3)
     for _ in range(passes):
         num = F.conv2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
-        den = F.conv2d(F.pad(mask, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
+        den = F.conv2d(F.pad(received, (1, 1, 1, 1), mode="replicate"), kernel, groups=c)
         have = den > 0.5
-        y = torch.where(mask > 0, y, torch.where(have, num / den.clamp_min(0.5), y))
-        mask = torch.where(have, torch.ones_like(mask), mask)
+        y = torch.where(received > 0, y, torch.where(have, num / den.clamp_min(0.5), y))
+        received = torch.where(have, torch.ones_like(received), received)
     full = full.clone()
     full[:, lossy] = y
     return full
@@ -228,24 +228,24 @@ class RDCodec(nn.Module):
             y = y + self.analysis_cnn(x) * self.coef_std.reshape(1, -1, 1, 1)
         return y
 
-    def level_mask(self, mask_levels: Tensor) -> Tensor:
+    def level_mask(self, received_levels: Tensor) -> Tensor:
         """``(N, K, h, w)`` per-level mask -> ``(N, C, h, w)`` per-channel mask."""
-        reps = torch.tensor(self.cfg.levels, device=mask_levels.device)
-        return torch.repeat_interleave(mask_levels, reps, dim=1)
+        reps = torch.tensor(self.cfg.levels, device=received_levels.device)
+        return torch.repeat_interleave(received_levels, reps, dim=1)
 
-    def synthesise_s2d(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float,
+    def synthesise_s2d(self, y_hat: Tensor, received_levels: Tensor, q: Tensor | float,
                        context: Tensor | None = None) -> Tensor:
         """Dequantized latent (erased elements already 0) + per-level mask -> image at H/4
         as ``(N, 48, H/4, W/4)``, channels (colour, row, column) of each 4x4 pixel block;
         ``context`` ``(N, cfg.context, H/4, W/4)`` when the model reads one."""
         n, _, h, w = y_hat.shape
         std = self.coef_std.reshape(1, -1, 1, 1)
-        y_hat = fill_erased(y_hat, self.level_mask(mask_levels.to(y_hat.dtype)))
+        y_hat = fill_erased(y_hat, self.level_mask(received_levels.to(y_hat.dtype)))
         if not self.latent_cnn:  # the linear synthesis of the (filled-in) latent alone
             return F.pixel_shuffle(self.synthesis(y_hat), 4)
         logq = torch.log2(torch.as_tensor(q, dtype=y_hat.dtype, device=y_hat.device) / 0.1)
         logq = logq.reshape(-1, 1, 1, 1).expand(n, 1, h, w)
-        z = torch.cat([y_hat / std, mask_levels.to(y_hat.dtype), logq], dim=1)
+        z = torch.cat([y_hat / std, received_levels.to(y_hat.dtype), logq], dim=1)
         feat = F.gelu(self.latent_in(z))
         feat = F.gelu(self.latent_mid(feat)) + feat
         y_ref = y_hat + self.latent_out(feat) * std
@@ -257,10 +257,10 @@ class RDCodec(nn.Module):
             x4 = x4 + self.pixel(torch.cat([x4, up, *side], 1))
         return x4
 
-    def synthesise(self, y_hat: Tensor, mask_levels: Tensor, q: Tensor | float,
+    def synthesise(self, y_hat: Tensor, received_levels: Tensor, q: Tensor | float,
                    context: Tensor | None = None) -> Tensor:
         """Dequantized latent (erased elements already 0) + per-level mask -> image."""
-        return F.pixel_shuffle(self.synthesise_s2d(y_hat, mask_levels, q, context), 4)
+        return F.pixel_shuffle(self.synthesise_s2d(y_hat, received_levels, q, context), 4)
 
     # --- training -------------------------------------------------------------------------
     def rate_bits(self, u: Tensor, u_hat: Tensor) -> Tensor:
@@ -281,9 +281,9 @@ class RDCodec(nn.Module):
         flags = -(nz_levels * torch.log2(p) + (1 - nz_levels) * torch.log2(1 - p)).sum(dim=(1, 2, 3))
         return data + flags
 
-    def forward(self, x: Tensor, q: Tensor, mask_levels: Tensor | None = None,
+    def forward(self, x: Tensor, q: Tensor, received_levels: Tensor | None = None,
                 context: Tensor | None = None) -> RDOutput:
-        """Training pass: ``q`` ``(N,)`` steps, ``mask_levels`` ``(N, K, h, w)`` (1 = arrived),
+        """Training pass: ``q`` ``(N,)`` steps, ``received_levels`` ``(N, K, h, w)`` (1 = arrived),
         ``context`` an image ``(N, cfg.context // 16, H, W)`` (the prediction) or None."""
         y = self.analyse(x)
         step = self.steps(q)
@@ -293,8 +293,8 @@ class RDCodec(nn.Module):
         u_hat = u + (k - u).detach()
         bits = self.rate_bits(u, k)
         y_hat = u_hat * step
-        if mask_levels is None:
-            mask_levels = torch.ones(x.shape[0], self.cfg.n_levels, *y.shape[2:], device=x.device)
-        y_hat = y_hat * self.level_mask(mask_levels)
+        if received_levels is None:
+            received_levels = torch.ones(x.shape[0], self.cfg.n_levels, *y.shape[2:], device=x.device)
+        y_hat = y_hat * self.level_mask(received_levels)
         ctx = F.pixel_unshuffle(context, 4) if context is not None else None
-        return RDOutput(self.synthesise(y_hat, mask_levels, q, ctx), bits)
+        return RDOutput(self.synthesise(y_hat, received_levels, q, ctx), bits)
