@@ -72,7 +72,7 @@ class SenderConfig:
 class SenderStats:
     ticks: int = 0
     frames_sent: int = 0
-    frames_dropped: int = 0  # encoder still busy at the capture tick
+    frames_dropped: int = 0  # the encoder busy and a frame already waiting for it at the capture tick
     frames_rate_limited: int = 0  # skipped to match the receivers' decode rate
     target_fps: float = 0.0
     packets_sent: int = 0
@@ -347,7 +347,6 @@ class Sender:
         self.stats.descriptions_sent += 1
         describer = asyncio.create_task(self._describe_after_first())
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-encode")
-        busy: asyncio.Future | None = None
         period = 1.0 / self.cfg.fps
         start = loop.time()
         ended = asyncio.Event()
@@ -371,9 +370,9 @@ class Sender:
                     self.stats.frames_rate_limited += 1
                 else:
                     last_encode = now
-                    busy = loop.run_in_executor(executor, self._capture_encode, index, time.monotonic())
-                    busy.add_done_callback(done)
-                    inflight.append(busy)
+                    fut = loop.run_in_executor(executor, self._capture_encode, index, time.monotonic())
+                    fut.add_done_callback(done)
+                    inflight.append(fut)
                 self.stats.ticks += 1
                 index += 1
                 target = start + index * period
