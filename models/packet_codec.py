@@ -270,20 +270,6 @@ class PacketCodec:
             levels -= 1
         return lo, levels, sym, per_level
 
-    def linear_preview(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int) -> np.ndarray:
-        """What the linear synthesis alone makes of ``y`` coded at ``max_bytes`` (nothing lost):
-        RGB float ``(3, H', W')`` at the padded size, in the model's input units.  A cheap
-        estimate of the decoded picture (no entropy coding, no refinement CNN: for a model with
-        one, the real decode is better), for choosing between ways to code a frame."""
-        rate, levels, sym, _ = self.choose_rate(y, max_bytes)
-        coef = sym.astype(np.float32) * (q_of_index(rate) * self._steps).astype(np.float32)[:, None]
-        coef[self.levels[levels].start if levels < len(self.levels) else len(coef):] = 0
-        h, w = grid
-        with torch.inference_mode():
-            t = torch.from_numpy(coef.reshape(1, -1, h, w)).to(self.device)
-            x = F.pixel_shuffle(F.pixel_shuffle(self.model.synthesis(t), 4), 4)[0]
-        return x.float().cpu().numpy()
-
     def _packet_total(self, per_level: np.ndarray) -> float:
         groups = np.where(per_level > 0, np.maximum(1, np.ceil(per_level / self._room)), 0)
         # each extra group repeats header and side information; 2 bytes of word padding each

@@ -43,10 +43,6 @@ MOTION_GROUPS = 4  # motion payloads per predicted frame (a lattice, as level 0'
 # a prediction this poor (PSNR, dB) is a scene cut: the frame is coded intra.  Measured at
 # 320x240 on the comparison's sources: cuts predict at 6-13 dB, everything else at 20 dB or more
 SCENE_CUT_DB = 16.0
-# under this prediction PSNR (dB) the encoder also estimates intra coding and takes the better:
-# soft, low-detail footage with motion a patch's vector cannot follow codes better intra
-INTRA_CHECK_DB = 30.0
-INTRA_BONUS = 0.85  # the linear estimate leaves out the intra model's CNN: credit it ~0.7 dB (diver clip, 40 frames: 31.64 dB with 0.85, 30.93 with 1, P only 29.36)
 _REF = struct.Struct("<B")
 _AFFINE = struct.Struct("<6h")
 
@@ -140,25 +136,7 @@ class VideoCodec:
         residual = self._residual_tensor(frame_bgr, pred)
         y = self.inter.analyse_rgb(residual)
         room = max(1, max_bytes - sum(map(len, motion_payloads)))
-        if mse > 255.0 ** 2 / 10 ** (INTRA_CHECK_DB / 10):  # a poor prediction: would intra do better?
-            y_intra = self.intra._analyse(frame_bgr)
-            if self._intra_better(frame_bgr, pred, y, room, y_intra, grid, max_bytes):
-                return self.intra.encode_latent(y_intra, grid, max_bytes)
         return motion_payloads + self.inter.encode_latent(y, grid, room, _REF.pack(ref_back))
-
-    def _intra_better(self, frame_bgr: np.ndarray, pred: np.ndarray, y_res: np.ndarray, room: int,
-                      y_intra: np.ndarray, grid: tuple[int, int], max_bytes: int) -> bool:
-        """Whether coding the frame intra beats predicting it, at the same bytes, by the linear
-        synthesis of each (the intra model's refinement CNN, left out, only adds to intra)."""
-        height, width = frame_bgr.shape[:2]
-        target = frame_bgr.astype(np.float32)
-
-        def bgr(x: np.ndarray) -> np.ndarray:
-            return x[::-1, :height, :width].transpose(1, 2, 0) * 255.0
-
-        err_p = np.mean((pred + bgr(self.inter.linear_preview(y_res, grid, room)) - 127.5 - target) ** 2)
-        err_i = np.mean((np.clip(bgr(self.intra.linear_preview(y_intra, grid, max_bytes)), 0, 255) - target) ** 2)
-        return bool(err_i * INTRA_BONUS < err_p)
 
     def _residual_tensor(self, frame_bgr: np.ndarray, pred_bgr: np.ndarray) -> torch.Tensor:
         """0.5 + (frame - prediction) / 255, RGB ``(1, 3, H, W)``: the residual model's input."""
