@@ -33,16 +33,15 @@ def _gray(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
 
 
-_DIS: dict[int, cv2.DISOpticalFlow] = {}
+@lru_cache(maxsize=1)
+def _dis() -> cv2.DISOpticalFlow:
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
 
 
 def estimate_vectors(frame_bgr: np.ndarray, ref_bgr: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     """``(2, h, w)`` int32 quarter-pixel vectors (x, y): where each patch of ``frame_bgr`` comes
     from in ``ref_bgr`` (``frame(p) ~ ref(p + v)``)."""
-    dis = _DIS.get(0)
-    if dis is None:
-        dis = _DIS[0] = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
-    flow = dis.calc(_gray(frame_bgr), _gray(ref_bgr), None)  # (H, W, 2): frame -> ref
+    flow = _dis().calc(_gray(frame_bgr), _gray(ref_bgr), None)  # (H, W, 2): frame -> ref
     h, w = grid
     hh, ww = flow.shape[:2]
     pad = np.pad(flow, ((0, h * _PATCH - hh), (0, w * _PATCH - ww), (0, 0)), mode="edge")

@@ -45,7 +45,7 @@ from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
-__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions"]
+__all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions", "s2d_to_bgr"]
 
 MAX_PAYLOAD = 876  # 900-byte datagram - 12 (RTP) - 12 (JSCC packet header)
 VERSION = 2
@@ -93,6 +93,15 @@ def parse_payload(payload: bytes, n_levels: int, version: int = VERSION) -> tupl
             or not 0 <= head.group < head.groups or head.rate_index >= Q_INDEXES):
         raise PayloadError(f"payload header out of range: {head}")
     return head, payload[HEADER.size:]
+
+
+def s2d_to_bgr(x4: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The synthesis output ``(48, H'/4, W'/4)`` (channels: colour, row, column of each 4x4
+    pixel block; RGB) -> a ``height x width`` BGR view: depth-to-space straight into BGR order,
+    one reshape and transpose (on bytes for an intra frame, floats for a residual)."""
+    h4, w4 = x4.shape[1:]
+    bgr = x4.reshape(3, 4, 4, h4, w4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h4 * 4, w4 * 4, 3)
+    return bgr[:height, :width]
 
 
 @lru_cache(maxsize=1024)
@@ -330,10 +339,7 @@ class PacketCodec:
         with torch.inference_mode():
             x4 = self.decode_s2d(payloads, width, height)
             x4 = (x4.float().clamp_(0, 1) * 255).round_().byte().cpu().numpy()
-        h, w = self.latent_hw(width, height)
-        # depth-to-space on bytes, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
-        bgr = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
-        return np.ascontiguousarray(bgr[:height, :width])
+        return np.ascontiguousarray(s2d_to_bgr(x4, width, height))
 
     def decode_s2d(self, payloads: Sequence[bytes | None], width: int, height: int,
                    prefix_len: int = 0, context: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,8 +33,8 @@ import torch
 
 from . import motion
 from .entropy import decode_group, encode_group
-from .packet_codec import (HEADER, MAX_GROUPS, PacketCodec, PayloadError, PayloadHeader, _crc16,
-                           group_positions, parse_payload)
+from .packet_codec import (HEADER, PacketCodec, PayloadError, PayloadHeader, _crc16, group_positions, lattice,
+                           parse_payload, s2d_to_bgr)
 
 __all__ = ["VideoCodec", "FrameInfo", "INTRA_VERSION", "RESIDUAL_VERSION", "MOTION_VERSION"]
 
@@ -130,18 +130,17 @@ class VideoCodec:
         grid = self.latent_hw(width, height)
         params, vectors, pred = motion.choose_vectors(frame_bgr, ref, grid)
         motion_payloads = self._encode_motion(params, vectors, grid, ref_back)
-        mse = float(np.mean((frame_bgr.astype(np.float32) - pred) ** 2))
+        diff = frame_bgr.astype(np.float32) - pred
+        mse = float(np.mean(diff * diff))
         if 10 * np.log10(255.0 ** 2 / max(mse, 1e-6)) < SCENE_CUT_DB:
             return self.intra.encode(frame_bgr, max_bytes)
-        residual = self._residual_tensor(frame_bgr, pred)
-        y = self.inter.analyse_rgb(residual)
+        y = self.inter.analyse_rgb(self._residual_tensor(diff))
         room = max(1, max_bytes - sum(map(len, motion_payloads)))
         return motion_payloads + self.inter.encode_latent(y, grid, room, _REF.pack(ref_back))
 
-    def _residual_tensor(self, frame_bgr: np.ndarray, pred_bgr: np.ndarray) -> torch.Tensor:
+    def _residual_tensor(self, diff_bgr: np.ndarray) -> torch.Tensor:
         """0.5 + (frame - prediction) / 255, RGB ``(1, 3, H, W)``: the residual model's input."""
-        diff = frame_bgr.astype(np.float32) - pred_bgr
-        rgb = np.ascontiguousarray(diff[..., ::-1].transpose(2, 0, 1))
+        rgb = np.ascontiguousarray(diff_bgr[..., ::-1].transpose(2, 0, 1))
         return torch.from_numpy(rgb)[None].to(self.device).mul_(1 / 255).add_(0.5)
 
     def _encode_motion(self, params: np.ndarray, vectors: np.ndarray, grid: tuple[int, int],
@@ -149,7 +148,7 @@ class VideoCodec:
         h, w = grid
         dev = (vectors - motion.affine_vectors(params, grid)).reshape(2, -1)
         groups = MOTION_GROUPS
-        while groups > 1 and not group_positions_ok(groups, h, w):
+        while groups > 1 and (groups > h * w or lattice(groups, h, w) is None):
             groups -= 1
         head_extra = _REF.pack(ref_back) + _AFFINE.pack(*(int(p) for p in params))
         out = []
@@ -180,11 +179,8 @@ class VideoCodec:
             if self.inter.model.cfg.context:  # a conditional model reads the prediction too
                 context = torch.from_numpy(np.ascontiguousarray(pred[..., ::-1].transpose(2, 0, 1)))[None].div_(255)
             x4 = self.inter.decode_s2d(residual, width, height, prefix_len=_REF.size, context=context)
-            x4 = x4.float().cpu().numpy()
-        h, w = grid
-        # depth-to-space in numpy, straight into BGR order: (c, ii, jj, H/4, W/4) -> (H, W, c)
-        res = x4.reshape(3, 4, 4, h * 4, w * 4)[::-1].transpose(3, 1, 4, 2, 0).reshape(h * 16, w * 16, 3)
-        out = cv2.scaleAdd(res[:height, :width], 255.0, pred - 127.5)  # pred + (res - 0.5) * 255
+            res = s2d_to_bgr(x4.float().cpu().numpy(), width, height)
+        out = cv2.scaleAdd(res, 255.0, pred - 127.5)  # pred + (res - 0.5) * 255
         return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
     def _decode_motion(self, payloads: list[bytes], grid: tuple[int, int]) -> np.ndarray:
@@ -209,8 +205,3 @@ class VideoCodec:
         vectors = model + dev.reshape(2, h, w)
         return motion.conceal_vectors(vectors, known.reshape(h, w), model)
 
-
-def group_positions_ok(groups: int, h: int, w: int) -> bool:
-    from .packet_codec import lattice
-
-    return groups <= min(h * w, MAX_GROUPS) and lattice(groups, h, w) is not None

@@ -19,7 +19,6 @@ import numpy as np
 
 from jscc_stream.metrics import psnr
 from jscc_stream.netem.loss import parse_loss_spec
-from jscc_stream.proto.receipts import picture_crc
 from jscc_stream.proto.references import Receipt, ReferenceState, ReferenceStore
 
 __all__ = ["simulate", "run", "CONFIGS", "CONDITIONS"]
@@ -48,14 +47,12 @@ def simulate(codec, frames: list[np.ndarray], budget: int, mode: str, delay: int
         refs.sent(fid, payloads, ref_id, ref)
         lost = proc.sample(1, len(payloads), rng)[0]
         got = [None if x else p for p, x in zip(payloads, lost)]
-        info = codec.frame_info(got)
-        have = store.get(fid - info.ref_back) if info.predicted else None
-        if got and any(p is not None for p in got) and (not info.predicted or have is not None):
-            shown = codec.decode(got, w, h, have)
-            store.put(fid, shown)
-            in_flight.append((fid + delay, Receipt(fid, tuple(p is not None for p in got), True, picture_crc(shown))))
-        elif info.predicted:  # its reference is not here: the receipt says so (the sender goes intra)
-            in_flight.append((fid + delay, Receipt(fid, tuple(p is not None for p in got), False, 0)))
+        if any(p is not None for p in got):  # the receiver's step (jscc-recv's own)
+            picture, receipt, info = store.decode(codec, fid, got, w, h)
+            shown = picture if picture is not None else shown
+            in_flight.append((fid + delay, receipt))
+        else:  # nothing arrived: the receiver never hears of this frame
+            info = codec.frame_info(got)
         kinds.append("P" if info.predicted else "I")
         out.append(psnr(shown, frame) if shown is not None else 0.0)
     s = refs.stats

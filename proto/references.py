@@ -6,15 +6,16 @@ frame, sends a receipt: which payloads it used and a CRC of the picture
 says so.  The sender's side (:class:`ReferenceState`) chooses what to predict from:
 
 ``feedback`` mode (reference picture selection, as H.263's NEWPRED and H.264's long-term
-references do it): the receiver reports, for every frame it decodes, which payloads it used
-and a CRC of the picture it got (:class:`FrameReceipt`).  The sender decodes that frame from
-exactly those payloads and the reference it was predicted from, which it holds itself, so it
-then holds the receiver's picture bit for bit (the CRC confirms it) and predicts the next frames
-from the newest such *confirmed* frame.  A loss therefore never drifts: it costs the frames
-until its receipt arrives (one round trip), and prediction from a frame a round trip old.
-Nothing is re-decoded in a chain: a frame is only ever predicted from a confirmed one, so each
-receipt needs at most one decode, and only the newest receipt is decoded.  Without a confirmed frame (start, a receiver that restarted or lost its
-reference, a silent return path) the next frame is intra.
+references do it, with optimism): while the receipts report no loss, each frame is predicted
+from the previous one as the sender decoded it, loss-free (*optimistic*).  A receipt with
+losses makes the sender decode that frame from exactly the payloads that arrived and the
+reference it was predicted from, which it holds itself, so it holds the receiver's picture bit
+for bit (the CRC confirms it) and predicts the next frame from it (*resync*): a loss drifts for
+one round trip, never longer.  While losses are frequent (more than ``optimism_loss`` of the
+last 16 receipts) every frame is predicted from the newest *confirmed* picture.  At most one
+decode a frame: only the newest receipt that needs one is decoded.  Without a confirmed picture
+(start, a receiver that restarted or lost its reference) the next frame is intra; a return path
+silent for ``silence_s`` falls back on oneway.
 
 ``oneway`` mode (no return path, or several receivers that lose different packets): predict
 from the previous frame as the sender decoded it with nothing lost, and send an intra frame
@@ -48,7 +49,7 @@ MODES = ("feedback", "oneway", "intra")
 MAX_BACK = 255  # a payload names its reference up to this many frame ids back
 
 
-class _Codec(Protocol):
+class _Codec(Protocol):  # what the reference state needs of a video codec
     def decode(self, payloads: Sequence[bytes | None], width: int, height: int,
                ref: np.ndarray | None = None) -> np.ndarray: ...
 
@@ -241,11 +242,11 @@ class ReferenceState:
             payloads = [p if ok else None for p, ok in zip(sent.payloads, r.received)]
             picture = self.codec.decode(payloads, self.width, self.height, base)
             self.stats.redecoded += not all(r.received)
-        if picture_crc(picture) != r.crc32:
+        crc = picture_crc(picture)
+        if crc != r.crc32:
             self.stats.mismatches += 1
             log.warning("frame %d: the receiver's picture differs from the sender's decode of the same "
-                        "payloads (CRC %08x vs %08x); not used as a reference", r.frame_id, r.crc32,
-                        picture_crc(picture))
+                        "payloads (CRC %08x vs %08x); not used as a reference", r.frame_id, r.crc32, crc)
             return None
         return picture
 
@@ -301,6 +302,18 @@ class ReferenceStore:
         with self._lock:
             return self._pictures.get(frame_id)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._pictures.clear()
+    def decode(self, codec, frame_id: int, payloads: Sequence[bytes | None], width: int,
+               height: int) -> tuple[np.ndarray | None, Receipt, object]:
+        """The receiver's step for one frame of a video codec: damaged payloads count as lost,
+        a predicted frame decodes from the picture it names (not at all when that is not
+        held), the picture is kept for later frames.  Returns (picture or None, the receipt
+        for the sender, the codec's frame info)."""
+        used = tuple(p is not None and codec.payload_ok(p) for p in payloads)
+        payloads = [p if ok else None for p, ok in zip(payloads, used)]
+        info = codec.frame_info(payloads)
+        ref = self.get((frame_id - info.ref_back) & 0xFFFFFFFF) if info.predicted else None
+        if info.predicted and ref is None:
+            return None, Receipt(frame_id, used, False, 0), info
+        picture = codec.decode(payloads, width, height, ref)
+        self.put(frame_id, picture)
+        return picture, Receipt(frame_id, used, True, picture_crc(picture)), info

@@ -26,12 +26,12 @@ import numpy as np
 from jscc_stream.proto.description import StreamInfo
 from jscc_stream.proto.reassembly import FrameSlot, Reassembler
 from jscc_stream.metrics import percentile
-from jscc_stream.proto.receipts import pack_bitmap, picture_crc
+from jscc_stream.proto.receipts import pack_bitmap
+from jscc_stream.proto.references import Receipt, ReferenceStore
 from jscc_stream.proto.rtcp import ReceptionStats, build_report
 from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_tos, resolve, udp_socket
 
 from .outputs import FrameRecord, Outputs
-from jscc_stream.proto.references import ReferenceStore
 
 __all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
 
@@ -178,44 +178,41 @@ class Receiver:
         return frame, (time.perf_counter() - t) * 1000
 
     def _decode_predicted(self, codec, slot: FrameSlot) -> np.ndarray | None:
-        """A video codec's frame from its reference; the receipt goes back to the sender.  Frames
-        must decode in order (one decode worker) for a reference to be there when needed."""
-        payloads = slot.payload_list()
-        used = [p is not None and codec.payload_ok(p) for p in payloads]
-        payloads = [p if ok else None for p, ok in zip(payloads, used)]
-        kind = codec.frame_info(payloads)
+        """A video codec's frame from its reference (:meth:`ReferenceStore.decode`); the receipt
+        goes back to the sender.  Frames must decode in order (one decode worker) for a
+        reference to be there when needed."""
+        frame, receipt, kind = self.refs.decode(codec, slot.frame_id, slot.payload_list(),
+                                                slot.info.layout.width, slot.info.layout.height)
         self._kinds[slot.frame_id] = ({"frame_type": "P", "ref_back": kind.ref_back} if kind.predicted
                                       else {"frame_type": "I"})
-        ref = None
         if kind.predicted:
-            ref = self.refs.get((slot.frame_id - kind.ref_back) & 0xFFFFFFFF)
-            if ref is None:
+            if frame is None:
                 self.stats.frames_no_reference += 1
-                self._receipt(slot, used, None)
-                return None
-            self.stats.frames_predicted += 1
-        frame = codec.decode(payloads, slot.info.layout.width, slot.info.layout.height, ref)
-        self.refs.put(slot.frame_id, frame)
-        self._receipt(slot, used, frame)
+            else:
+                self.stats.frames_predicted += 1
+        self._receipt(slot.ssrc, receipt)
         return frame
 
-    def _receipt(self, slot: FrameSlot, used: list[bool], frame: np.ndarray | None) -> None:
+    def _receipt(self, ssrc: int, receipt: Receipt) -> None:
         """Tell the sender what this frame's decode used (from a decode worker: sent on the loop)."""
         from jscc_stream.proto.stream_pb2 import Feedback, FrameReceipt
 
-        receipt = FrameReceipt(frame_id=slot.frame_id, payloads=len(used), received=pack_bitmap(used),
-                               decoded=frame is not None, crc32=picture_crc(frame) if frame is not None else 0)
-        body = Feedback(ssrc=slot.ssrc, receipts=[receipt]).SerializeToString()
-        self._loop.call_soon_threadsafe(self._send_feedback, slot.ssrc, build_report(self.ssrc, [], body))
+        msg = FrameReceipt(frame_id=receipt.frame_id, payloads=len(receipt.received),
+                           received=pack_bitmap(receipt.received), decoded=receipt.decoded, crc32=receipt.crc32)
+        body = Feedback(ssrc=ssrc, receipts=[msg]).SerializeToString()
+        self._loop.call_soon_threadsafe(self._send_rtcp, ssrc, build_report(self.ssrc, [], body))
 
-    def _send_feedback(self, ssrc: int, data: bytes) -> None:
+    def _send_rtcp(self, ssrc: int, data: bytes) -> bool:
+        """An RTCP packet to the source of stream ``ssrc``; whether it went out."""
         addr = self._addr.get(ssrc)
         if addr is None:
-            return
+            return False
         try:
             self.sock.sendto(data, addr)
         except OSError as exc:
             log.debug("RTCP to %s failed: %s", addr, exc)
+            return False
+        return True
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float,
                  units: tuple[np.ndarray, np.ndarray]) -> FrameRecord:
@@ -286,8 +283,7 @@ class Receiver:
         lat = self._lat_window
         self._lat_window = []
         for ssrc, rx in list(self._rx.items()):
-            addr = self._addr.get(ssrc)
-            if addr is None or rx.received == 0:
+            if ssrc not in self._addr or rx.received == 0:
                 continue
             fb = Feedback(ssrc=ssrc, frames_decoded=self.stats.frames_decoded,
                           frames_incomplete=self.reasm.counters.frames_released - self.reasm.counters.frames_complete,
@@ -298,11 +294,8 @@ class Receiver:
                 fb.latency_p95_ms = percentile(lat, 95)
             if self._block_missing is not None:
                 fb.block_loss.extend((self._block_missing[:, 0] / np.maximum(1, self._block_missing[:, 1])).tolist())
-            try:
-                self.sock.sendto(build_report(self.ssrc, [rx.report()], fb.SerializeToString()), addr)
+            if self._send_rtcp(ssrc, build_report(self.ssrc, [rx.report()], fb.SerializeToString())):
                 self.stats.reports_sent += 1
-            except OSError as exc:
-                log.debug("RTCP to %s failed: %s", addr, exc)
         self._block_missing = None
 
     async def _reporter(self) -> None:

@@ -30,11 +30,10 @@ from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
 from jscc_stream.proto.receipts import unpack_bitmap
+from jscc_stream.proto.references import Receipt, ReferenceState
 from jscc_stream.proto.rtcp import parse_report
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
-
-from jscc_stream.proto.references import Receipt, ReferenceState
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -64,7 +63,7 @@ class SenderConfig:
     description_interval: float = 1.0
     ssrc: int | None = None
     adapt: bool = True  # lower the frame rate to what the slowest receiver decodes (from its feedback)
-    references: str = "feedback"  # predicted-frame codecs: feedback | oneway | intra (sender/references.py)
+    references: str = "feedback"  # predicted-frame codecs: feedback | oneway | intra (proto/references.py)
     intra_period: int = 30  # oneway references: an intra frame every this many frames
 
 
@@ -193,14 +192,14 @@ class Sender:
                     fb.ParseFromString(body)
                 except DecodeError:
                     continue
+                if fb.receipts:  # a video receiver's per-frame receipts: 30 a second, not logged
+                    if fb.ssrc == self.ssrc:
+                        self._on_receipts(fb.receipts)
+                    continue
                 log.info("feedback from %s: decoded %d (incomplete %d, skipped %d), late packets %d, latency p50 "
                          "%.0f ms p95 %.0f ms", addr[0], fb.frames_decoded, fb.frames_incomplete, fb.frames_skipped,
                          fb.packets_late, fb.latency_p50_ms, fb.latency_p95_ms)
-                if fb.ssrc != self.ssrc:
-                    continue
-                if fb.receipts:
-                    self._on_receipts(fb.receipts)
-                else:
+                if fb.ssrc == self.ssrc:
                     self._adapt(addr, fb.frames_decoded, fb.frames_skipped)
 
     def _on_receipts(self, receipts) -> None:

@@ -13,7 +13,7 @@ from jscc_stream.models.packet_codec import MAX_PAYLOAD, PacketCodec, PayloadErr
 from jscc_stream.models.stream_codec import load_stream_codec
 from jscc_stream.models.zoo import CodecLoadError
 from jscc_stream.models.video_codec import MOTION_VERSION, RESIDUAL_VERSION, VideoCodec, frame_info
-from jscc_stream.proto.receipts import pack_bitmap, picture_crc, unpack_bitmap
+from jscc_stream.proto.receipts import pack_bitmap, unpack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceState, ReferenceStore
 from jscc_stream.sources import SyntheticSource
 
@@ -129,14 +129,7 @@ class _Receiver:
         self.codec, self.store = codec, ReferenceStore()
 
     def decode(self, fid: int, payloads: list[bytes | None]) -> Receipt:
-        used = [p is not None for p in payloads]
-        kind = self.codec.frame_info(payloads)
-        ref = self.store.get(fid - kind.ref_back) if kind.predicted else None
-        if kind.predicted and ref is None:
-            return Receipt(fid, tuple(used), False, 0)
-        pic = self.codec.decode(payloads, W, H, ref)
-        self.store.put(fid, pic)
-        return Receipt(fid, tuple(used), True, picture_crc(pic))
+        return self.store.decode(self.codec, fid, payloads, W, H)[1]
 
 
 @pytest.mark.parametrize("seed, optimism", [(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)])
@@ -223,14 +216,21 @@ def test_a_receiver_without_the_reference_gets_an_intra_frame(codec, frames):
     assert refs.choose(2) == (None, None)
 
 
+def _send_frames(refs: ReferenceState, codec: VideoCodec, frames: list[np.ndarray], n: int,
+                 after_frame=lambda fid: None) -> str:
+    """Frames 0..n-1 through the sender's reference state with no receipts: their kinds, I or P."""
+    kinds = ""
+    for fid in range(n):
+        ref_id, ref = refs.choose(fid)
+        kinds += "I" if ref_id is None else "P"
+        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
+        after_frame(fid)
+    return kinds
+
+
 def test_oneway_references_refresh_with_intra_frames(codec, frames):
     refs = ReferenceState(codec, W, H, "oneway", intra_period=4)
-    kinds = []
-    for fid in range(9):
-        ref_id, ref = refs.choose(fid)
-        kinds.append("I" if ref_id is None else "P")
-        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
-    assert "".join(kinds) == "IPPPIPPPI"
+    assert _send_frames(refs, codec, frames, 9) == "IPPPIPPPI"
     with pytest.raises(ValueError):
         ReferenceState(codec, W, H, "sometimes")
 
@@ -320,13 +320,8 @@ def test_a_silent_return_path_falls_back_on_intra_refresh(codec, frames):
     import time
 
     refs = ReferenceState(codec, W, H, "feedback", intra_period=4, silence_s=0.05)
-    kinds = []
-    for fid in range(10):
-        ref_id, ref = refs.choose(fid)
-        kinds.append("I" if ref_id is None else "P")
-        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
-        if fid == 1:
-            time.sleep(0.06)  # no receipt ever comes back
+    # no receipt ever comes back: after frame 1 the return path has been silent too long
+    kinds = _send_frames(refs, codec, frames, 10, lambda fid: time.sleep(0.06) if fid == 1 else None)
     assert refs.effective_mode() == "oneway"
     # every frame is decodable from the one before it, and intra frames bound the drift
     assert kinds[0] == "I" and "I" in kinds[2:6] and "I" in kinds[6:10]
@@ -334,9 +329,4 @@ def test_a_silent_return_path_falls_back_on_intra_refresh(codec, frames):
 
 def test_a_stream_starts_with_one_intra_frame(codec, frames):
     refs = ReferenceState(codec, W, H, "feedback", silence_s=60)
-    kinds = []
-    for fid in range(3):
-        ref_id, ref = refs.choose(fid)
-        kinds.append("I" if ref_id is None else "P")
-        refs.sent(fid, codec.encode(frames[fid], BUDGET, ref, 0 if ref_id is None else fid - ref_id), ref_id, ref)
-    assert kinds == ["I", "P", "P"]
+    assert _send_frames(refs, codec, frames, 3) == "IPP"
