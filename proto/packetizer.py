@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .packet import (DATAGRAM_LIMIT, JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, PayloadHeader,
-                     build_description, build_media, build_payload)
+from .packet import (DATAGRAM_LIMIT, JSCC_HEADER_BYTES, RTP_HEADER_BYTES, FragmentHeader, ParityHeader,
+                     PayloadHeader, build_description, build_media, build_parity, build_payload)
 
 __all__ = ["Datagram", "Packetizer", "fragment_bounds", "fragment_cuts", "MIN_MTU"]
 
@@ -20,6 +20,7 @@ class Datagram:
     data: bytes
     level: int  # importance level, -1 for control (stream description)
     block: int
+    header: PayloadHeader | None = None  # a whole payload's (entropy-coded streams)
 
 
 def fragment_cuts(block_bytes: int, fragments: int) -> list[int]:
@@ -81,20 +82,43 @@ class Packetizer:
                 out.append(Datagram(data, level, b))
         return out
 
-    def packetize_payloads(self, frame_id: int, timestamp: int, payloads: list[bytes],
-                           levels: list[int], revision: int = 0) -> list[Datagram]:
+    def packetize_payloads(self, frame_id: int, timestamp: int, payloads: list[bytes], levels: list[int],
+                           revision: int = 0, protected: int = 0, parity: list[bytes] = ()) -> list[Datagram]:
         """Whole codec payloads (importance order) -> one datagram each; the last carries the
-        marker.  A payload too large for the MTU is a codec bug, raised."""
+        marker.  The first ``protected`` are the repairable ones (``proto.protection``); the
+        ``parity`` symbols over them go out right after them.  A payload too large for the MTU
+        is a codec bug, raised."""
         if len(payloads) != len(levels):
             raise ValueError(f"{len(payloads)} payloads but {len(levels)} levels")
+        if parity and not 1 <= protected <= len(payloads):
+            raise ValueError(f"parity over {protected} protected payloads of {len(payloads)}")
         out: list[Datagram] = []
         for i, (data, level) in enumerate(zip(payloads, levels)):
             if len(data) > self.max_payload:
                 raise ValueError(f"payload of {len(data)} bytes exceeds the {self.max_payload}-byte room of the MTU")
-            hdr = PayloadHeader(frame_id, level, i, len(payloads), revision)
+            hdr = PayloadHeader(frame_id, level, i, len(payloads), revision, protected)
             gram = build_payload(self.ssrc, self._next_seq(), timestamp, i == len(payloads) - 1, hdr, data)
-            out.append(Datagram(gram, level, i))
+            out.append(Datagram(gram, level, i, hdr))
+            if parity and i == protected - 1:
+                out += self._parity(frame_id, timestamp, levels[:protected], len(payloads), revision, parity)
         return out
+
+    def _parity(self, frame_id: int, timestamp: int, levels: list[int], count: int, revision: int,
+                symbols: list[bytes]) -> list[Datagram]:
+        k = len(levels)
+        out = []
+        for j, sym in enumerate(symbols):
+            hdr = ParityHeader(frame_id, k, k + len(symbols), k + j, revision, count, tuple(levels), max(levels))
+            gram = build_parity(self.ssrc, self._next_seq(), timestamp, hdr, sym)
+            if len(gram) > self.mtu:
+                raise ValueError(f"parity packet of {len(gram)} bytes exceeds the MTU {self.mtu}")
+            out.append(Datagram(gram, max(levels), -1))
+        return out
+
+    def resend(self, timestamp: int, header: PayloadHeader, data: bytes) -> Datagram:
+        """A payload again (a NACK's answer), under a new sequence number, without the marker."""
+        return Datagram(build_payload(self.ssrc, self._next_seq(), timestamp, False, header, data), header.level,
+                        header.index, header)
 
     def description(self, timestamp: int, body: bytes) -> Datagram:
         data = build_description(self.ssrc, self._next_seq(), timestamp, body)

@@ -14,6 +14,11 @@ logic is tested without sleeping.  A frame is released when the first of these h
   order and blocks by importance; a priority network may hold back only less important ones);
 * too many frames are pending (memory bound, ``"evicted"``).
 
+A frame held for a retransmission (:meth:`Reassembler.hold`, after a NACK) is released early by
+none of the shortening rules before its hold ends (never past its deadline), and newer frames
+wait behind it.  Parity packets (``proto.protection``) are stored with their frame; as soon as
+enough shares arrived, the missing protected payloads are recovered into the frame.
+
 Packets for a frame already released are counted late and dropped.  Garbage is counted,
 never raised.
 """
@@ -27,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .description import StreamInfo, parse_description
-from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, PayloadPacket, WireError, parse_datagram
+from .fec import FecError, recover
+from .packet import CLOCK_RATE, DescriptionPacket, MediaPacket, ParityPacket, PayloadPacket, WireError, parse_datagram
 from .seq import frame_diff
 
 __all__ = ["ReassemblyCounters", "FrameSlot", "Reassembler", "playout_count"]
@@ -64,6 +70,9 @@ class ReassemblyCounters:
     ssrc_changes: int = 0
     frames_released: int = 0
     frames_complete: int = 0
+    parity: int = 0  # parity packets stored
+    recovered: int = 0  # payloads recovered from parity
+    frames_recovered: int = 0  # frames with at least one recovered payload
 
 
 def _level(info: StreamInfo, block: int) -> int:
@@ -91,6 +100,11 @@ class FrameSlot:
     #: entropy-coded stream: payloads by index (``received`` is then ``(count, 1)``, one unit each)
     payloads: dict[int, bytes] | None = None
     payload_levels: dict[int, int] = field(default_factory=dict)
+    protected: int = 0  # leading payloads the sender protects (NACK, parity)
+    parity: dict[int, bytes] = field(default_factory=dict)  # share index -> symbol
+    parity_code: tuple[int, int, tuple[int, ...]] | None = None  # (k, n, levels of the k payloads)
+    recovered: int = 0  # payloads recovered from parity
+    hold_until: float = 0.0  # waiting for a retransmission until then (see Reassembler.hold)
 
     def payload_list(self) -> list[bytes | None]:
         """All payloads in frame order, ``None`` for each that did not arrive."""
@@ -212,6 +226,8 @@ class Reassembler:
             return self._on_description(pkt, now)
         if isinstance(pkt, PayloadPacket):
             return self._on_payload(pkt, now, dscp)
+        if isinstance(pkt, ParityPacket):
+            return self._on_parity(pkt, now)
         return self._on_media(pkt, now, dscp)
 
     def _on_description(self, pkt: DescriptionPacket, now: float) -> list[FrameSlot]:
@@ -239,7 +255,7 @@ class Reassembler:
         self.current_ssrc = pkt.ssrc
         return []
 
-    def _described(self, pkt: MediaPacket | PayloadPacket, entropy_coded: bool) -> _Stream | None:
+    def _described(self, pkt: MediaPacket | PayloadPacket | ParityPacket, entropy_coded: bool) -> _Stream | None:
         """The packet's stream if its description (at the packet's revision) is known."""
         h = pkt.header
         stream = self.streams.get(pkt.ssrc)
@@ -257,7 +273,7 @@ class Reassembler:
                 self._undescribed.popitem(last=False)
         return None
 
-    def _slot(self, stream: _Stream, pkt: MediaPacket | PayloadPacket, now: float, units: int,
+    def _slot(self, stream: _Stream, pkt: MediaPacket | PayloadPacket | ParityPacket, now: float, units: int,
               unit_bytes: int) -> FrameSlot | None:
         """The frame's slot, made on its first packet; None if the frame was already released."""
         fid = pkt.header.frame_id
@@ -283,15 +299,34 @@ class Reassembler:
         for (sc, fid), other in self.slots.items():
             if (sc == ssrc and frame_diff(fid, frame_id) < 0 and other.deadline > now + self.reorder_grace
                     and other.max_missing_level() <= level):
-                other.deadline = now + self.reorder_grace
+                self._shorten(other, now + self.reorder_grace)
 
-    def _stored(self, slot: FrameSlot, pkt: MediaPacket | PayloadPacket, now: float) -> list[FrameSlot]:
+    def _shorten(self, slot: FrameSlot, t: float) -> None:
+        """Bring the frame's release forward to ``t``, but not before a hold on it or on an older
+        frame of its stream ends (frames leave in order), and never past its deadline."""
+        floor = max([slot.hold_until] + [o.hold_until for (sc, fid), o in self.slots.items()
+                                         if sc == slot.ssrc and frame_diff(fid, slot.frame_id) < 0])
+        slot.deadline = min(slot.deadline, max(t, min(floor, slot.first_arrival + self.latency)))
+
+    def hold(self, ssrc: int, frame_id: int, until: float) -> None:
+        """Keep frame ``frame_id`` (and newer ones of the stream) until ``until`` or complete,
+        never past its deadline: a retransmission it asked for is on its way."""
+        slot = self.slots.get((ssrc, frame_id))
+        if slot is None:
+            return
+        slot.hold_until = max(slot.hold_until, min(until, slot.first_arrival + self.latency))
+        for (sc, fid), other in self.slots.items():
+            if sc == ssrc and frame_diff(fid, frame_id) >= 0:
+                other.deadline = max(other.deadline, min(slot.hold_until, other.first_arrival + self.latency))
+
+    def _stored(self, slot: FrameSlot, pkt: MediaPacket | PayloadPacket | ParityPacket, now: float) -> list[FrameSlot]:
         """After a packet's bytes went into its slot: deadline, completion, memory bound."""
         slot.packets += 1
         if self.gap is not None and slot.payloads is not None:
-            slot.deadline = min(slot.first_arrival + self.latency, now + self.gap)
-        if pkt.marker:
-            slot.deadline = min(slot.deadline, now + self.reorder_grace)
+            slot.deadline = max(slot.deadline, min(slot.first_arrival + self.latency, now + self.gap))
+            self._shorten(slot, now + self.gap)
+        if getattr(pkt, "marker", False):
+            self._shorten(slot, now + self.reorder_grace)
         out: list[FrameSlot] = []
         if slot.complete:
             out = self._release_ready(pkt.ssrc, lambda s: s.complete, now)
@@ -349,9 +384,62 @@ class Reassembler:
         slot.payload_levels[h.index] = h.level
         slot.received[h.index, 0] = True
         slot.bytes_received += 1
+        slot.protected = max(slot.protected, h.protected)
         if dscp is not None:
             slot.dscp[h.level] = dscp
+        self._recover(slot)
         return self._stored(slot, pkt, now)
+
+    def _on_parity(self, pkt: ParityPacket, now: float) -> list[FrameSlot]:
+        h = pkt.header
+        stream = self._described(pkt, entropy_coded=True)
+        if stream is None:
+            return []
+        info = stream.info
+        if (h.count > info.max_frame_payloads or not pkt.symbol or len(pkt.symbol) > info.mtu
+                or max(h.levels) >= info.layout.blocks):
+            self.counters.invalid += 1
+            return []
+        slot = self._slot(stream, pkt, now, h.count, 0)
+        if slot is None:
+            return []
+        code = (h.k, h.n, h.levels)
+        if slot.received.shape[0] != h.count or slot.parity_code not in (None, code):
+            self.counters.invalid += 1
+            return []
+        if h.index in slot.parity:
+            self.counters.duplicates += 1
+            return []
+        slot.parity_code = code
+        slot.parity[h.index] = pkt.symbol
+        self.counters.parity += 1
+        self._recover(slot)
+        return self._stored(slot, pkt, now)
+
+    def _recover(self, slot: FrameSlot) -> None:
+        """Missing protected payloads back from parity, once any k of the block's shares are in."""
+        if slot.parity_code is None or not slot.parity:
+            return
+        k, n, levels = slot.parity_code
+        missing = [i for i in range(k) if not slot.received[i, 0]]
+        shares = {i: slot.payloads[i] for i in range(k) if slot.received[i, 0]}
+        if not missing or len(shares) + len(slot.parity) < k:
+            return
+        shares.update(slot.parity)
+        try:
+            payloads = recover(k, n, shares)
+        except FecError:
+            self.counters.invalid += 1
+            slot.parity.clear()
+            return
+        for i in missing:
+            slot.payloads[i] = payloads[i]
+            slot.payload_levels[i] = levels[i]
+            slot.received[i, 0] = True
+            slot.bytes_received += 1
+        slot.recovered += len(missing)
+        self.counters.recovered += len(missing)
+        self.counters.frames_recovered += 1
 
     # -- output --------------------------------------------------------------------------
     def _release(self, slots: list[FrameSlot], now: float, reason: str) -> list[FrameSlot]:
@@ -373,7 +461,9 @@ class Reassembler:
             return []
         ref = pending[0].frame_id
         pending.sort(key=lambda s: frame_diff(s.frame_id, ref))
-        return self._release(pending[:playout_count([ready(s) for s in pending])], now, "superseded")
+        n = playout_count([ready(s) for s in pending])
+        held = [i for i, s in enumerate(pending[:n]) if s.hold_until > now and not ready(s)]
+        return self._release(pending[:held[0] if held else n], now, "superseded")
 
     def next_deadline(self) -> float | None:
         return min((s.deadline for s in self.slots.values()), default=None)
@@ -386,4 +476,7 @@ class Reassembler:
             if not due:
                 return out
             first = min(due, key=lambda s: s.deadline)
-            out += self._release_ready(first.ssrc, lambda s: s.deadline <= now, now)
+            released = self._release_ready(first.ssrc, lambda s: s.deadline <= now, now)
+            if not released:  # behind a held frame (cannot happen: holds push newer deadlines)
+                return out
+            out += released

@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames released for decoding that may wait for the decoder; beyond that the oldest is "
                         "skipped (counted) so latency does not build up. 1 skips whenever two frames are released "
                         "together, which loss makes common (a late frame goes out with the next one)")
+    p.add_argument("--no-nack", action="store_true",
+                   help="never ask for missing payloads of the protected (top) levels; by default the receiver "
+                        "asks once it knows the round trip (from the sender's XR DLRR) and only while the answer "
+                        "can arrive before the frame's playout deadline (--latency-ms)")
+    p.add_argument("--arrival-ms", type=float, default=50.0,
+                   help="interval of the per-packet arrival reports the sender's congestion control uses (0: none)")
     p.add_argument("--display", action="store_true",
                    help="show frames in a window at their real size with an fps/loss/levels/latency overlay; "
                         "q, Esc or closing the window stops the receiver (needs a desktop: see --web otherwise)")
@@ -113,6 +119,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--decode-queue must be >= 1")
     if args.gap_ms is not None and args.gap_ms <= 0:
         raise UserError("--gap-ms must be positive")
+    if not 0 <= args.arrival_ms <= 10000:
+        raise UserError("--arrival-ms must be in [0, 10000] (0: no arrival reports)")
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
 
@@ -143,7 +151,8 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = ReceiverConfig(latency=args.latency_ms / 1000, reorder_grace=args.reorder_ms / 1000, frames=args.frames,
                          duration=args.duration, decode_workers=args.decode_workers,
                          max_decode_queue=args.decode_queue,
-                         gap=None if args.gap_ms is None else args.gap_ms / 1000)
+                         gap=None if args.gap_ms is None else args.gap_ms / 1000, nack=not args.no_nack,
+                         arrival_interval=args.arrival_ms / 1000)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)

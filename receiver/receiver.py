@@ -26,9 +26,11 @@ import numpy as np
 from jscc_stream.proto.description import StreamInfo
 from jscc_stream.proto.reassembly import FrameSlot, Reassembler
 from jscc_stream.metrics import percentile
+from jscc_stream.proto.arrivals import ArrivalLog
+from jscc_stream.proto.protection import NackPolicy
 from jscc_stream.proto.receipts import pack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceStore
-from jscc_stream.proto.rtcp import ReceptionStats, build_report
+from jscc_stream.proto.rtcp import ReceptionStats, build_bye, build_report, compact, ntp_now, parse_rtcp, rtt_from
 from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_tos, resolve, udp_socket
 
 from .outputs import FrameRecord, Outputs
@@ -62,6 +64,8 @@ class ReceiverConfig:
     report_interval: float = 1.0
     max_decode_queue: int = 2  # frames waiting for a free decode worker; older ones are skipped
     decode_workers: int = 1  # frames decoded in parallel (each on its own thread), shown in order
+    arrival_interval: float = 0.05  # per-packet arrival reports for congestion control (s; 0: none)
+    nack: bool = True  # ask for missing protected payloads while the round trip fits the deadline
 
 
 @dataclass
@@ -73,6 +77,11 @@ class ReceiverStats:
     frames_no_reference: int = 0  # predicted from a frame this receiver does not hold
     frames_skipped: int = 0  # decoder behind: dropped before decoding
     reports_sent: int = 0
+    arrival_reports: int = 0
+    nacks_sent: int = 0  # NACK messages
+    payloads_nacked: int = 0
+    byes: int = 0  # senders that said goodbye
+    rtt_ms: float | None = None  # from XR RRTR/DLRR with the last sender heard
     latencies_ms: list[float] = field(default_factory=list)
     decode_ms: list[float] = field(default_factory=list)
 
@@ -108,6 +117,9 @@ class Receiver:
         self._reported = 0
         self.refs = ReferenceStore()  # decoded pictures predicted frames refer to
         self._kinds: dict[int, dict] = {}  # frame id -> its type, for the record (decode -> output thread)
+        self._arrivals: dict[int, ArrivalLog] = {}  # ssrc -> arrivals not yet reported
+        self._rtt: dict[tuple, float] = {}  # sender address -> round trip (s)
+        self.nack_policy = NackPolicy()
 
     # -- network -------------------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -122,23 +134,73 @@ class Receiver:
                 log.debug("recvmsg: %s", exc)
                 break
             now = loop.time()
+            if len(data) >= 2 and 192 <= data[1] <= 223:  # RTCP on the media port (RFC 5761)
+                self._on_rtcp(data, addr, now)
+                continue
             tos = read_tos(anc)
             released += self.reasm.push(data, now, None if tos is None else tos >> 2)
             rtp = self.reasm.last_rtp
             if rtp is not None:
-                ssrc, seq, ts = rtp
-                rx = self._rx.get(ssrc)
-                if rx is None:
-                    if len(self._rx) >= 8:
-                        self._rx.pop(next(iter(self._rx)))
-                    rx = self._rx[ssrc] = ReceptionStats(ssrc)
-                rx.update(seq, ts, now)
-                self._addr[ssrc] = addr
-                if len(self._addr) > 8:
-                    self._addr.pop(next(iter(self._addr)))
+                self._on_rtp(*rtp, addr, now)
         for slot in released:
             self._enqueue(slot)
+        self._ask_again(loop.time())
         self._arm_timer()
+
+    def _on_rtp(self, ssrc: int, seq: int, ts: int, addr, now: float) -> None:
+        rx = self._rx.get(ssrc)
+        if rx is None:
+            if len(self._rx) >= 8:
+                old = next(iter(self._rx))
+                self._rx.pop(old)
+                self._arrivals.pop(old, None)
+            rx = self._rx[ssrc] = ReceptionStats(ssrc)
+            self._arrivals[ssrc] = ArrivalLog()
+        rx.update(seq, ts, now)
+        self._arrivals[ssrc].add(seq, now)
+        self._addr[ssrc] = addr
+        if len(self._addr) > 8:
+            self._addr.pop(next(iter(self._addr)))
+
+    def _on_rtcp(self, data: bytes, addr, now: float) -> None:
+        """A sender's RTCP: its SR (for LSR/DLSR), the DLRR answering our RRTR (round trip), BYE."""
+        try:
+            msgs = parse_rtcp(data)
+        except (ValueError, IndexError):
+            self.reasm.counters.invalid += 1
+            return
+        for sr in msgs.srs:
+            if sr.ssrc in self._rx:
+                self._rx[sr.ssrc].on_sender_report(sr.sender_info.ntp_timestamp, now)
+        for ssrc, lrr, dlrr in msgs.dlrr:
+            rtt = rtt_from(compact(ntp_now()), lrr, dlrr) if ssrc == self.ssrc else None
+            if rtt is not None:
+                self._rtt[addr] = rtt
+                self.stats.rtt_ms = round(rtt * 1000, 2)
+        for ssrc in msgs.byes:
+            self.stats.byes += 1
+            log.info("sender %08x (%s) said goodbye", ssrc, addr[0])
+
+    def _ask_again(self, now: float) -> None:
+        """NACK the protected payloads still missing whose answer can arrive before the frame's
+        playout deadline (:class:`NackPolicy`), and hold those frames for it."""
+        if not self.cfg.nack:
+            return
+        from jscc_stream.proto.stream_pb2 import Feedback, Nack
+
+        for (ssrc, fid), slot in list(self.reasm.slots.items()):
+            if slot.payloads is None or not slot.protected or slot.complete:
+                continue
+            rtt = self._rtt.get(self._addr.get(ssrc))
+            indices = self.nack_policy.due((ssrc, fid), slot.protected, slot.received[:, 0], bool(slot.parity), now,
+                                           slot.first_arrival + self.reasm.latency, rtt)
+            if not indices:
+                continue
+            body = Feedback(ssrc=ssrc, nacks=[Nack(frame_id=fid, payloads=indices)]).SerializeToString()
+            if self._send_rtcp(ssrc, build_report(self.ssrc, [], body)):
+                self.stats.nacks_sent += 1
+                self.stats.payloads_nacked += len(indices)
+                self.reasm.hold(ssrc, fid, now + 1.5 * rtt + 0.005)
 
     def _arm_timer(self) -> None:
         due = self.reasm.next_deadline()
@@ -156,6 +218,7 @@ class Receiver:
         self._arm_timer()
 
     def _enqueue(self, slot: FrameSlot) -> None:
+        self.nack_policy.forget((slot.ssrc, slot.frame_id))
         while self._queue.qsize() >= self.cfg.max_decode_queue:
             old = self._queue.get_nowait()
             self.stats.frames_skipped += 1
@@ -294,9 +357,23 @@ class Receiver:
                 fb.latency_p95_ms = percentile(lat, 95)
             if self._block_missing is not None:
                 fb.block_loss.extend((self._block_missing[:, 0] / np.maximum(1, self._block_missing[:, 1])).tolist())
-            if self._send_rtcp(ssrc, build_report(self.ssrc, [rx.report()], fb.SerializeToString())):
+            report = build_report(self.ssrc, [rx.report(self._loop.time())], fb.SerializeToString(), ntp_now())
+            if self._send_rtcp(ssrc, report):
                 self.stats.reports_sent += 1
         self._block_missing = None
+
+    async def _arrival_reporter(self) -> None:
+        """Every ``arrival_interval``: each stream's packet arrivals since the last report."""
+        from jscc_stream.proto.stream_pb2 import Feedback
+
+        while True:
+            await asyncio.sleep(self.cfg.arrival_interval)
+            for ssrc, arrivals in list(self._arrivals.items()):
+                msg = arrivals.take()
+                if msg is not None:
+                    body = Feedback(ssrc=ssrc, arrivals=msg).SerializeToString()
+                    if self._send_rtcp(ssrc, build_report(self.ssrc, [], body)):
+                        self.stats.arrival_reports += 1
 
     async def _reporter(self) -> None:
         while True:
@@ -313,10 +390,14 @@ class Receiver:
         tasks = [asyncio.create_task(self._decoder(executor, order)),
                  asyncio.create_task(self._presenter(order, out_executor, done)),
                  asyncio.create_task(self._reporter())]
+        if self.cfg.arrival_interval > 0:
+            tasks.append(asyncio.create_task(self._arrival_reporter()))
         waiters = [asyncio.create_task(self.stop_event.wait()), asyncio.create_task(done.wait())]
         try:
             await asyncio.wait(waiters, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for ssrc in list(self._addr):
+                self._send_rtcp(ssrc, build_bye(self.ssrc))
             loop.remove_reader(self.sock.fileno())
             if self._timer is not None:
                 self._timer.cancel()

@@ -38,8 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped codec name or a .safetensors path (video: predicted frames; uniform: every frame "
                         "intra, as before the video codec)")
     p.add_argument("--kbps", type=float,
-                   help="bitrate of an entropy-coded codec, kbit/s (each frame's byte budget is this at the "
-                        "current frame rate; default 0.5 bit per pixel: 1152 at 320x240@30)"),
+                   help="bitrate of an entropy-coded codec, kbit/s on the wire (IP/UDP/RTP headers, parity and "
+                        "retransmissions included); with congestion control the starting rate (default 0.5 bit "
+                        "per pixel: 1152 at 320x240@30)")
+    p.add_argument("--min-kbps", type=float,
+                   help="congestion control never goes below this (default --kbps / 8)")
+    p.add_argument("--max-kbps", type=float,
+                   help="congestion control never goes above this (default --kbps: it only backs off and "
+                        "recovers)")
+    p.add_argument("--no-cc", action="store_true",
+                   help="no congestion control: send --kbps whatever the path does (also the case with "
+                        "several --dest)")
+    p.add_argument("--protect-levels", type=int, default=2, metavar="N",
+                   help="repair the payloads of the N most important levels: parity packets sized to the "
+                        "reported loss, and resent when a receiver asks in time (0: none)")
+    p.add_argument("--no-fec", action="store_true", help="no parity packets for the protected levels")
+    p.add_argument("--no-nack", action="store_true", help="do not resend protected payloads on NACK")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="encoder arithmetic: auto = bf16 on CPUs with fast bf16 (2x faster), fp16 on CUDA")
@@ -82,8 +96,15 @@ def _codec_and_rate(args, width: int, height: int):
         raise UserError("--kbps must be positive" if entropy_coded else
                         f"--kbps needs an entropy-coded codec; {args.codec} sends a fixed size per frame")
     if not entropy_coded:
+        if args.min_kbps is not None or args.max_kbps is not None:
+            raise UserError(f"--min-kbps/--max-kbps need an entropy-coded codec; {args.codec} has a fixed size")
         return codec, None
-    return codec, args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
+    kbps = args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
+    lo = args.min_kbps if args.min_kbps is not None else kbps / 8
+    hi = args.max_kbps if args.max_kbps is not None else kbps
+    if not 0 < lo <= kbps <= hi:
+        raise UserError(f"need 0 < --min-kbps ({lo:g}) <= --kbps ({kbps:g}) <= --max-kbps ({hi:g})")
+    return codec, kbps
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -97,6 +118,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--frames and --duration must be positive")
     if not 0 <= args.pace <= 1:
         raise UserError("--pace must be in [0, 1] (0: a frame's packets back to back)")
+    if not 0 <= args.protect_levels <= 15:
+        raise UserError("--protect-levels must be in [0, 15]")
 
     from .dscp import DscpMapError, default_dscp_map, parse_dscp_map
     from jscc_stream.proto.packetizer import MIN_MTU
@@ -133,7 +156,9 @@ def _main(argv: Sequence[str] | None) -> int:
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
                        adapt=not args.no_adapt, kbps=kbps, references=args.references,
-                       intra_period=args.intra_period)
+                       intra_period=args.intra_period, min_kbps=args.min_kbps, max_kbps=args.max_kbps,
+                       congestion_control=not args.no_cc, protect_levels=args.protect_levels,
+                       fec=not args.no_fec, nack=not args.no_nack)
     try:
         sender = Sender(codec, source, cfg)
     except ValueError as exc:

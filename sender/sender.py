@@ -29,11 +29,15 @@ from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
+from jscc_stream.proto.arrivals import decode_arrivals
+from jscc_stream.proto.protection import RetransmitHistory, parity_for, protected_prefix
 from jscc_stream.proto.receipts import unpack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceState
-from jscc_stream.proto.rtcp import parse_report
+from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, compact, ntp_now, parse_rtcp, rtt_from
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
+
+from .transport import IP_UDP_BYTES, FrameBudget, SendLog
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -56,7 +60,13 @@ class SenderConfig:
     mtu: int = 900
     dests: list[str] = field(default_factory=lambda: ["127.0.0.1:5004"])
     dscp_map: dict[int, int] | None = None  # level -> DSCP; None: no marking
-    kbps: float | None = None  # entropy-coded codecs: the bitrate (frame budget = kbps / fps)
+    kbps: float | None = None  # entropy-coded codecs: the (starting) bitrate, kbit/s on the wire
+    min_kbps: float | None = None  # congestion control's bounds (None: kbps / 8 and kbps)
+    max_kbps: float | None = None
+    congestion_control: bool = True  # follow the path's capacity (one destination with feedback)
+    protect_levels: int = 2  # importance levels below this are repaired (parity, NACK)
+    fec: bool = True  # parity packets over the protected payloads, as many as the reported loss needs
+    nack: bool = True  # resend protected payloads a receiver asks for
     frames: int | None = None  # stop after this many frames sent
     duration: float | None = None  # ... or this many seconds
     pace_fraction: float = 0.5  # spread a frame's packets over this share of the frame interval
@@ -80,13 +90,24 @@ class SenderStats:
     tos_changes: int = 0
     descriptions_sent: int = 0
     reports: int = 0
+    sender_reports: int = 0
     last_fraction_lost: float | None = None
     last_jitter_ms: float | None = None
+    rtt_ms: float | None = None  # from the receivers' RR (LSR/DLSR)
+    target_kbps: float | None = None  # congestion control's current target
+    loss_estimate: float = 0.0  # packet loss the arrival reports show (smoothed)
+    arrival_reports: int = 0
+    nacks: int = 0  # NACK messages received
+    retransmissions: int = 0  # payloads sent again
+    parity_packets: int = 0
+    parity_bytes: int = 0
+    byes: int = 0  # receivers that said goodbye
+    rate_log: list = field(default_factory=list)  # every 0.5 s: t, target/sent kbit/s, loss, rtt
     encode_ms: list[float] = field(default_factory=list)
     references: object | None = None  # ReferenceStats of a predicted-frame stream
 
     def summary(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("encode_ms", "references")}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("encode_ms", "references", "congestion")}
         if self.references is not None:
             d["references"] = self.references.summary()
         d["encode_ms_median"] = statistics.median(self.encode_ms) if self.encode_ms else None
@@ -136,6 +157,27 @@ class Sender:
         self._fb: dict[tuple, _ReceiverFeedback] = {}  # receiver address -> its last feedback
         self.stats.target_fps = cfg.fps
         self._epoch_us = time.time_ns() // 1000
+        self.send_log = SendLog()
+        self.budget = FrameBudget()
+        self.history = RetransmitHistory()
+        self.cc = self._controller() if self.entropy_coded else None
+        self.stats.target_kbps = cfg.kbps
+        self._feedback_seen = False
+        self._bytes_mark = (time.monotonic(), 0)
+
+    def _controller(self):
+        """Congestion control for one destination; a fixed rate otherwise (several receivers'
+        reports would mix, and a sender without a return path must not back off)."""
+        cfg = self.cfg
+        lo = cfg.min_kbps if cfg.min_kbps is not None else cfg.kbps / 8
+        hi = cfg.max_kbps if cfg.max_kbps is not None else cfg.kbps
+        if not 0 < lo <= cfg.kbps <= hi:
+            raise ValueError(f"need 0 < --min-kbps ({lo:g}) <= --kbps ({cfg.kbps:g}) <= --max-kbps ({hi:g})")
+        if not cfg.congestion_control or len(cfg.dests) > 1:
+            return None
+        from .congestion import RateController, RateControllerConfig
+
+        return RateController(RateControllerConfig(start_bps=cfg.kbps * 1000, min_bps=lo * 1000, max_bps=hi * 1000))
 
     # -- sockets -------------------------------------------------------------------------
     def _open_sockets(self) -> None:
@@ -150,6 +192,9 @@ class Sender:
             tos = tos_of_dscp(self.cfg.dscp_map.get(level, 0))
         else:
             tos = 0
+        if not 192 <= gram.data[1] <= 223:  # RTP (not RTCP): remembered for the arrival reports
+            self.send_log.record(int.from_bytes(gram.data[2:4], "big"), time.monotonic(),
+                                 len(gram.data) + IP_UDP_BYTES)
         for fam, addr in self._dests:
             try:
                 self._tos[fam].set(tos)
@@ -160,11 +205,13 @@ class Sender:
                 self.stats.send_errors += 1
                 log.debug("send to %s failed: %s", addr, exc)
 
+    def _reply(self, sock: socket.socket, data: bytes, addr) -> None:
+        try:
+            sock.sendto(data, addr)
+        except OSError as exc:
+            log.debug("RTCP reply to %s failed: %s", addr, exc)
+
     def _on_rtcp(self, sock: socket.socket) -> None:
-        from google.protobuf.message import DecodeError
-
-        from jscc_stream.proto.stream_pb2 import Feedback
-
         while True:
             try:
                 data, addr = sock.recvfrom(2048)
@@ -173,34 +220,94 @@ class Sender:
             except OSError:
                 return
             try:
-                rrs, apps = parse_report(data)
+                msgs = parse_rtcp(data)
             except (ValueError, IndexError) as exc:
                 log.debug("ignoring a bad RTCP datagram from %s: %s", addr, exc)
                 continue
-            for rr in rrs:
+            now = time.monotonic()
+            if msgs.rrtr:  # a receiver's clock: answer at once, so its round trip is exact
+                self._reply(sock, build_dlrr(self.ssrc, [(ssrc, compact(ntp), 0) for ssrc, ntp in msgs.rrtr]), addr)
+            for rr in msgs.rrs:
                 for rep in rr.reports:
-                    if rep.ssrc != self.ssrc:
-                        continue
-                    self.stats.reports += 1
-                    self.stats.last_fraction_lost = rep.fraction_lost / 256
-                    self.stats.last_jitter_ms = rep.jitter / CLOCK_RATE * 1000
-                    log.info("RTCP RR from %s: fraction lost %.1f%%, cumulative lost %d, jitter %.1f ms",
-                             addr[0], 100 * rep.fraction_lost / 256, rep.packets_lost, self.stats.last_jitter_ms)
-            for body in apps:
-                fb = Feedback()
-                try:
-                    fb.ParseFromString(body)
-                except DecodeError:
-                    continue
-                if fb.receipts:  # a video receiver's per-frame receipts: 30 a second, not logged
-                    if fb.ssrc == self.ssrc:
-                        self._on_receipts(fb.receipts)
-                    continue
-                log.info("feedback from %s: decoded %d (incomplete %d, skipped %d), late packets %d, latency p50 "
-                         "%.0f ms p95 %.0f ms", addr[0], fb.frames_decoded, fb.frames_incomplete, fb.frames_skipped,
-                         fb.packets_late, fb.latency_p50_ms, fb.latency_p95_ms)
-                if fb.ssrc == self.ssrc:
-                    self._adapt(addr, fb.frames_decoded, fb.frames_skipped)
+                    if rep.ssrc == self.ssrc:
+                        self._on_report_block(rep, addr, now)
+            for body in msgs.apps:
+                self._on_feedback(body, addr, now)
+            for ssrc in msgs.byes:
+                self.stats.byes += 1
+                self._fb.pop(addr, None)
+                log.info("receiver %s (ssrc %08x) said goodbye", addr[0], ssrc)
+
+    def _on_report_block(self, rep, addr, now: float) -> None:
+        self.stats.reports += 1
+        self.stats.last_fraction_lost = rep.fraction_lost / 256
+        self.stats.last_jitter_ms = rep.jitter / CLOCK_RATE * 1000
+        rtt = rtt_from(compact(ntp_now()), rep.lsr, rep.dlsr)
+        if rtt is not None:
+            self.stats.rtt_ms = round(rtt * 1000, 2)
+            if self.cc is not None:
+                self.cc.on_rtt(rtt, now)
+        if self.cc is not None:
+            self._set_target(self.cc.on_loss_report(rep.fraction_lost / 256, now))
+        log.info("RTCP RR from %s: fraction lost %.1f%%, cumulative lost %d, jitter %.1f ms, rtt %s ms",
+                 addr[0], 100 * rep.fraction_lost / 256, rep.packets_lost, self.stats.last_jitter_ms,
+                 self.stats.rtt_ms)
+
+    def _on_feedback(self, body: bytes, addr, now: float) -> None:
+        from google.protobuf.message import DecodeError
+
+        from jscc_stream.proto.stream_pb2 import Feedback
+
+        fb = Feedback()
+        try:
+            fb.ParseFromString(body)
+        except DecodeError:
+            return
+        if fb.ssrc != self.ssrc:
+            return
+        if fb.receipts:  # a video receiver's per-frame receipts: 30 a second, not logged
+            self._on_receipts(fb.receipts)
+        if fb.HasField("arrivals"):
+            self._on_arrivals(fb.arrivals, now)
+        for nack in fb.nacks:
+            self._on_nack(nack, now)
+        if fb.receipts or fb.HasField("arrivals") or fb.nacks:
+            return
+        log.info("feedback from %s: decoded %d (incomplete %d, skipped %d), late packets %d, latency p50 "
+                 "%.0f ms p95 %.0f ms", addr[0], fb.frames_decoded, fb.frames_incomplete, fb.frames_skipped,
+                 fb.packets_late, fb.latency_p50_ms, fb.latency_p95_ms)
+        self._adapt(addr, fb.frames_decoded, fb.frames_skipped)
+
+    def _on_arrivals(self, msg, now: float) -> None:
+        try:
+            arrivals = decode_arrivals(msg)
+        except ValueError as exc:
+            log.debug("ignoring an arrival report: %s", exc)
+            return
+        results = self.send_log.results(arrivals)
+        if not results:
+            return
+        self.stats.arrival_reports += 1
+        self._feedback_seen = True
+        lost = sum(r.arrival is None for r in results) / len(results)
+        self.stats.loss_estimate += 0.05 * (lost - self.stats.loss_estimate)
+        if self.cc is not None:
+            self._set_target(self.cc.on_feedback(results, now))
+
+    def _on_nack(self, nack, now: float) -> None:
+        """Resend the protected payloads a receiver asks for (the history refuses others)."""
+        self.stats.nacks += 1
+        if not self.cfg.nack:
+            return
+        ts, items = self.history.take(nack.frame_id, list(nack.payloads)[:64], now)
+        for header, data in items:
+            gram = self.packetizer.resend(ts, header, data)
+            self._send(gram)
+            self.budget.on_resend(now, len(gram.data) + IP_UDP_BYTES)
+            self.stats.retransmissions += 1
+
+    def _set_target(self, bps: float) -> None:
+        self.stats.target_kbps = round(bps / 1000, 1)
 
     def _on_receipts(self, receipts) -> None:
         if self.refs is None:
@@ -265,9 +372,13 @@ class Sender:
                 pass
 
     # -- capture / encode / pace ---------------------------------------------------------
+    def target_bps(self) -> float:
+        return self.cc.target_bps if self.cc is not None else self.cfg.kbps * 1000
+
     def frame_budget(self) -> int:
-        """Bytes an entropy-coded frame may take: the bitrate over the current frame rate."""
-        return max(64, int(self.cfg.kbps * 1000 / 8 / self.stats.target_fps))
+        """Codec bytes an entropy-coded frame may take: the target bitrate over the current frame
+        rate, less headers, parity and retransmissions (:class:`FrameBudget`)."""
+        return self.budget.codec_bytes(self.target_bps(), self.stats.target_fps, time.monotonic())
 
     def _capture_encode(self, index: int, tick: float) -> tuple[int, float, np.ndarray | list[bytes]] | None:
         """Read and encode frame ``index`` of the capture tick at monotonic time ``tick`` (its
@@ -321,8 +432,7 @@ class Sender:
             return
         index, mono, wire = res
         if self.entropy_coded:
-            grams = self.packetizer.packetize_payloads(index, self._timestamp(mono), wire,
-                                                       self.codec.payload_levels(wire), self._revision)
+            grams = self._packetize_protected(index, self._timestamp(mono), wire)
         else:
             grams = self.packetizer.packetize(index, self._timestamp(mono), wire, self._revision)
         if self.stats.frames_sent < 3:  # repeat the description with the first frames: it may be lost
@@ -335,6 +445,62 @@ class Sender:
         if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
             ended.set()
 
+    def _packetize_protected(self, index: int, timestamp: int, wire: list[bytes]) -> list[Datagram]:
+        """Payloads -> datagrams, with parity over the top levels after them (as many as the
+        reported loss needs) and the top levels kept for NACKs."""
+        cfg = self.cfg
+        levels = self.codec.payload_levels(wire)
+        k = 0
+        if cfg.fec or cfg.nack:
+            k = protected_prefix(levels, [len(p) for p in wire], cfg.protect_levels, cfg.mtu)
+        parity = parity_for(wire, k, self.stats.loss_estimate) if cfg.fec else []
+        grams = self.packetizer.packetize_payloads(index, timestamp, wire, levels, self._revision, k, parity)
+        if k and cfg.nack:
+            self.history.add(index, timestamp, time.monotonic(), [g.header for g in grams if g.header], wire)
+        parity_bytes = sum(len(g.data) + IP_UDP_BYTES for g in grams if g.header is None)
+        self.stats.parity_packets += len(parity)
+        self.stats.parity_bytes += parity_bytes
+        self.budget.on_frame(len(grams) - len(parity), parity_bytes)
+        return grams
+
+    async def _control_loop(self) -> None:
+        """Sender reports every second; congestion control's timeout and the rate log."""
+        loop = asyncio.get_running_loop()
+        next_sr = next_log = loop.time()
+        while not self.stop_event.is_set():
+            now = loop.time()
+            if now >= next_sr:
+                next_sr = now + self.cfg.description_interval
+                self._send(Datagram(build_sender_report(self.ssrc, ntp_now(), self._timestamp(time.monotonic()),
+                                                        self.stats.packets_sent, self.stats.bytes_sent), -1, -1))
+                self.stats.sender_reports += 1
+            if self.cc is not None and self._feedback_seen:
+                self._set_target(self.cc.on_timeout(time.monotonic()))
+            if now >= next_log:
+                next_log = now + 0.5
+                self._log_rate()
+            try:
+                await asyncio.wait_for(self.stop_event.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+
+    def _log_rate(self) -> None:
+        mono = time.monotonic()
+        t0, b0 = self._bytes_mark
+        sent = self.stats.bytes_sent + IP_UDP_BYTES * self.stats.packets_sent
+        self._bytes_mark = (mono, sent)
+        self.stats.rate_log.append({
+            "t": round(mono - self._mono0, 3), "target_kbps": round(self.target_bps() / 1000, 1) if self.entropy_coded
+            else None, "sent_kbps": round((sent - b0) * 8 / max(1e-3, mono - t0) / 1000, 1),
+            "loss": round(self.stats.loss_estimate, 4), "rtt_ms": self.stats.rtt_ms,
+            "cc": self.cc.snapshot() if self.cc is not None else None})
+
+    def _say_goodbye(self) -> None:
+        try:
+            self._send(Datagram(build_bye(self.ssrc), -1, -1))
+        except OSError:
+            pass
+
     async def run(self) -> SenderStats:
         loop = asyncio.get_running_loop()
         self._open_sockets()
@@ -345,6 +511,7 @@ class Sender:
         self._send(self._description())
         self.stats.descriptions_sent += 1
         describer = asyncio.create_task(self._describe_after_first())
+        controller = asyncio.create_task(self._control_loop())
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jscc-encode")
         period = 1.0 / self.cfg.fps
         start = loop.time()
@@ -387,6 +554,8 @@ class Sender:
             await queue.put(None)
             await pacer
             describer.cancel()
+            controller.cancel()
+            self._say_goodbye()
             executor.shutdown(wait=False)
             for s in self._socks.values():
                 loop.remove_reader(s.fileno())

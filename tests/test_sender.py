@@ -9,10 +9,13 @@ import threading
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jscc_stream.errors import UserError
 from jscc_stream.proto.description import LatentLayout
 from jscc_stream.proto.packet import DescriptionPacket, MediaPacket, parse_datagram
+from jscc_stream.proto.rtcp import parse_rtcp
 from jscc_stream.sender.cli import main as send_main
 from jscc_stream.sender.sender import Sender, SenderConfig
 from jscc_stream.sources import SlideshowSource, SyntheticSource, open_source
@@ -101,7 +104,10 @@ async def test_busy_encoder_holds_one_frame_drops_the_rest_and_fans_out_v4_v6():
     stats = await asyncio.wait_for(task, 10)
     assert stats.frames_sent == 4 and stats.frames_dropped >= 5
     for sock in (r4, r6):
-        pkts = [parse_datagram(d) for d in await _drain(sock, lambda: False)]
+        grams = await _drain(sock, lambda: False)
+        rtcp = [parse_rtcp(d) for d in grams if 192 <= d[1] <= 223]  # RTCP shares the port (RFC 5761)
+        assert any(m.srs for m in rtcp) and rtcp[-1].byes == [sender.ssrc]  # reports, then goodbye
+        pkts = [parse_datagram(d) for d in grams if not 192 <= d[1] <= 223]
         media = [p for p in pkts if isinstance(p, MediaPacket)]
         assert any(isinstance(p, DescriptionPacket) for p in pkts)
         fids = sorted({p.header.frame_id for p in media})
@@ -159,3 +165,44 @@ def test_rate_adapts_to_the_slowest_receivers_decode_rate(monkeypatch):
     clock[0] += 1
     off._adapt(a, 5, 20)
     assert off.stats.target_fps == 30
+
+
+def _forged_feedback(draw_bytes: bytes, seed: int) -> list[bytes]:
+    """Feedback bodies a hostile or broken receiver might send: random bytes, and well-formed
+    messages full of lies (arrival times out of order or absurd, bitmaps that disagree, NACKs)."""
+    from jscc_stream.proto.stream_pb2 import Feedback, Nack, PacketArrivals
+
+    rng = np.random.default_rng(seed)
+    out = [draw_bytes]
+    for _ in range(4):
+        count = int(rng.integers(1, 300))
+        got = rng.random(count) < rng.random()
+        arr = PacketArrivals(begin_seq=int(rng.integers(0, 65536)), count=count,
+                             received=np.packbits(got.astype(np.uint8), bitorder="little").tobytes(),
+                             base_us=int(rng.integers(-2 ** 62, 2 ** 62)),
+                             delta_us=rng.integers(-2 ** 31, 2 ** 31, int(got.sum())).tolist())
+        nack = Nack(frame_id=int(rng.integers(0, 2 ** 32)), payloads=rng.integers(0, 2 ** 32, 5).tolist())
+        out.append(Feedback(ssrc=1234, arrivals=arr, nacks=[nack]).SerializeToString())
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(junk=st.binary(max_size=200), seed=st.integers(0, 2 ** 32 - 1), lost=st.integers(0, 255),
+       lsr=st.integers(0, 2 ** 32 - 1), dlsr=st.integers(0, 2 ** 32 - 1))
+def test_forged_feedback_never_moves_the_rate_outside_its_bounds(tiny_rd_codec, junk, seed, lost, lsr, dlsr):
+    from aiortc.rtp import RtcpReceiverInfo
+
+    cfg = SenderConfig(width=64, height=48, kbps=800, min_kbps=200, max_kbps=1000, ssrc=1234)
+    sender = Sender(tiny_rd_codec, SyntheticSource(64, 48, 30), cfg)
+    for i in range(400):  # packets it sent: what forged reports may name
+        sender.send_log.record((60000 + i) & 0xFFFF, i * 0.001, 900)
+    now = 1.0
+    for body in _forged_feedback(junk, seed):
+        now += 0.05
+        sender._on_feedback(body, ("127.0.0.1", 9), now)
+        sender._on_report_block(RtcpReceiverInfo(ssrc=1234, fraction_lost=lost, packets_lost=0, highest_sequence=0,
+                                                 jitter=0, lsr=lsr, dlsr=dlsr), ("127.0.0.1", 9), now)
+        sender._set_target(sender.cc.on_timeout(now + 5))
+        assert 200_000 <= sender.target_bps() <= 1_000_000
+        assert 64 <= sender.frame_budget()
+    assert sender.stats.retransmissions == 0  # nothing was sent, so nothing can be resent

@@ -1,0 +1,81 @@
+"""What the sender remembers of its own packets for congestion control, and how it turns the
+target bitrate into each frame's codec byte budget.
+
+The rate the path sees is everything the sender puts on it: codec payloads, their RTP and
+payload headers, the IP/UDP headers, parity packets and retransmissions.  The codec only
+controls the first, so the budget takes the rest off the target, each from what the last
+frames actually cost.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+
+from jscc_stream.proto.packet import JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+
+__all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES"]
+
+IP_UDP_BYTES = 28  # IPv4 + UDP headers: what a bottleneck charges beyond the datagram
+
+
+class SendLog:
+    """Sequence number -> (send time, bytes on the wire) of the last ``size`` RTP packets, so
+    that arrival reports (16-bit sequence numbers) become the controller's packet results."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._sent: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        self._last: int | None = None  # extended sequence number of the newest packet
+
+    def record(self, seq: int, send_time: float, wire_bytes: int) -> None:
+        if self._last is None:
+            ext = seq
+        else:
+            ext = self._last + ((seq - self._last + 0x8000) & 0xFFFF) - 0x8000
+        self._last = ext if self._last is None else max(self._last, ext)
+        self._sent[ext] = (send_time, wire_bytes)
+        while len(self._sent) > self.size:
+            self._sent.popitem(last=False)
+
+    def results(self, arrivals: Sequence[tuple[int, float | None]]):
+        """[(16-bit seq, arrival or None)] -> PacketResults of the packets this sender knows
+        (unknown or forgotten sequence numbers are dropped: a report cannot invent packets)."""
+        from .congestion import PacketResult
+
+        out = []
+        if self._last is None:
+            return out
+        for seq, arrival in arrivals:
+            ext = self._last - ((self._last - seq) & 0xFFFF)
+            sent = self._sent.get(ext)
+            if sent is not None:
+                out.append(PacketResult(ext, sent[0], sent[1], arrival))
+        return out
+
+
+class FrameBudget:
+    """Codec bytes per frame for a target bitrate: the frame's share of the rate, less the
+    expected headers (per packet), parity and retransmissions (each an average of recent
+    frames)."""
+
+    HEADER_BYTES = RTP_HEADER_BYTES + JSCC_HEADER_BYTES + IP_UDP_BYTES
+
+    def __init__(self, window: int = 15) -> None:
+        self._packets: deque[int] = deque(maxlen=window)
+        self._parity: deque[int] = deque(maxlen=window)
+        self._resent: deque[tuple[float, int]] = deque(maxlen=256)
+
+    def on_frame(self, packets: int, parity_bytes: int) -> None:
+        self._packets.append(packets)
+        self._parity.append(parity_bytes)
+
+    def on_resend(self, now: float, wire_bytes: int) -> None:
+        self._resent.append((now, wire_bytes))
+
+    def codec_bytes(self, target_bps: float, fps: float, now: float) -> int:
+        frame = target_bps / 8 / fps
+        packets = sum(self._packets) / len(self._packets) if self._packets else 8
+        parity = sum(self._parity) / len(self._parity) if self._parity else 0
+        resent = sum(b for t, b in self._resent if now - t < 1.0) / fps
+        return max(64, int(frame - packets * self.HEADER_BYTES - parity - resent))
