@@ -16,7 +16,7 @@ from aiortc.rtp import RtpPacket
 __all__ = ["PT_MEDIA", "PT_DESCRIPTION", "PT_PAYLOAD", "RTP_HEADER_BYTES", "JSCC_HEADER_BYTES", "DATAGRAM_LIMIT",
            "MEDIA_PAYLOAD_BYTES", "WIRE_VERSION", "CLOCK_RATE", "WireError", "FragmentHeader", "PayloadHeader",
            "MediaPacket", "PayloadPacket", "DescriptionPacket", "build_media", "build_payload", "build_description",
-           "parse_datagram", "PT_PARITY", "ParityHeader", "ParityPacket", "build_parity"]
+           "parse_datagram", "IP_UDP_BYTES", "PT_PARITY", "ParityHeader", "ParityPacket", "build_parity"]
 
 PT_MEDIA = 96
 PT_DESCRIPTION = 97
@@ -29,6 +29,7 @@ DATAGRAM_LIMIT = 900
 #: Block bytes one datagram of that size carries behind the RTP and JSCC headers.
 MEDIA_PAYLOAD_BYTES = DATAGRAM_LIMIT - RTP_HEADER_BYTES - JSCC_HEADER_BYTES
 WIRE_VERSION = 1
+IP_UDP_BYTES = 28  # IPv4 + UDP headers: what a bottleneck charges beyond the datagram
 CLOCK_RATE = 90_000  # RTP timestamp ticks per second (video convention)
 MAX_OFFSET = (1 << 24) - 1
 

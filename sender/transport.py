@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-from jscc_stream.proto.packet import JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
 
 __all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES"]
-
-IP_UDP_BYTES = 28  # IPv4 + UDP headers: what a bottleneck charges beyond the datagram
 
 
 class SendLog:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -34,11 +35,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def _start_shim(listen_port: int, forward_port: int, receiver: Receiver) -> asyncio.subprocess.Process:
+async def _start_shim(listen_port: int, forward_port: int, receiver: Receiver,
+                      extra: Sequence[str] = ()) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "jscc_stream.netem.cli", "--listen", f"127.0.0.1:{listen_port}",
         "--forward", f"127.0.0.1:{forward_port}", "--loss", "ge10", "--seed", "1", "--stats-interval", "0",
-        "--log-level", "warning")
+        "--log-level", "warning", *extra)
     # Wait until the shim forwards: probes (garbage to the receiver) show up as invalid datagrams.
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -77,14 +79,16 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-async def stream(codec, path: str, frames: int, sender_cfg: dict):
-    """Sender -> (shim with GE ~10 % loss, when ``path`` is "shim") -> receiver, in-process but
-    the shim; returns (sender stats, receiver, [(record, frame)]) once every frame played out."""
+async def stream(codec, path: str, frames: int, sender_cfg: dict, shim_args: Sequence[str] = (),
+                 latency: float = 0.25):
+    """Sender -> (shim with GE ~10 % loss and ``shim_args``, when ``path`` is "shim") -> receiver,
+    in-process but the shim; returns (sender stats, receiver, [(record, frame)]) once every frame
+    played out (``latency``: the receiver's playout deadline)."""
     sock = open_listen_socket("127.0.0.1:0")
     rport = sock.getsockname()[1]
     got: list = []
     # generous deadline and no skipping: this checks correctness on a loaded shared machine, not speed
-    rcfg = ReceiverConfig(latency=0.25, duration=30, max_decode_queue=frames)
+    rcfg = ReceiverConfig(latency=latency, duration=30, max_decode_queue=frames)
     receiver = Receiver(sock, lambda info: codec, Outputs(), rcfg, on_frame=lambda r, f: got.append((r, f)))
     rtask = asyncio.create_task(receiver.run())
     shim = None
@@ -92,7 +96,7 @@ async def stream(codec, path: str, frames: int, sender_cfg: dict):
     try:
         if path == "shim":
             dest = _free_port()
-            shim = await _start_shim(dest, rport, receiver)
+            shim = await _start_shim(dest, rport, receiver, shim_args)
         sender = Sender(codec, SyntheticSource(W, H, FPS, seed=1),
                         SenderConfig(width=W, height=H, fps=FPS, dests=[f"127.0.0.1:{dest}"], frames=frames,
                                      **sender_cfg))

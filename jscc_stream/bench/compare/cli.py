@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    + " (default all; --quick none,ge10)")
     p.add_argument("--arms", default=",".join(ALL_ARMS), help="comma list of codecs to run")
     p.add_argument("--codec", default="video", help="JSCC codec name or .safetensors path")
+    p.add_argument("--jscc-args", default="", metavar="ARGS",
+                   help="more jscc-send options for the JSCC arm, one string (e.g. \"--protect-levels 0\" for no "
+                        "repair of the top levels)")
     p.add_argument("--seed", type=int, default=1, help="seed of the loss traces")
     p.add_argument("--rtt-ms", type=float, default=100.0, help="round trip for the NACK arm")
     p.add_argument("--delay-ms", type=float, default=50.0, help="shim one-way delay (every arm)")
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> Path:
                         conditions=[by_name[c] for c in conds], arms=arms, codec=args.codec, seed=args.seed,
                         delay_ms=args.delay_ms, rtt_ms=args.rtt_ms, latency_ms=args.latency_ms,
                         workdir=args.workdir, merge=args.merge, jscc_wall_fps=args.jscc_wall_fps,
-                        jscc_pace=args.jscc_pace)
+                        jscc_pace=args.jscc_pace, jscc_args=shlex.split(args.jscc_args))
     results = run_harness(cfg, progress=log.info)
     table = write_report(results, args.out)
     log.info("wrote %s and plots in %s (%.0f s)", table, args.out, results["wall_s"])

@@ -32,6 +32,8 @@ from jscc_stream.metrics import psnr
 from jscc_stream.procs import free_port
 from jscc_stream.sources import IMAGE_SUFFIXES, open_source
 
+from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+
 from .channel import CONDITIONS, Condition, Shim, write_trace
 from .jscc_arm import run_jscc
 from .stream import ARMS, ArmConfig, ArmRun, run_arm
@@ -42,6 +44,7 @@ __all__ = ["HarnessConfig", "ALL_ARMS", "SOURCES", "run_harness", "score_run", "
 log = logging.getLogger(__name__)
 
 ALL_ARMS = ("jscc",) + ARMS
+HEADER_ALLOWANCE_PACKETS = 16
 SOURCES = ("synthetic", "photos")  # built in; cfg.sources may also name video files, image folders, globs
 _PHOTO_ORDER = ("coffee", "rocket", "chelsea", "astronaut")  # the synthetic source pans over astronaut
 
@@ -57,6 +60,7 @@ class HarnessConfig:
     # jscc-send --pace: the share of a frame interval its packets are spread over (the baselines
     # send a frame's packets back to back: 0 does the same)
     jscc_pace: float = 0.0
+    jscc_args: Sequence[str] = ()  # more jscc-send options for the JSCC arm
     sources: Sequence[str] = SOURCES  # SOURCES names or paths (see the module docstring)
     conditions: Sequence[Condition] = CONDITIONS
     arms: Sequence[str] = ALL_ARMS
@@ -140,6 +144,15 @@ def prepare_source(name: str, data_dir: Path) -> str:
                 cv2.imwrite(str(path), cv2.cvtColor(getattr(skdata, photo)(), cv2.COLOR_RGB2BGR))
         return str(folder)
     return name
+
+
+def jscc_kbps(payload_bytes: int, fps: float) -> float:
+    """The JSCC arm's ``--kbps`` (a wire rate: headers, parity, retransmissions included) for
+    about ``payload_bytes`` of codec payload a frame, what the baselines' encoders get (their
+    packet headers are not charged to their bitrate either).  A frame of the video codec goes out
+    in ~16 datagrams (small top-level payloads, one per datagram); fixed rate (``--no-cc``), as
+    the baselines."""
+    return (payload_bytes + HEADER_ALLOWANCE_PACKETS * (RTP_HEADER_BYTES + JSCC_HEADER_BYTES + IP_UDP_BYTES)) * 8 * fps / 1000
 
 
 def _video_file(frames: list[np.ndarray], path: Path, fps: float) -> str:
@@ -274,8 +287,8 @@ def _run_jscc_arm(cfg: HarnessConfig, spec: str, frames: list[np.ndarray], trace
     for attempt in range(3):
         run = run_jscc(jspec, cfg.frames, cfg.width, cfg.height, wall, cfg.codec, trace,
                        cfg.delay_ms, rundir, seed=cfg.source_seed, latency_ms=cfg.latency_ms,
-                       pace=cfg.jscc_pace * wall / cfg.fps, kbps=payload * 8 * wall / 1000,
-                       extra_sender=["--no-adapt"] if jspec != spec else None)
+                       pace=cfg.jscc_pace * wall / cfg.fps, kbps=jscc_kbps(payload, wall),
+                       extra_sender=["--no-cc", *cfg.jscc_args] + (["--no-adapt"] if jspec != spec else []))
         sender = run.extra.get("sender", {})
         skipped = sender.get("frames_dropped", 0) + sender.get("frames_rate_limited", 0)
         if jspec == spec or not skipped:
