@@ -26,8 +26,9 @@ def _shim_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Userspace network shim: relays UDP between senders (--listen) and a receiver "
-                    "(--forward), both ways, applying loss, delay and a bottleneck to the "
-                    "sender->receiver direction. Each datagram keeps its DSCP.",
+                    "(--forward), both ways, applying loss, delay, reordering, duplication and a "
+                    "bottleneck (fixed, or changing over time) to the sender->receiver direction. "
+                    "Each datagram keeps its DSCP.",
         epilog="Other commands: 'jscc-netem tc apply|show|clear --dev IFACE' configures the same "
                "impairments in the Linux kernel (tc); 'jscc-netem probe send|recv' makes and counts "
                "DSCP-marked test traffic. See docs/netem.md.")

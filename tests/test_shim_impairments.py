@@ -434,15 +434,13 @@ def test_cli_rate_schedule_writes_a_series(tmp_path: Path):
     assert all(r["rate_bps"] == 2e6 for r in series if r["t"] < 0.95)
     assert all(r["rate_bps"] == 5e5 for r in series if r["t"] > 1.05)
     for r in series:  # the mean over the interval sees the step at 1 s
-        start = r["t"] - r["dt"]
-        if r["t"] <= 1.0 or start >= 1.0:
-            assert r["mean_rate_bps"] == pytest.approx(r["rate_bps"])
-        else:
-            expected = (2e6 * (1.0 - start) + 5e5 * (r["t"] - 1.0)) / r["dt"]
-            assert r["mean_rate_bps"] == pytest.approx(expected, rel=0.02)
+        start, end = r["t"] - r["dt"], r["t"]
+        expected = (2e6 * max(0.0, min(end, 1.0) - start) + 5e5 * max(0.0, end - max(start, 1.0))) / r["dt"]
+        assert r["mean_rate_bps"] == pytest.approx(expected, rel=0.02)
     busy = [r for r in series if 0.3 < r["t"] < 2.0]
     # the sender offered ~1.5 Mbit/s throughout (loopback pacing is loose on a busy machine)
-    assert all(0.5e6 < r["bytes_in"] * 8 / r["dt"] < 3e6 for r in busy)
+    offered = sum(r["bytes_in"] for r in busy) * 8 / sum(r["dt"] for r in busy)
+    assert 1.0e6 < offered < 2.0e6 and all(r["bytes_in"] > 0 for r in busy)
     before = [r for r in series if r["t"] < 0.95]
     assert all(r["packets_dropped"] == 0 for r in before)  # under the 2 Mbit/s capacity
     after = [r for r in series if r["t"] - r["dt"] >= 1.0]
