@@ -26,8 +26,9 @@ def _shim_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Userspace network shim: relays UDP between senders (--listen) and a receiver "
-                    "(--forward), both ways, applying loss, delay and a bottleneck to the "
-                    "sender->receiver direction. Each datagram keeps its DSCP.",
+                    "(--forward), both ways, applying loss, delay, reordering, duplication and a "
+                    "bottleneck (fixed, or changing over time) to the sender->receiver direction. "
+                    "Each datagram keeps its DSCP.",
         epilog="Other commands: 'jscc-netem tc apply|show|clear --dev IFACE' configures the same "
                "impairments in the Linux kernel (tc); 'jscc-netem probe send|recv' makes and counts "
                "DSCP-marked test traffic. See docs/netem.md.")
@@ -41,6 +42,11 @@ def _shim_parser() -> argparse.ArgumentParser:
                    help="uniform jitter +- this much around the delay (order is kept)")
     p.add_argument("--rate", default=None, metavar="RATE",
                    help="bottleneck rate, e.g. 2mbit, 500kbit, 250kbps (bytes/s); default none")
+    p.add_argument("--rate-schedule", default=None, metavar="T:RATE,...",
+                   help="bottleneck whose rate changes over time: T seconds since the shim started, "
+                        "first at 0, times increasing, RATE as for --rate, e.g. 0:2mbit,20:500kbit,"
+                        "40:2mbit (the rate holds until the next step; the last holds forever); "
+                        "instead of --rate")
     p.add_argument("--burst", default=None, metavar="BYTES",
                    help="token-bucket depth (default: 2 datagrams or 5 ms at the rate)")
     p.add_argument("--queue-packets", type=int, default=64,
@@ -54,6 +60,13 @@ def _shim_parser() -> argparse.ArgumentParser:
                    help="drop a packet instead of sending it once it has waited longer than this in "
                         "the bottleneck buffer (counted as expired): it would miss the receiver's "
                         "playout deadline anyway. Off by default; pairs well with --priority")
+    p.add_argument("--reorder", default="0", metavar="P",
+                   help="probability (0.05 or 5%%) that a datagram is held back by --reorder-delay-ms "
+                        "after the bottleneck, so datagrams behind it overtake it (default 0)")
+    p.add_argument("--reorder-delay-ms", type=float, default=10.0, metavar="MS",
+                   help="how long a reordered datagram is held back (default 10)")
+    p.add_argument("--duplicate", default="0", metavar="P",
+                   help="probability that a datagram is delivered twice (default 0)")
     p.add_argument("--overhead", type=int, default=28,
                    help="bytes added to each datagram by the bottleneck accounting (IP+UDP: 28)")
     p.add_argument("--reverse-delay-ms", type=float, default=0.0,
@@ -64,9 +77,14 @@ def _shim_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats-interval", type=float, default=5.0,
                    help="seconds between counter log lines (0: never)")
     p.add_argument("--stats-json", type=Path, default=None, metavar="FILE",
-                   help="write the final per-class counters here at exit")
+                   help="write the final per-class counters here at exit, with a time series of the "
+                        "forward link (see --series-interval)")
+    p.add_argument("--series-interval", type=float, default=0.5, metavar="S",
+                   help="seconds per record of the --stats-json time series (offered and delivered "
+                        "bytes, losses, bottleneck rate, queue); 0: no series (default 0.5)")
     p.add_argument("--control", default=None, metavar="HOST:PORT",
-                   help="serve the HTTP control API here (GET /stats, POST /loss /rate /delay) to change "
+                   help="serve the HTTP control API here (GET /stats, POST /loss /rate /rate-schedule /delay "
+                        "/reorder /duplicate) to change "
                         "the link while it runs, e.g. 127.0.0.1:8090; off by default")
     p.add_argument("--control-token", default=None, metavar="TOKEN",
                    help="token the control API requires (Authorization: Bearer TOKEN); needed when "
@@ -94,6 +112,13 @@ def _tc_parser() -> argparse.ArgumentParser:
     a.add_argument("--delay-ms", type=float, default=0.0)
     a.add_argument("--jitter-ms", type=float, default=0.0)
     a.add_argument("--rate", default=None, metavar="RATE", help="bottleneck rate (HTB), e.g. 2mbit")
+    a.add_argument("--rate-schedule", default=None, help=argparse.SUPPRESS)  # refused, see _tc_main
+    a.add_argument("--duplicate", default="0", metavar="P",
+                   help="netem duplicate: probability (0.01 or 1%%) a packet is sent twice")
+    a.add_argument("--reorder", default="0", metavar="P",
+                   help="netem reorder: a fraction P of packets is sent without --delay-ms (needed) "
+                        "and so overtakes the packets before it; unlike the shim's --reorder, which "
+                        "holds packets back")
     a.add_argument("--priority-dscp", action="store_true",
                    help="one HTB class per importance level (AF41, AF42, AF43, default, LE) with "
                         "strict priority and short per-class queues; needs --rate")
@@ -133,14 +158,23 @@ def _probe_parser() -> argparse.ArgumentParser:
 def _shim_main(args: argparse.Namespace) -> int:
     from jscc_stream.netem.link import LinkConfig
     from jscc_stream.netem.loss import parse_loss_spec
-    from jscc_stream.netem.rates import parse_rate, parse_size
+    from jscc_stream.netem.rates import parse_probability, parse_rate, parse_rate_schedule, parse_size
     from jscc_stream.netem.shim import ShimConfig, run_shim
     from jscc_stream.udp import parse_hostport
 
     try:
         listen = parse_hostport(args.listen)
         forward = parse_hostport(args.forward, default_host="127.0.0.1")
+        if args.rate and args.rate_schedule is not None:
+            raise ValueError("--rate and --rate-schedule both set the bottleneck: choose one")
         rate = parse_rate(args.rate) if args.rate else None
+        schedule = parse_rate_schedule(args.rate_schedule) if args.rate_schedule is not None else None
+        reorder = parse_probability(args.reorder, "--reorder")
+        duplicate = parse_probability(args.duplicate, "--duplicate")
+        if not 0 <= args.reorder_delay_ms <= 10_000:
+            raise ValueError("--reorder-delay-ms must be between 0 and 10000")
+        if args.series_interval < 0:
+            raise ValueError("--series-interval must be >= 0")
         burst = parse_size(args.burst) if args.burst else None
         qbytes = parse_size(args.queue_bytes) if args.queue_bytes else None
         if args.queue_packets < 1:
@@ -154,10 +188,12 @@ def _shim_main(args: argparse.Namespace) -> int:
                          queue_packets=args.queue_packets, queue_bytes=qbytes,
                          priority=args.priority, overhead=args.overhead,
                          max_queue_delay_s=(None if args.max_queue_delay_ms is None
-                                            else args.max_queue_delay_ms / 1e3))
-        if (args.priority or args.max_queue_delay_ms is not None) and rate is None:
+                                            else args.max_queue_delay_ms / 1e3),
+                         rate_schedule=schedule, reorder=reorder,
+                         reorder_delay_s=args.reorder_delay_ms / 1e3, duplicate=duplicate)
+        if (args.priority or args.max_queue_delay_ms is not None) and rate is None and schedule is None:
             logging.getLogger(PROG).warning("--priority and --max-queue-delay-ms have no effect "
-                                            "without --rate")
+                                            "without --rate or --rate-schedule")
     except ValueError as exc:
         if type(exc).__name__ == "LossSpecError":
             raise
@@ -169,7 +205,8 @@ def _shim_main(args: argparse.Namespace) -> int:
     rev = (LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways
            else LinkConfig(delay_s=args.reverse_delay_ms / 1e3))
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
-                     seed=args.seed, stats_interval=args.stats_interval)
+                     seed=args.seed, stats_interval=args.stats_interval,
+                     series_interval=args.series_interval if args.stats_json else 0.0)
     from jscc_stream.cli import event_loop_factory
 
     def runner(coro) -> None:
@@ -196,15 +233,20 @@ def _shim_main(args: argparse.Namespace) -> int:
 def _tc_main(args: argparse.Namespace) -> int:
     from jscc_stream.netem import tc
     from jscc_stream.netem.loss import parse_loss_spec
-    from jscc_stream.netem.rates import parse_rate
+    from jscc_stream.netem.rates import parse_probability, parse_rate
 
     try:
         if args.action == "apply":
+            if args.rate_schedule is not None:
+                raise ValueError("--rate-schedule is a userspace shim option: tc applies a fixed "
+                                 "--rate (change it with another 'tc apply')")
             cfg = tc.TcConfig(dev=args.dev, loss=parse_loss_spec(args.loss), delay_ms=args.delay_ms,
                               jitter_ms=args.jitter_ms,
                               rate_bps=parse_rate(args.rate) if args.rate else None,
                               priority_dscp=args.priority_dscp, ingress=args.ingress,
-                              queue_packets=args.queue_packets)
+                              queue_packets=args.queue_packets,
+                              reorder=parse_probability(args.reorder, "--reorder"),
+                              duplicate=parse_probability(args.duplicate, "--duplicate"))
             if args.dry_run:
                 print(f"# jscc-netem tc apply: existing root and ingress qdiscs on {args.dev} are "
                       "removed first")

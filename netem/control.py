@@ -11,6 +11,10 @@ Routes (JSON in, JSON out)::
     POST /loss   {"spec": "uniform:0.2", "direction": "forward"}
     POST /rate   {"rate": "2mbit" | bits/s | null, "direction": "forward"}
     POST /delay  {"delay_ms": 40, "jitter_ms": 5, "direction": "forward"}
+    POST /rate-schedule  {"schedule": "0:2mbit,20:500kbit" | [[0, "2mbit"], [20, 500000]],
+                          "direction": "forward"}   times count from this request; POST /rate ends it
+    POST /reorder    {"probability": 0.05, "delay_ms": 10, "direction": "forward"}  (delay_ms optional)
+    POST /duplicate  {"probability": 0.01, "direction": "forward"}
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import math
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from jscc_stream.netem.rates import parse_rate
 from jscc_stream.netem.shim import Shim, ShimConfig, run_shim
 from jscc_stream.web import serve_app
 
@@ -82,7 +88,9 @@ class ControlServer:
         self.address: tuple[str, int] | None = None
         self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._auth])
         self.app.add_routes([web.get("/stats", self._stats), web.post("/loss", self._loss),
-                             web.post("/rate", self._rate), web.post("/delay", self._delay)])
+                             web.post("/rate", self._rate), web.post("/delay", self._delay),
+                             web.post("/rate-schedule", self._rate_schedule),
+                             web.post("/reorder", self._reorder), web.post("/duplicate", self._duplicate)])
 
     def attach(self, shim: Shim) -> None:
         self.shim = shim
@@ -149,6 +157,39 @@ class ControlServer:
             raise _bad("'delay_ms' and 'jitter_ms' must be in [0, 10000]")
         return self._apply(lambda d: self.shim.set_delay(delay, jitter, d), body)
 
+    async def _rate_schedule(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        sched = body.get("schedule")
+        if isinstance(sched, list):
+            try:
+                sched = tuple((_number(t), parse_rate(r) if isinstance(r, str) else _number(r))
+                              for t, r in sched)
+            except (TypeError, ValueError):
+                raise _bad("'schedule' entries must be [seconds, rate] pairs, e.g. [20, \"500kbit\"]"
+                           ) from None
+        elif not isinstance(sched, str):
+            raise _bad("'schedule' must be e.g. \"0:2mbit,20:500kbit\" or [[0, \"2mbit\"], ...]")
+        return self._apply(lambda d: self.shim.set_rate_schedule(sched, d), body)
+
+    async def _reorder(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        p = _probability(body)
+        delay = body.get("delay_ms")
+        if delay is not None:
+            try:
+                delay = _number(delay)
+            except (TypeError, ValueError):
+                raise _bad("'delay_ms' must be a number") from None
+            if not 0 <= delay <= 10_000:
+                raise _bad("'delay_ms' must be in [0, 10000]")
+        return self._apply(lambda d: self.shim.set_impairments(reorder=p, reorder_delay_ms=delay,
+                                                               direction=d), body)
+
+    async def _duplicate(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        p = _probability(body)
+        return self._apply(lambda d: self.shim.set_impairments(duplicate=p, direction=d), body)
+
     def _apply(self, change, body: dict[str, Any]) -> web.Response:
         assert self.shim is not None
         direction = body.get("direction", "forward")
@@ -159,6 +200,24 @@ class ControlServer:
         except ValueError as exc:  # LossSpecError, bad rate text, negative delay
             raise _bad(str(exc)) from None
         return web.json_response(self.shim.stats())
+
+
+def _number(v: Any) -> float:
+    """A JSON number (not a bool), finite."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise TypeError(f"not a number: {v!r}")
+    return float(v)
+
+
+def _probability(body: dict[str, Any]) -> float:
+    p = body.get("probability")
+    try:
+        p = _number(p)
+    except TypeError:
+        raise _bad("'probability' must be a number in [0, 1]") from None
+    if not 0 <= p <= 1:
+        raise _bad("'probability' must be in [0, 1]")
+    return p
 
 
 def _error(status: int, message: str) -> web.Response:

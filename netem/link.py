@@ -15,6 +15,14 @@ the head later than that is dropped instead of sent (counted as ``expired``).  R
 needs this under strict priority: the least important class still served only gets the capacity
 left over by every newer frame's more important packets, so without a bound its queue stands
 and what it delivers arrives after the receiver's playout deadline, wasting the capacity.
+
+``rate_schedule`` makes the bottleneck's rate a step function of the time since the link started
+(a "changing link"): the token bucket switches rate at each step, keeping the credit it accrued
+at the old rate.  ``reorder`` holds a packet back by ``reorder_delay_s`` on top of its delay, so
+packets released after it overtake it (note: tc netem does the opposite, its ``reorder`` sends the
+chosen packets *without* the delay); ``duplicate`` delivers a packet twice.  Both act after the
+bottleneck, so neither the held-back packet nor the copy costs bottleneck capacity, and they draw
+from their own random streams so switching them on leaves the seeded loss draws unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import numpy as np
 
 from jscc_stream.netem.dscp import PRIORITY_CLASSES, class_rank, dscp_of_tos
 from jscc_stream.netem.loss import LossProcess, NoLoss, PacketDropper
+from jscc_stream.netem.rates import RateSchedule, check_rate_schedule
 
 __all__ = ["Packet", "ClassCounters", "LinkConfig", "PacketQueues", "TokenBucket", "Link"]
 
@@ -62,6 +71,8 @@ class ClassCounters:
     dropped: int = 0
     evicted: int = 0
     expired: int = 0
+    duplicated: int = 0  # extra copies delivered (each also counts in ``out``)
+    reordered: int = 0  # packets held back by the reorder delay
     bytes_in: int = 0
     bytes_out: int = 0
 
@@ -73,7 +84,8 @@ class ClassCounters:
 
 @dataclass
 class LinkConfig:
-    """What one direction does to traffic.  ``rate_bps=None`` means no bottleneck."""
+    """What one direction does to traffic.  ``rate_bps=None`` (and no ``rate_schedule``) means
+    no bottleneck; ``rate_schedule`` replaces ``rate_bps`` with ((t_s, bit/s), ...)."""
 
     loss: LossProcess = field(default_factory=NoLoss)
     delay_s: float = 0.0
@@ -85,6 +97,10 @@ class LinkConfig:
     priority: bool = False
     overhead: int = 28
     max_queue_delay_s: float | None = None
+    rate_schedule: RateSchedule | None = None
+    reorder: float = 0.0
+    reorder_delay_s: float = 0.010
+    duplicate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.delay_s < 0 or self.jitter_s < 0:
@@ -97,6 +113,18 @@ class LinkConfig:
             raise ValueError("queue bytes must be positive")
         if self.max_queue_delay_s is not None and not self.max_queue_delay_s > 0:
             raise ValueError("max queue delay must be positive")
+        if self.rate_schedule is not None:
+            if self.rate_bps is not None:
+                raise ValueError("give a rate or a rate schedule, not both")
+            self.rate_schedule = check_rate_schedule(self.rate_schedule)
+        check_impairments(self.reorder, self.reorder_delay_s, self.duplicate)
+
+
+def check_impairments(reorder: float, reorder_delay_s: float, duplicate: float) -> None:
+    if not 0.0 <= reorder <= 1.0 or not 0.0 <= duplicate <= 1.0:
+        raise ValueError("reorder and duplicate probabilities must be in [0, 1]")
+    if not 0.0 <= reorder_delay_s <= 10.0:
+        raise ValueError("reorder delay must be between 0 and 10000 ms")
 
 
 class PacketQueues:
@@ -211,6 +239,13 @@ class TokenBucket:
     def take(self, size: int) -> None:
         self.tokens -= size
 
+    def set_rate(self, rate_bps: float, burst_bytes: int, now: float) -> None:
+        """Switch rate at ``now``, keeping the credit accrued so far (capped at the new depth)."""
+        self.advance(now)
+        self.rate = rate_bps / 8.0
+        self.burst = float(burst_bytes)
+        self.tokens = min(self.tokens, self.burst)
+
 
 def default_burst(rate_bps: float) -> int:
     """Two full-size datagrams or 5 ms of traffic, whichever is larger."""
@@ -222,16 +257,32 @@ class Link:
 
     def __init__(self, config: LinkConfig, rng: np.random.Generator, now: float = 0.0) -> None:
         self.config = config
+        self.t0 = now
         self._rng = rng
+        # own streams for reorder/duplicate: spawning does not advance ``rng``, so the loss and
+        # jitter draws stay what they were for the same seed
+        self._reorder_rng, self._dup_rng = rng.spawn(2)
         self._dropper: PacketDropper = config.loss.stream(rng)
         self.counters = [ClassCounters() for _ in range(N_CLASSES)]
         self.queues = PacketQueues(config.queue_packets, config.queue_bytes, config.priority)
         self._bucket: TokenBucket | None = None
-        self._set_bucket(config.rate_bps, config.burst_bytes, now)
+        self.rate_bps: float | None = None  # the bottleneck's rate now (None: unlimited)
+        self._rate_area = 0.0  # integral of the rate (bits) since the last sample ...
+        self._rate_since = now  # ... up to here
+        self._unlimited = False  # ... or the link was unlimited for part of it
+        self._schedule: list[tuple[float, float]] = []  # pending (absolute time, bit/s) steps
+        if config.rate_schedule:
+            self._start_schedule(config.rate_schedule, now)
+        else:
+            self._set_bucket(config.rate_bps, config.burst_bytes, now)
         self._delayed: list[tuple[float, int, Packet]] = []
         self._seq = 0
         self._last_release = -float("inf")
         self._ready: list[Packet] = []
+        self._max_wait = 0.0  # longest buffer wait of a packet leaving it since the last sample
+        self._prev_totals: dict[str, int] = {}
+        self._prev_sample = now
+        self._unlimited = self.rate_bps is None
 
     # --- control hooks (runtime changes, e.g. from an HTTP control API) -----------------------
     def set_loss(self, loss: LossProcess) -> None:
@@ -243,11 +294,32 @@ class Link:
         """Change (or remove, with None) the bottleneck; queued packets keep their places."""
         if rate_bps is not None and not rate_bps > 0:
             raise ValueError("rate must be positive")
+        self._serve(now)
+        self._schedule = []  # a fixed rate overrides a schedule
+        self.config.rate_schedule = None
         self.config.rate_bps = rate_bps
         self.config.burst_bytes = burst_bytes
-        self._serve(now)
         self._set_bucket(rate_bps, burst_bytes, now)
         self._serve(now)
+
+    def set_rate_schedule(self, schedule: RateSchedule, now: float) -> None:
+        """Follow ``schedule`` from ``now`` on (its times count from ``now``)."""
+        schedule = check_rate_schedule(schedule)
+        self._serve(now)
+        self.config.rate_schedule = schedule
+        self.config.rate_bps = None
+        self._start_schedule(schedule, now)
+        self._serve(now)
+
+    def set_impairments(self, reorder: float | None = None, reorder_delay_s: float | None = None,
+                        duplicate: float | None = None) -> None:
+        """Change the reorder/duplicate probabilities (None keeps a value as it is)."""
+        cfg = self.config
+        new = (cfg.reorder if reorder is None else reorder,
+               cfg.reorder_delay_s if reorder_delay_s is None else reorder_delay_s,
+               cfg.duplicate if duplicate is None else duplicate)
+        check_impairments(*new)
+        cfg.reorder, cfg.reorder_delay_s, cfg.duplicate = new
 
     def set_delay(self, delay_s: float, jitter_s: float = 0.0) -> None:
         if delay_s < 0 or jitter_s < 0:
@@ -255,8 +327,30 @@ class Link:
         self.config.delay_s, self.config.jitter_s = delay_s, jitter_s
 
     def _set_bucket(self, rate_bps: float | None, burst: int | None, now: float) -> None:
+        self._note_rate_change(rate_bps, now)
         self._bucket = None if rate_bps is None else TokenBucket(
             rate_bps, burst or default_burst(rate_bps), now)
+
+    def _start_schedule(self, schedule: RateSchedule, now: float) -> None:
+        first, *rest = schedule
+        self._schedule = [(now + t, r) for t, r in rest]
+        if self._bucket is None:
+            self._set_bucket(first[1], self.config.burst_bytes, now)
+        else:
+            self._switch_rate(first[1], now)
+
+    def _switch_rate(self, rate_bps: float, t: float) -> None:
+        assert self._bucket is not None
+        self._bucket.set_rate(rate_bps, self.config.burst_bytes or default_burst(rate_bps), t)
+        self._note_rate_change(rate_bps, t)
+
+    def _note_rate_change(self, rate_bps: float | None, t: float) -> None:
+        """Keep the rate's integral for the series' mean capacity per interval."""
+        if self.rate_bps is not None:
+            self._rate_area += self.rate_bps * (t - self._rate_since)
+        self._rate_since = t
+        self._unlimited = self._unlimited or rate_bps is None
+        self.rate_bps = rate_bps
 
     # --- data path ----------------------------------------------------------------------------
     def arrive(self, pkt: Packet, now: float) -> None:
@@ -303,10 +397,20 @@ class Link:
         head = self.queues.peek()
         if head is not None and self._bucket is not None:
             times.append(self._bucket.ready_at(head.size))
+            if self._schedule:  # the rate may change before the head is ready
+                times.append(self._schedule[0][0])
         return min(times) if times else None
 
     def _serve(self, now: float) -> None:
-        """Let the bottleneck transmit every packet it could have sent by ``now``."""
+        """Let the bottleneck transmit every packet it could have sent by ``now``, switching
+        rate at each scheduled step on the way."""
+        while self._schedule and self._schedule[0][0] <= now:
+            t, rate = self._schedule.pop(0)
+            self._serve_until(t)
+            self._switch_rate(rate, t)
+        self._serve_until(now)
+
+    def _serve_until(self, now: float) -> None:
         b = self._bucket
         if b is None:
             while self.queues:  # the bottleneck was removed at runtime
@@ -319,6 +423,7 @@ class Link:
             t = b.ready_at(head.size)
             if t > now:
                 break
+            self._max_wait = max(self._max_wait, t - head.t_in)
             if limit is not None and t - head.t_in > limit:
                 self.queues.pop()  # stale: it would only take capacity from fresher packets
                 c = self.counters[head.rank]
@@ -332,17 +437,27 @@ class Link:
 
     def _depart(self, pkt: Packet, t: float) -> None:
         cfg = self.config
-        if cfg.delay_s == 0 and cfg.jitter_s == 0:
-            self._ready.append(pkt)
+        copies = 1
+        if cfg.duplicate and self._dup_rng.random() < cfg.duplicate:
+            copies = 2
+            self.counters[pkt.rank].duplicated += 1
+        held = bool(cfg.reorder) and cfg.reorder_delay_s > 0 and self._reorder_rng.random() < cfg.reorder
+        if cfg.delay_s == 0 and cfg.jitter_s == 0 and not held:
+            self._ready += [pkt] * copies
             return
         release = t + cfg.delay_s
         if cfg.jitter_s:
             release += float(self._rng.uniform(-cfg.jitter_s, cfg.jitter_s))
-        # Never reorder: a packet leaves no earlier than the one before it.
+        # Jitter never reorders: a packet leaves no earlier than the one before it ...
         release = max(release, t, self._last_release)
-        self._last_release = release
-        self._seq += 1
-        heapq.heappush(self._delayed, (release, self._seq, pkt))
+        if held:  # ... but a held-back one leaves later, and the packets after it do not wait
+            self.counters[pkt.rank].reordered += 1
+            release += cfg.reorder_delay_s
+        else:
+            self._last_release = release
+        for _ in range(copies):
+            self._seq += 1
+            heapq.heappush(self._delayed, (release, self._seq, pkt))
 
     # --- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -350,6 +465,33 @@ class Link:
         total = {k: sum(d[k] for d in per_class.values()) for k in next(iter(per_class.values()))}
         return {"classes": per_class, "total": total, "queued_packets": len(self.queues),
                 "queued_bytes": self.queues.bytes, "in_delay": len(self._delayed),
-                "loss": str(self.config.loss), "rate_bps": self.config.rate_bps,
+                "loss": str(self.config.loss), "rate_bps": self.rate_bps,
+                "rate_schedule": (None if self.config.rate_schedule is None
+                                  else [list(e) for e in self.config.rate_schedule]),
                 "priority": self.config.priority,
-                "max_queue_delay_s": self.config.max_queue_delay_s}
+                "max_queue_delay_s": self.config.max_queue_delay_s,
+                "reorder": self.config.reorder, "reorder_delay_s": self.config.reorder_delay_s,
+                "duplicate": self.config.duplicate}
+
+    def sample(self, now: float) -> dict[str, Any]:
+        """One record of the time series: what happened since the previous sample (or the
+        start).  ``bytes_in`` is what the sender offered (payload bytes, before loss);
+        ``rate_bps`` is the rate at ``now``, ``mean_rate_bps`` the capacity averaged over the
+        interval (None where the link was unlimited in it)."""
+        self._serve(now)
+        self._note_rate_change(self.rate_bps, now)
+        dt = now - self._prev_sample
+        mean_rate = None if self._unlimited else (self._rate_area / dt if dt > 0 else self.rate_bps)
+        totals = {k: sum(getattr(c, k) for c in self.counters)
+                  for k in ("in_", "out", "lost", "dropped", "bytes_in", "bytes_out")}
+        d = {k: v - self._prev_totals.get(k, 0) for k, v in totals.items()}
+        rec = {"t": round(now - self.t0, 4), "dt": round(now - self._prev_sample, 4),
+               "bytes_in": d["bytes_in"], "bytes_out": d["bytes_out"],
+               "packets_in": d["in_"], "packets_out": d["out"], "packets_lost": d["lost"],
+               "packets_dropped": d["dropped"], "rate_bps": self.rate_bps,
+               "mean_rate_bps": None if mean_rate is None else round(mean_rate, 1),
+               "queue_packets": len(self.queues), "queue_bytes": self.queues.bytes,
+               "max_queue_delay_ms": round(self._max_wait * 1e3, 3)}
+        self._prev_totals, self._prev_sample, self._max_wait = totals, now, 0.0
+        self._rate_area, self._unlimited = 0.0, self.rate_bps is None
+        return rec

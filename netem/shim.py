@@ -24,7 +24,7 @@ import numpy as np
 
 from jscc_stream.netem.link import Link, LinkConfig, Packet
 from jscc_stream.netem.loss import LossProcess, parse_loss_spec
-from jscc_stream.netem.rates import parse_rate
+from jscc_stream.netem.rates import RateSchedule, parse_rate, parse_rate_schedule
 from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, TosSetter, read_tos, resolve, udp_socket
 
 __all__ = ["ShimConfig", "Shim", "run_shim"]
@@ -39,6 +39,7 @@ class ShimConfig:
     reverse_link: LinkConfig = field(default_factory=LinkConfig)
     seed: int | None = None
     stats_interval: float = 5.0
+    series_interval: float = 0.0  # seconds between time-series records of the forward link; 0: off
     max_clients: int = 16
     recv_batch: int = 256
     rcvbuf: int = 4 << 20
@@ -76,6 +77,9 @@ class Shim:
         self.errors = {"recv": 0, "send": 0, "clients_evicted": 0, "orphaned": 0}
         self.started_at = 0.0
         self.closed = asyncio.Event()
+        #: forward-link records, one per ``series_interval`` (see Link.sample)
+        self.series: list[dict[str, Any]] = []
+        self._series_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> tuple:
@@ -97,6 +101,8 @@ class Shim:
         self.started_at = time.time()
         if self.config.stats_interval > 0:
             self._stats_task = loop.create_task(self._log_stats_forever())
+        if self.config.series_interval > 0:
+            self._schedule_sample(now, 1)
         log.info("listening on %s, forwarding to %s; forward: %s", self.listen_address,
                  self._fwd_addr[:2], _describe(self.config.forward_link))
         return self.listen_address
@@ -117,6 +123,8 @@ class Shim:
             self._timer.cancel()
         if self._stats_task:
             self._stats_task.cancel()
+        if self._series_timer:
+            self._series_timer.cancel()
         for c in list(self._clients.values()):
             self._drop_client(c)
         if self._listen is not None:
@@ -142,6 +150,20 @@ class Shim:
     def set_delay(self, delay_ms: float, jitter_ms: float = 0.0, direction: str = "forward") -> None:
         self._link(direction).set_delay(delay_ms / 1000.0, jitter_ms / 1000.0)
 
+    def set_rate_schedule(self, schedule: str | RateSchedule, direction: str = "forward") -> None:
+        """Follow a rate schedule (``"0:2mbit,20:500kbit"`` or ((s, bit/s), ...)) from now on."""
+        sched = parse_rate_schedule(schedule) if isinstance(schedule, str) else schedule
+        assert self._loop is not None
+        self._link(direction).set_rate_schedule(sched, self._loop.time())
+        self._pump()
+        log.info("%s rate schedule now %s", direction, sched)
+
+    def set_impairments(self, reorder: float | None = None, reorder_delay_ms: float | None = None,
+                        duplicate: float | None = None, direction: str = "forward") -> None:
+        """Change reorder/duplicate probabilities and the reorder hold-back (None: unchanged)."""
+        self._link(direction).set_impairments(
+            reorder, None if reorder_delay_ms is None else reorder_delay_ms / 1000.0, duplicate)
+
     def _link(self, direction: str) -> Link:
         link = {"forward": self.forward_link, "reverse": self.reverse_link}.get(direction)
         if link is None:
@@ -153,6 +175,25 @@ class Shim:
         return {"forward": self.forward_link.stats(), "reverse": self.reverse_link.stats(),
                 "clients": len(self._clients), "errors": dict(self.errors),
                 "uptime_s": round(time.time() - self.started_at, 3)}
+
+    # --- time series ------------------------------------------------------------------------------
+    def _schedule_sample(self, t0: float, k: int) -> None:
+        """Sample at absolute times t0 + k*interval, so timer lateness does not accumulate."""
+        assert self._loop is not None
+        at = t0 + k * self.config.series_interval
+        self._series_timer = self._loop.call_at(at, self._on_sample_timer, t0, k)
+
+    def _on_sample_timer(self, t0: float, k: int) -> None:
+        self.sample_series()
+        assert self._loop is not None
+        behind = int((self._loop.time() - t0) / self.config.series_interval)
+        self._schedule_sample(t0, max(k, behind) + 1)
+
+    def sample_series(self) -> None:
+        """Append the forward link's record for the time since the previous one."""
+        assert self._loop is not None and self.forward_link is not None
+        self.series.append(self.forward_link.sample(self._loop.time()))
+        self._pump()
 
     # --- socket side ----------------------------------------------------------------------------
     def _client_for(self, addr: tuple, now: float) -> _Client:
@@ -264,8 +305,14 @@ def _describe(cfg: LinkConfig) -> str:
     parts = [f"loss={cfg.loss}"]
     if cfg.delay_s or cfg.jitter_s:
         parts.append(f"delay={cfg.delay_s * 1e3:g}ms±{cfg.jitter_s * 1e3:g}ms")
-    if cfg.rate_bps:
-        parts.append(f"rate={cfg.rate_bps:g}bit/s queue={cfg.queue_packets}p"
+    if cfg.reorder:
+        parts.append(f"reorder={cfg.reorder:g}+{cfg.reorder_delay_s * 1e3:g}ms")
+    if cfg.duplicate:
+        parts.append(f"duplicate={cfg.duplicate:g}")
+    if cfg.rate_bps or cfg.rate_schedule:
+        rate = (f"{cfg.rate_bps:g}bit/s" if cfg.rate_bps else
+                "schedule " + ",".join(f"{t:g}:{r:g}" for t, r in cfg.rate_schedule or ()))
+        parts.append(f"rate={rate} queue={cfg.queue_packets}p"
                      + (f"/{cfg.queue_bytes}B" if cfg.queue_bytes else "")
                      + (" priority" if cfg.priority else " drop-tail")
                      + (f" max-delay={cfg.max_queue_delay_s * 1e3:g}ms"
@@ -292,6 +339,8 @@ async def run_shim(config: ShimConfig, stats_json: Path | None = None,
     try:
         await stop.wait()
     finally:
+        if config.series_interval > 0:
+            shim.sample_series()  # the last, partial interval
         stats = shim.stats()
         shim.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -300,6 +349,8 @@ async def run_shim(config: ShimConfig, stats_json: Path | None = None,
             except (NotImplementedError, RuntimeError):
                 pass
     log.info("stopped; forward totals %s", stats["forward"]["total"])
+    if config.series_interval > 0:
+        stats["series"] = shim.series
     if stats_json is not None:
         stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     return stats

@@ -14,6 +14,8 @@ exactly what ``apply`` feeds to ``tc -batch -``.  Shapes it takes:
 * ``--ingress``: incoming traffic is redirected to an ifb device and shaped there.
 
 Gilbert-Elliott maps to ``loss gemodel p r 1-h 1-k`` through ``GilbertElliott.netem_args()``.
+``duplicate`` and ``reorder`` are netem's own: note that netem's reorder sends the chosen packets
+*without* the delay (they overtake the ones before them), while the shim's holds them back.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class TcConfig:
     ingress: bool = False
     queue_packets: int | None = None  # per class; default 10 with priority, 50 otherwise
     floor_fraction: float = 0.01
+    reorder: float = 0.0  # netem: this fraction skips the delay (needs delay_ms > 0)
+    duplicate: float = 0.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:@-]{1,15}", self.dev):
@@ -73,12 +77,19 @@ class TcConfig:
                 isinstance(self.loss, ErasureVector) and len(set(self.loss.eps)) == 1):
             raise ValueError(f"tc netem supports loss none, uniform:P and ge:p,r,h,k (or ge10, ge15), "
                              f"not {self.loss}")
+        for name in ("reorder", "duplicate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be a probability in [0, 1]")
+        if self.reorder and not self.delay_ms > 0:
+            raise ValueError("tc netem can only reorder with a delay: --reorder needs --delay-ms "
+                             "(the reordered packets skip it)")
         if not self.has_netem and self.rate_bps is None:
             raise ValueError("nothing to apply: give --loss, --delay-ms, --rate or --priority-dscp")
 
     @property
     def has_netem(self) -> bool:
-        return not isinstance(self.loss, NoLoss) or self.delay_ms > 0 or self.jitter_ms > 0
+        return (not isinstance(self.loss, NoLoss) or self.delay_ms > 0 or self.jitter_ms > 0
+                or self.reorder > 0 or self.duplicate > 0)
 
     @property
     def class_queue(self) -> int:
@@ -123,6 +134,10 @@ def netem_args(cfg: TcConfig) -> list[str]:
         args += cfg.loss.netem_args()
     elif isinstance(cfg.loss, ErasureVector):
         args += ["loss", "random", _pct(cfg.loss.eps[0])]
+    if cfg.duplicate:
+        args += ["duplicate", _pct(cfg.duplicate)]
+    if cfg.reorder:
+        args += ["reorder", _pct(cfg.reorder)]
     return args
 
 

@@ -173,7 +173,7 @@ class WebViewer:
         self.app.add_routes([
             web.get("/", self._index), web.get("/ws", self._ws), web.get("/api/config", self._api_config),
             web.get("/api/stats", self._api_stats), web.get("/api/shim/stats", self._shim_stats),
-            web.post("/api/shim/{what:loss|rate|delay}", self._shim_post),
+            web.post("/api/shim/{what:loss|rate|rate-schedule|delay|reorder|duplicate}", self._shim_post),
             web.static("/static", STATIC_DIR, follow_symlinks=False),
         ])
 
