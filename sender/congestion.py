@@ -9,7 +9,9 @@ is the minimum of two estimates, clamped to [min_bps, max_bps]:
   between groups goes through a trendline (least-squares slope of the smoothed accumulated
   delay) and an overuse detector with an adaptive threshold; an AIMD rule raises the rate while
   the queue is steady and cuts it to ``beta`` x the acknowledged bitrate when the queue grows;
-* loss-based: > 10 % loss cuts the rate by half the loss, < 2 % lets it grow 5 %.
+* loss-based: > 10 % loss cuts the rate by half the loss, < 2 % lets it grow 5 %; > 10 % loss
+  with under 75 % of the sent rate getting through sets it to the acked rate (a full queue that
+  drops, e.g. a priority queue evicting the least important packets, shows no delay growth).
 
 Feedback is untrusted input (it crosses the network): entries that are not finite, negative,
 out of order or duplicated are dropped, and no input can move the target out of its bounds.
@@ -59,6 +61,9 @@ class RateControllerConfig:
     loss_low: float = 0.02
     loss_high: float = 0.10
     loss_increase: float = 1.05
+    #: with > loss_high loss and an acked rate below this share of the target, the loss-based
+    #: rate drops to the acked rate at once (random loss alone leaves acked ~ (1 - loss) x target)
+    congested_share: float = 0.75
     loss_interval_s: float = 0.5  # the loss rule runs at most this often ...
     loss_min_packets: int = 40  # ... and only over this many reported packets
     feedback_timeout_s: float = 1.0  # silence longer than this (or 3 RTTs) halves the rate per second
@@ -313,6 +318,11 @@ class RateController:
         self._t_loss, self._loss_fraction = now, p
         if p > cfg.loss_high:
             self._loss = min(self._loss, self._target) * (1 - 0.5 * p)
+            acked = self._acked_bps
+            if acked and acked < cfg.congested_share * self._target:
+                # heavy loss *and* far less getting through than sent: a full (drop-tail or
+                # priority-evicting) bottleneck, whose delay no longer grows; go to what it carries
+                self._loss = min(self._loss, acked)
         elif p < cfg.loss_low:
             self._loss = max(self._loss, self._target) * cfg.loss_increase
         else:

@@ -53,6 +53,21 @@ class Run:
         return max((q for tj, q in zip(self.pkt_t, self.qdelay) if t0 <= tj < t1), default=0.0)
 
 
+def test_heavy_loss_with_little_getting_through_goes_to_the_acked_rate():
+    """A full bottleneck that drops (here: every other packet) with no delay growth, as a priority
+    queue evicting the least important packets: the target falls to what arrives in one step."""
+    rc = RateController(_cfg(start_bps=1.5e6))
+    _steady(rc, 0.0, 1.2, loss_every=2)  # 720 kbit/s sent, 360 arrive, the delay flat
+    assert rc.target_bps <= 1.02 * rc.snapshot()["acked_bps"] < 0.4e6
+
+
+def test_heavy_random_loss_alone_only_takes_half_the_loss_off():
+    """14 % random loss at the rate it sends: most still arrives, so no jump to the acked rate."""
+    rc = RateController(_cfg(start_bps=720e3))
+    _steady(rc, 0.0, 0.6, loss_every=7)
+    assert 0.9 * 720e3 < rc.target_bps < 720e3
+
+
 def simulate(capacity: list[tuple[float, float]], duration: float, start_bps: float,
              loss: float = 0.0, seed: int = 1, queue_s: float = 0.5,
              max_bps: float = 3e6, **tuning: float) -> Run:
