@@ -69,10 +69,19 @@ def test_arrival_log_roundtrip_with_losses_and_wrap():
     assert [a is not None for _, a in got] == [1, 1, 0, 1, 0, 1, 1, 0, 1]
     assert [round(a, 6) for _, a in got if a is not None] == [10.0 + i * 0.001 for i in range(6)]
     assert log.take() is None
-    log.add(65533, 11.0)  # late: already reported lost; duplicates and the past are dropped
-    log.add(3, 11.0)
-    (seq, _), = decode_arrivals(log.take())
-    assert seq == 3
+    log.add(65534, 11.0)  # late: reported lost above, arrived after all
+    log.add(65533, 11.0)  # a duplicate of one reported: not news
+    log.add(3, 11.001)
+    got = decode_arrivals(log.take())
+    assert [s for s, _ in got] == [65534, 65535, 0, 1, 2, 3]  # the range reaches back for the late one
+    assert [(s, a) for s, a in got if a is not None] == [(65534, 11.0), (3, 11.001)]
+    short = ArrivalLog(late_window=4)
+    for s in (0, 10):
+        short.add(s, 1.0)
+    short.take()
+    short.add(2, 1.5)  # 8 behind the range's end: beyond the window, not reported
+    short.add(7, 1.5)  # 3 behind: reported
+    assert [s for s, a in decode_arrivals(short.take()) if a is not None] == [7]
 
 
 def test_malformed_arrival_reports_raise_value_error():
