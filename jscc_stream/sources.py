@@ -148,9 +148,21 @@ class CaptureSource:
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         self.width, self.height = width, height
         self.is_file = not isinstance(target, int)
+        self._next = 0  # a file's index of the frame the next cap.read() returns
 
     def read(self, index: int) -> np.ndarray | None:
+        """The frame of capture tick ``index``.  A file plays in real time like a camera: frame
+        ``index`` of the file whatever ticks the sender skipped (a busy encoder), so frame ids
+        and file frames never drift apart."""
+        if self.is_file and index != self._next:
+            if 0 < index - self._next <= 64:
+                while self._next < index and self.cap.grab():
+                    self._next += 1
+            else:
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+                self._next = index
         ok, frame = self.cap.read()
+        self._next += 1
         if not ok or frame is None:
             return None
         if self.is_file:

@@ -206,3 +206,18 @@ def test_forged_feedback_never_moves_the_rate_outside_its_bounds(tiny_rd_codec, 
         assert 200_000 <= sender.target_bps() <= 1_000_000
         assert 64 <= sender.frame_budget()
     assert sender.stats.retransmissions == 0  # nothing was sent, so nothing can be resent
+
+
+def test_a_video_file_plays_in_real_time_frames_skipped_by_the_sender_are_skipped_in_the_file(tmp_path):
+    """Frame ``index`` is the file's frame ``index`` whatever ticks were skipped, so a busy
+    encoder never puts frame ids and pictures out of step."""
+    path = tmp_path / "clip.avi"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 48))
+    for i in range(40):
+        out.write(np.full((48, 64, 3), 6 * i, np.uint8))  # frame i is grey level 6 i
+    out.release()
+    src = open_source(str(path), 64, 48, 25)
+    levels = {i: int(np.median(src.read(i))) for i in (0, 1, 5, 6, 30, 12, 39)}  # forward, jumps, back
+    assert all(abs(v - 6 * i) <= 3 for i, v in levels.items()), levels
+    assert src.read(40) is None
+    src.close()
