@@ -138,10 +138,14 @@ def _aiortc_settings(cfg: WebRtcConfig) -> Iterator[None]:
     import aioice.ice
     from aiortc.codecs import h264, vpx
 
+    quiet = [logging.getLogger(name) for name in ("aioice", "aiortc")]
+    levels = [lg.level for lg in quiet]
     saved = [(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)]
     saved += [(mod, name, getattr(mod, name)) for mod in (vpx, h264)
               for name in ("MIN_BITRATE", "DEFAULT_BITRATE", "MAX_BITRATE")]
     try:
+        for lg in quiet:  # their INFO is a line per ICE check
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
         aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
         for mod in (vpx, h264):
             mod.MIN_BITRATE, mod.DEFAULT_BITRATE, mod.MAX_BITRATE = (cfg.min_bitrate, cfg.start_bitrate,
@@ -150,6 +154,8 @@ def _aiortc_settings(cfg: WebRtcConfig) -> Iterator[None]:
     finally:
         for mod, name, value in saved:
             setattr(mod, name, value)
+        for lg, level in zip(quiet, levels):
+            lg.setLevel(level)
 
 
 # --- the source track --------------------------------------------------------------------------
