@@ -519,6 +519,7 @@ def plot_link(results: dict, path: Path) -> None:
     ax_l.set_ylabel("capture-to-display ms (| at 0 = frozen)")
     ax_l.axhline(150, color="k", ls=":", lw=0.8)
     ax_l.set_yscale("symlog", linthresh=200)
+    ax_l.set_ylim(bottom=-20)
     ax_l.legend(loc="upper right", fontsize=8)
     ax_l.set_xlabel("time on the shim's clock (s)")
     for ax in axes:

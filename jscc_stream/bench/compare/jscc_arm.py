@@ -25,6 +25,34 @@ from .stream import ArmRun
 __all__ = ["run_jscc"]
 
 
+def _read_run(stats: Path, frames_dir: Path, n_frames: int) -> ArmRun:
+    """The receiver's per-frame records and saved pictures as an ArmRun."""
+    records = {}
+    if stats.exists():
+        for line in stats.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[r["frame_id"]] = r
+    run = ArmRun(arm="jscc", shown=[None] * n_frames, decoded=[False] * n_frames, latency_ms=[None] * n_frames)
+    # each displayed frame's capture instant (unix seconds): display time minus its latency
+    run.extra["capture_unix"] = [
+        round(r["display_unix"] - r["capture_to_display_ms"] / 1000, 4)
+        if (r := records.get(i)) and r.get("display_unix") and r.get("capture_to_display_ms") is not None else None
+        for i in range(n_frames)]
+    last = None
+    for i in range(n_frames):
+        r = records.get(i)
+        img = None
+        if r is not None and r.get("decoded"):
+            img = cv2.imread(str(frames_dir / f"{i:08d}.png"), cv2.IMREAD_COLOR)
+        if img is not None:
+            last = img
+            run.decoded[i] = True
+            run.latency_ms[i] = r.get("capture_to_display_ms")
+        run.shown[i] = last
+    return run
+
+
 def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, codec: str, trace: Path | None,
              delay_ms: float, workdir: Path, seed: int = 0, latency_ms: float = 50.0, pace: float = 0.5,
              extra_sender: list[str] | None = None, kbps: float | None = None,
@@ -76,29 +104,7 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     if send is not None and send.returncode not in (0, None):
         tail = (workdir / "sender.log").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"jscc-send failed ({send.returncode}): {tail}")
-    records = {}
-    if stats.exists():
-        for line in stats.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records[r["frame_id"]] = r
-    run = ArmRun(arm="jscc", shown=[None] * n_frames, decoded=[False] * n_frames, latency_ms=[None] * n_frames)
-    # each displayed frame's capture instant (unix seconds): display time minus its latency
-    run.extra["capture_unix"] = [
-        round(r["display_unix"] - r["capture_to_display_ms"] / 1000, 4)
-        if (r := records.get(i)) and r.get("display_unix") and r.get("capture_to_display_ms") is not None else None
-        for i in range(n_frames)]
-    last = None
-    for i in range(n_frames):
-        r = records.get(i)
-        img = None
-        if r is not None and r.get("decoded"):
-            img = cv2.imread(str(frames_dir / f"{i:08d}.png"), cv2.IMREAD_COLOR)
-        if img is not None:
-            last = img
-            run.decoded[i] = True
-            run.latency_ms[i] = r.get("capture_to_display_ms")
-        run.shown[i] = last
+    run = _read_run(stats, frames_dir, n_frames)
     try:
         sender = json.loads((workdir / "sender.json").read_text())
     except (OSError, json.JSONDecodeError):

@@ -213,6 +213,82 @@ def _is_rtp(data: bytes) -> bool:
     return len(data) >= 12 and data[0] >> 6 == 2 and not _is_rtcp(data)
 
 
+def _counting_send(send, run: ArmRun, origin: list, sent_bytes: list, series: dict, frame_of, n: int,
+                   t0: float, interval: float, rtp_pts: dict):
+    """A wrapper of the sender's ICE ``_send``: frame 0's RTP timestamp, bytes per frame and over time."""
+    async def counting_send(data: bytes) -> None:
+        now = time.monotonic()
+        if _is_rtp(data):
+            ts = int.from_bytes(data[4:8], "big")
+            if not origin:
+                origin.append(ts)
+            i = frame_of(ts)
+            if i >= n:  # the padding after the end
+                await send(data)
+                return
+            sent_bytes[i] += len(data)
+            pt = data[1] & 0x7F
+            rtp_pts[str(pt)] = rtp_pts.get(str(pt), 0) + 1
+            run.packets_sent += 1
+        run.wire_bytes += len(data)
+        b = int((now - t0) / interval)
+        series[b] = series.get(b, 0) + len(data)
+        await send(data)
+
+    return counting_send
+
+
+def _finish(cfg: WebRtcConfig, run: ArmRun, images: dict, capture: dict, served: list, rtp_pts: dict,
+            series: dict, sent_bytes: list, connect_s: float, shim_t0: float, shim) -> None:
+    """What is on screen per frame, and the run's counters and time series."""
+    n = len(run.decoded)
+    shown = None
+    for i in range(n):
+        if run.decoded[i]:
+            shown = images[i]
+        run.shown[i] = shown
+    t_first = min(capture.values()) if capture else shim_t0
+    # retransmissions: RTX packets (aiortc's rtx payload type is the media's + 1 in its defaults;
+    # count the packets of every payload type but the most frequent one, the media's)
+    counts = sorted(rtp_pts.values(), reverse=True)
+    run.retransmissions = sum(counts[1:])
+    run.duration_s = n / cfg.fps
+    nbins = max(series, default=-1) + 1
+    run.extra.update({
+        "codec": _MIME[cfg.arm].split("/")[1],
+        "connect_s": round(connect_s, 3),
+        "frames_skipped_by_sender": n - len(set(served)),
+        "sent_bytes": sent_bytes,
+        # the capture instant of frame 0 and of each frame, seconds on the shim's clock
+        "media_start_s": round(t_first - shim_t0, 4),
+        "capture_s": [round(capture[i] - shim_t0, 4) if i in capture else None for i in range(n)],
+        "series_interval_s": cfg.series_interval_s,
+        "sent_series_bytes": [series.get(b, 0) for b in range(nbins)],
+        "rtp_packets_by_pt": rtp_pts,
+        "shim_started_unix": getattr(shim, "started_unix", None),
+    })
+
+
+async def _stream_to_end(cfg: WebRtcConfig, pc_s, pc_r, capture: dict, run: ArmRun, t_start: float) -> float:
+    """Wait for the connection (seconds from ``t_start`` returned), the whole source and its tail."""
+    n = len(run.decoded)
+    # the connection, then the whole source
+    end = time.monotonic() + cfg.connect_timeout_s
+    while not capture and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    if not capture:
+        raise RuntimeError(f"{cfg.arm}: no connection within {cfg.connect_timeout_s:g} s "
+                           f"(ICE {pc_s.iceConnectionState}/{pc_r.iceConnectionState})")
+    connect_s = time.monotonic() - t_start
+    while n - 1 not in capture:
+        await asyncio.sleep(0.05)
+    end = time.monotonic() + 3 * cfg.drain_s
+    await asyncio.sleep(cfg.drain_s)
+    while not run.decoded[n - 1] and time.monotonic() < end:  # the tail may be behind a queue
+        await asyncio.sleep(0.05)
+    return connect_s
+
+
 async def _run(cfg: WebRtcConfig, frames: list[np.ndarray], shim_factory: Callable[[int, int], object]) -> ArmRun:
     from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
     from aiortc.mediastreams import MediaStreamError
@@ -239,11 +315,7 @@ async def _run(cfg: WebRtcConfig, frames: list[np.ndarray], shim_factory: Callab
     tr.setCodecPreferences(prefs + [c for c in caps if c.mimeType.lower() == "video/rtx"])
 
     got_track: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    @pc_r.on("track")
-    def _on_track(t) -> None:
-        if not got_track.done():
-            got_track.set_result(t)
+    pc_r.on("track", lambda t: got_track.done() or got_track.set_result(t))
 
     def frame_of(ts: int) -> int:
         return round(((ts - origin[0]) & 0xFFFFFFFF) * cfg.fps / CLOCK)
@@ -281,45 +353,12 @@ async def _run(cfg: WebRtcConfig, frames: list[np.ndarray], shim_factory: Callab
 
         # count what the sender puts on the wire: wrap its ICE transport's send
         ice = tr.sender.transport.transport
-        send = ice._send
-
-        async def counting_send(data: bytes) -> None:
-            now = time.monotonic()
-            if _is_rtp(data):
-                ts = int.from_bytes(data[4:8], "big")
-                if not origin:
-                    origin.append(ts)
-                i = frame_of(ts)
-                if i >= n:  # the padding after the end
-                    await send(data)
-                    return
-                sent_bytes[i] += len(data)
-                pt = data[1] & 0x7F
-                rtp_pts[str(pt)] = rtp_pts.get(str(pt), 0) + 1
-                run.packets_sent += 1
-            run.wire_bytes += len(data)
-            b = int((now - shim_t0) / cfg.series_interval_s)
-            series[b] = series.get(b, 0) + len(data)
-            await send(data)
-
-        ice._send = counting_send
+        ice._send = _counting_send(ice._send, run, origin, sent_bytes, series, frame_of, n, shim_t0,
+                                   cfg.series_interval_s, rtp_pts)
         await pc_s.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         remote = await asyncio.wait_for(got_track, cfg.connect_timeout_s)
         consumer = asyncio.create_task(consume(remote))
-        # wait for the connection and the whole source
-        end = time.monotonic() + cfg.connect_timeout_s
-        while not capture and time.monotonic() < end:
-            await asyncio.sleep(0.05)
-        if not capture:
-            raise RuntimeError(f"{cfg.arm}: no connection within {cfg.connect_timeout_s:g} s "
-                               f"(ICE {pc_s.iceConnectionState}/{pc_r.iceConnectionState})")
-        connect_s = time.monotonic() - t_start
-        while n - 1 not in capture:
-            await asyncio.sleep(0.05)
-        end = time.monotonic() + 3 * cfg.drain_s
-        await asyncio.sleep(cfg.drain_s)
-        while not run.decoded[n - 1] and time.monotonic() < end:  # the tail may be behind a queue
-            await asyncio.sleep(0.05)
+        connect_s = await _stream_to_end(cfg, pc_s, pc_r, capture, run, t_start)
     finally:
         if consumer is not None:
             consumer.cancel()
@@ -327,31 +366,7 @@ async def _run(cfg: WebRtcConfig, frames: list[np.ndarray], shim_factory: Callab
         await pc_r.close()
         if shim is not None:
             await asyncio.to_thread(shim.__exit__, None, None, None)
-    shown = None
-    for i in range(n):
-        if run.decoded[i]:
-            shown = images[i]
-        run.shown[i] = shown
-    t_first = min(capture.values()) if capture else shim_t0
-    # retransmissions: RTX packets (aiortc's rtx payload type is the media's + 1 in its defaults;
-    # count the packets of every payload type but the most frequent one, the media's)
-    counts = sorted(rtp_pts.values(), reverse=True)
-    run.retransmissions = sum(counts[1:])
-    run.duration_s = n / cfg.fps
-    nbins = max(series, default=-1) + 1
-    run.extra.update({
-        "codec": _MIME[cfg.arm].split("/")[1],
-        "connect_s": round(connect_s, 3),
-        "frames_skipped_by_sender": n - len(set(served)),
-        "sent_bytes": sent_bytes,
-        # the capture instant of frame 0 and of each frame, seconds on the shim's clock
-        "media_start_s": round(t_first - shim_t0, 4),
-        "capture_s": [round(capture[i] - shim_t0, 4) if i in capture else None for i in range(n)],
-        "series_interval_s": cfg.series_interval_s,
-        "sent_series_bytes": [series.get(b, 0) for b in range(nbins)],
-        "rtp_packets_by_pt": rtp_pts,
-        "shim_started_unix": getattr(shim, "started_unix", None),
-    })
+    _finish(cfg, run, images, capture, served, rtp_pts, series, sent_bytes, connect_s, shim_t0, shim)
     return run
 
 
