@@ -6,6 +6,9 @@ Subcommands:
             `jscc-bench compare --help` for its options.
   pipeline  live sender -> shim -> receiver runs on loopback: displayed fps, capture-to-display
             latency p50/p95/p99 and CPU per process, for several frame sizes and loss settings.
+  link      the changing-link experiment: JSCC and two WebRTC peers (aiortc, VP8 / H.264) for 60 s
+            through a shim whose rate goes 2 Mbit/s -> 500 kbit/s -> 2 Mbit/s (50 ms delay, 2 % loss):
+            PSNR, frozen frames, latency and sent rate over time; link.json, link.md, link.png.
   codec     encoder / decoder milliseconds per frame (medians) at 320x240 and 640x480, on CPU
             with a fixed thread count (float32 and the fast reduced precision) and on CUDA when
             present; parameter count; bytes per frame; OpenCV JPEG timed in the same run.
@@ -90,6 +93,39 @@ def cmd_codec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .compare.changing_link import DEFAULT_VIDEO, LINK_ARMS, LinkRunConfig, parse_schedule, run_link
+
+    parse_schedule(args.schedule)
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    bad = [a for a in arms if a not in LINK_ARMS]
+    if bad or not arms:
+        raise UserError(f"unknown arm: {', '.join(bad) or '(none)'}; choose from {', '.join(LINK_ARMS)}")
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    try:
+        parse_loss_spec(args.loss)
+    except ValueError as exc:
+        raise UserError(f"bad --loss: {exc}") from None
+    width, height = parse_frame_size(args.size, multiple_of=16)
+    source = args.source or (str(DEFAULT_VIDEO) if DEFAULT_VIDEO.exists() else "synthetic")
+    if "jscc" in arms:
+        from jscc_stream.models.zoo import resolve_weights
+
+        resolve_weights(args.codec)
+    cfg = LinkRunConfig(out=Path(args.out), duration_s=args.duration, width=width, height=height, fps=args.fps,
+                        source=source, arms=arms, schedule=args.schedule, delay_ms=args.delay_ms, loss=args.loss,
+                        seed=args.seed, codec=args.codec, jscc_kbps=args.jscc_kbps,
+                        jscc_args=shlex.split(args.jscc_args), latency_ms=args.latency_ms,
+                        workdir=Path(args.workdir) if args.workdir else None)
+    res = run_link(cfg)
+    print((cfg.out / "link.md").read_text())
+    print(f"wrote {cfg.out}/link.json, link.md and link.png ({res['wall_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="out/bench/pipeline", help="folder for pipeline.json, pipeline.md and run logs")
     add_common_args(pl)
     pl.set_defaults(func=cmd_pipeline)
+    li = sub.add_parser("link", help="changing-link experiment: JSCC vs WebRTC (aiortc VP8/H.264) over a "
+                                     "bottleneck whose rate changes; PSNR, freezes, latency, sent rate over time",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    li.add_argument("--duration", type=float, default=60.0, help="seconds of media per arm")
+    li.add_argument("--source", default=None,
+                    help="synthetic, photos or a video file (played forwards then backwards when shorter than "
+                         "--duration) (default: data/video/opencv_vtest.avi when present, else synthetic)")
+    li.add_argument("--arms", default="jscc,webrtc-vp8,webrtc-h264", help="comma list of jscc, webrtc-vp8, webrtc-h264")
+    li.add_argument("--schedule", default="0:2mbit,20:500kbit,40:2mbit",
+                    help="bottleneck rate over the shim's time, SECONDS:RATE,... starting at 0")
+    li.add_argument("--delay-ms", type=float, default=50.0, help="one-way delay, both directions")
+    li.add_argument("--loss", default="uniform:0.02", help="forward-path loss process (jscc-netem --loss)")
+    li.add_argument("--size", default="320x240", help="frame size WxH")
+    li.add_argument("--fps", type=float, default=30.0)
+    li.add_argument("--codec", default="video", help="JSCC codec name or .safetensors path")
+    li.add_argument("--jscc-kbps", type=float, default=1500.0,
+                    help="the JSCC sender's starting bitrate (congestion control takes it from there)")
+    li.add_argument("--jscc-args", default="--min-kbps 150 --max-kbps 2000 --priority-dscp",
+                    help="more jscc-send flags for the JSCC arm, one string (congestion control's bounds, DSCP "
+                         "marking by importance for the shim's priority queue)")
+    li.add_argument("--latency-ms", type=float, default=50.0, help="jscc-recv's playout deadline")
+    li.add_argument("--seed", type=int, default=1, help="seed of the shim's loss draws")
+    li.add_argument("--workdir", help="keep per-arm logs here (default: a temp folder)")
+    li.add_argument("--out", default="docs/results/link", help="folder for link.json, link.md, link.png")
+    add_common_args(li)
+    li.set_defaults(func=cmd_link)
     co = sub.add_parser("codec", help="encoder/decoder ms per frame, parameters, bytes per frame",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     co.add_argument("--codec", default="uniform", help="codec name or .safetensors path")

@@ -13,6 +13,8 @@ session start, see `write_trace`).
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,24 +75,30 @@ def write_trace(cond: Condition, path: Path, length: int, seed: int, clean_prefi
 class Shim:
     """``jscc-netem`` as a subprocess on loopback (context manager); its counters end up in stats_json."""
 
-    def __init__(self, listen_port: int, forward_port: int, trace: Path, delay_ms: float, workdir: Path,
-                 seed: int = 1, reverse_delay_ms: float = 0.0) -> None:
+    def __init__(self, listen_port: int, forward_port: int, trace: Path | None, delay_ms: float, workdir: Path,
+                 seed: int = 1, reverse_delay_ms: float = 0.0, loss: str | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         """``reverse_delay_ms``: the return path's delay (lossless; the JSCC arm's receipts and
-        RTCP); the baselines' feedback is timed by the arms themselves (``--rtt-ms``)."""
+        RTCP); the baselines' feedback is timed by the arms themselves (``--rtt-ms``).
+        ``loss``: a loss spec instead of the ``trace`` (which then is None); ``extra_args``: more
+        jscc-netem flags (``--rate``, ``--priority``, ...)."""
         self.listen_port, self.forward_port = listen_port, forward_port
         self.log_path = workdir / "shim.log"
         self.stats_json = workdir / "shim.json"
+        loss_spec = f"trace:{trace}" if trace is not None else (loss or "none")
         self.cmd = daemon_cmd("netem", "--listen", f"127.0.0.1:{listen_port}", "--forward",
-                              f"127.0.0.1:{forward_port}", "--loss", f"trace:{trace}", "--seed", str(seed),
+                              f"127.0.0.1:{forward_port}", "--loss", loss_spec, "--seed", str(seed),
                               "--delay-ms", str(delay_ms), "--reverse-delay-ms", str(reverse_delay_ms),
                               "--stats-interval", "0", "--stats-json",
-                              str(self.stats_json), "--log-level", "info")
+                              str(self.stats_json), "--log-level", "info", *extra_args)
         self.proc: subprocess.Popen | None = None
+        self.started_unix = 0.0  # wall clock when the shim said it listens (its clock's zero, near enough)
 
     def __enter__(self) -> "Shim":
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for_line(self.log_path, "listening on", self.proc, 60)
+        self.started_unix = time.time()
         return self
 
     def __exit__(self, *exc) -> None:

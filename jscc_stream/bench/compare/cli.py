@@ -30,7 +30,7 @@ PROG = "jscc-bench compare"
 
 def build_parser() -> argparse.ArgumentParser:
     from .channel import CONDITIONS
-    from .runner import ALL_ARMS, SOURCES
+    from .runner import ALL_ARMS, DEFAULT_ARMS, SOURCES
 
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--quick synthetic)")
     p.add_argument("--conditions", help="comma list of " + ", ".join(c.name for c in CONDITIONS)
                    + " (default all; --quick none,ge10)")
-    p.add_argument("--arms", default=",".join(ALL_ARMS), help="comma list of codecs to run")
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                   help=f"comma list of codecs to run, from {', '.join(ALL_ARMS)} (the webrtc-* arms are two "
+                        "aiortc peers, VP8 or H.264 with their own NACK, PLI and REMB bitrate adaptation)")
     p.add_argument("--codec", default="video", help="JSCC codec name or .safetensors path")
     p.add_argument("--jscc-args", default="", metavar="ARGS",
                    help="more jscc-send options for the JSCC arm, one string (e.g. \"--protect-levels 0\" for no "
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> Path:
 
     from .channel import CONDITIONS, QUICK_CONDITIONS
     from .report import write_report
-    from .runner import ALL_ARMS, SOURCES, HarnessConfig, run_harness
+    from .runner import ALL_ARMS, DEFAULT_ARMS, SOURCES, HarnessConfig, run_harness
 
     if args.report_only:
         path = args.out / "results.json"
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> Path:
     conds = _pick(args.conditions, list(by_name), [c.name for c in (QUICK_CONDITIONS if args.quick else CONDITIONS)],
                   "condition")
     sources = _sources(args.sources, ["synthetic"] if args.quick else list(SOURCES))
-    arms = _pick(args.arms, ALL_ARMS, ALL_ARMS, "arm")
+    arms = _pick(args.arms, ALL_ARMS, DEFAULT_ARMS, "arm")
     if "jscc" in arms:
         from jscc_stream.models.zoo import resolve_weights
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -23,10 +25,41 @@ from .stream import ArmRun
 __all__ = ["run_jscc"]
 
 
-def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, codec: str, trace: Path,
+def _read_run(stats: Path, frames_dir: Path, n_frames: int) -> ArmRun:
+    """The receiver's per-frame records and saved pictures as an ArmRun."""
+    records = {}
+    if stats.exists():
+        for line in stats.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[r["frame_id"]] = r
+    run = ArmRun(arm="jscc", shown=[None] * n_frames, decoded=[False] * n_frames, latency_ms=[None] * n_frames)
+    # each displayed frame's capture instant (unix seconds): display time minus its latency
+    run.extra["capture_unix"] = [
+        round(r["display_unix"] - r["capture_to_display_ms"] / 1000, 4)
+        if (r := records.get(i)) and r.get("display_unix") and r.get("capture_to_display_ms") is not None else None
+        for i in range(n_frames)]
+    last = None
+    for i in range(n_frames):
+        r = records.get(i)
+        img = None
+        if r is not None and r.get("decoded"):
+            img = cv2.imread(str(frames_dir / f"{i:08d}.png"), cv2.IMREAD_COLOR)
+        if img is not None:
+            last = img
+            run.decoded[i] = True
+            run.latency_ms[i] = r.get("capture_to_display_ms")
+        run.shown[i] = last
+    return run
+
+
+def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, codec: str, trace: Path | None,
              delay_ms: float, workdir: Path, seed: int = 0, latency_ms: float = 50.0, pace: float = 0.5,
-             extra_sender: list[str] | None = None, kbps: float | None = None) -> ArmRun:
-    """One JSCC run; ``kbps`` sets an entropy-coded codec's bitrate (ignored by a fixed-rate one)."""
+             extra_sender: list[str] | None = None, kbps: float | None = None,
+             shim: Callable[[int, int], Any] | None = None) -> ArmRun:
+    """One JSCC run; ``kbps`` sets an entropy-coded codec's bitrate (ignored by a fixed-rate one).
+    ``shim(listen_port, forward_port)`` makes the shim (a context manager) instead of the default
+    one replaying ``trace`` with ``delay_ms`` both ways."""
     workdir.mkdir(parents=True, exist_ok=True)
     rport, sport = free_port(), free_port()
     frames_dir = workdir / "frames"
@@ -49,7 +82,9 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
         recv = subprocess.Popen(recv_cmd, stdout=logs["receiver"], stderr=subprocess.STDOUT)
         # the return path as long as the forward one: a round trip of 2 x delay_ms, as the NACK
         # arm's (--rtt-ms, 100 ms by default), for the video codec's receipts
-        with Shim(sport, rport, trace, delay_ms, workdir, reverse_delay_ms=delay_ms):
+        the_shim = shim(sport, rport) if shim else Shim(sport, rport, trace, delay_ms, workdir,
+                                                        reverse_delay_ms=delay_ms)
+        with the_shim:
             wait_for_line(workdir / "receiver.log", "listening on", recv, 120)
             send = subprocess.Popen(send_cmd, stdout=logs["sender"], stderr=subprocess.STDOUT)
             try:
@@ -69,24 +104,7 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
     if send is not None and send.returncode not in (0, None):
         tail = (workdir / "sender.log").read_text(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"jscc-send failed ({send.returncode}): {tail}")
-    records = {}
-    if stats.exists():
-        for line in stats.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records[r["frame_id"]] = r
-    run = ArmRun(arm="jscc", shown=[None] * n_frames, decoded=[False] * n_frames, latency_ms=[None] * n_frames)
-    last = None
-    for i in range(n_frames):
-        r = records.get(i)
-        img = None
-        if r is not None and r.get("decoded"):
-            img = cv2.imread(str(frames_dir / f"{i:08d}.png"), cv2.IMREAD_COLOR)
-        if img is not None:
-            last = img
-            run.decoded[i] = True
-            run.latency_ms[i] = r.get("capture_to_display_ms")
-        run.shown[i] = last
+    run = _read_run(stats, frames_dir, n_frames)
     try:
         sender = json.loads((workdir / "sender.json").read_text())
     except (OSError, json.JSONDecodeError):

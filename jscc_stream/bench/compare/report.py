@@ -9,8 +9,10 @@ import numpy as np
 __all__ = ["ARM_LABELS", "goal_check", "video_goal_check", "recovery_frames", "markdown_report", "plot_all",
            "write_report"]
 
-ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-slices": "H.264 slices", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG"}
-_COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-slices": "tab:cyan", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange"}
+ARM_LABELS = {"jscc": "JSCC", "h264": "H.264", "h264-slices": "H.264 slices", "h264-fec": "H.264+FEC", "h264-nack": "H.264+NACK", "jpeg": "JPEG",
+              "webrtc-vp8": "WebRTC VP8", "webrtc-h264": "WebRTC H.264"}
+_COLORS = {"jscc": "tab:red", "h264": "tab:blue", "h264-slices": "tab:cyan", "h264-fec": "tab:green", "h264-nack": "tab:purple", "jpeg": "tab:orange",
+           "webrtc-vp8": "tab:brown", "webrtc-h264": "tab:gray"}
 
 
 def _runs(results: dict, source: str) -> dict[tuple[str, str], dict]:

@@ -37,13 +37,17 @@ from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER
 from .channel import CONDITIONS, Condition, Shim, write_trace
 from .jscc_arm import run_jscc
 from .stream import ARMS, ArmConfig, ArmRun, run_arm
+from .webrtc_arm import WEBRTC_ARMS, WebRtcConfig, run_webrtc
 
-__all__ = ["HarnessConfig", "ALL_ARMS", "SOURCES", "run_harness", "score_run", "prepare_source", "name_sources",
+__all__ = ["HarnessConfig", "ALL_ARMS", "DEFAULT_ARMS", "SOURCES", "run_harness", "score_run", "prepare_source", "name_sources",
            "load_frames"]
 
 log = logging.getLogger(__name__)
 
-ALL_ARMS = ("jscc",) + ARMS
+DEFAULT_ARMS = ("jscc",) + ARMS
+# aiortc peers as the yardstick (webrtc_arm.py): on request only (--arms), as they add seconds of
+# connection setup per run
+ALL_ARMS = DEFAULT_ARMS + WEBRTC_ARMS
 HEADER_ALLOWANCE_PACKETS = 16
 SOURCES = ("synthetic", "photos")  # built in; cfg.sources may also name video files, image folders, globs
 _PHOTO_ORDER = ("coffee", "rocket", "chelsea", "astronaut")  # the synthetic source pans over astronaut
@@ -63,7 +67,7 @@ class HarnessConfig:
     jscc_args: Sequence[str] = ()  # more jscc-send options for the JSCC arm
     sources: Sequence[str] = SOURCES  # SOURCES names or paths (see the module docstring)
     conditions: Sequence[Condition] = CONDITIONS
-    arms: Sequence[str] = ALL_ARMS
+    arms: Sequence[str] = DEFAULT_ARMS
     codec: str = "video"
     seed: int = 1  # loss traces
     source_seed: int = 0  # synthetic source / slideshow motion
@@ -251,6 +255,12 @@ def run_harness(cfg: HarnessConfig, progress=print) -> dict:
                     if arm == "jscc":
                         run = _run_jscc_arm(cfg, spec, frames, trace, rundir, work / f"{source_name}.mkv",
                                             f"{source_name} {cond.name}", payload, copy=_is_video(source))
+                    elif arm in WEBRTC_ARMS:
+                        # the return path makes up the round trip (--rtt-ms), as the NACK arm's
+                        back = max(0.0, cfg.rtt_ms - cfg.delay_ms)
+                        run = run_webrtc(WebRtcConfig(arm, cfg.width, cfg.height, cfg.fps), frames,
+                                         lambda listen, fwd: Shim(listen, fwd, trace, cfg.delay_ms, rundir,
+                                                                  seed=cfg.seed, reverse_delay_ms=back))
                     else:
                         acfg = ArmConfig(arm, cfg.width, cfg.height, cfg.fps, payload_bytes_per_frame=payload,
                                          latency_ms=cfg.latency_ms, rtt_ms=cfg.rtt_ms,
@@ -314,6 +324,7 @@ def _write_results(cfg: HarnessConfig, results: dict) -> None:
         results["merged_from_earlier_run"] = len(kept)
     (cfg.out / "results.json").write_text(json.dumps(results) + "\n")
     summary = {**{k: v for k, v in results.items() if k != "runs"},
-               "runs": [{k: v for k, v in r.items() if k not in ("psnr", "ssim", "decoded", "latency_ms")}
+               "runs": [{**{k: v for k, v in r.items() if k not in ("psnr", "ssim", "decoded", "latency_ms")},
+                         "extra": {k: v for k, v in r.get("extra", {}).items() if not isinstance(v, list)}}
                         for r in results["runs"]]}
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
