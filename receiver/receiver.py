@@ -40,6 +40,7 @@ __all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
 log = logging.getLogger("jscc.recv")
 
 CodecProvider = Callable[[StreamInfo], object | None]
+BATCH_LIMIT = 8  # frames released at once that all go to the decoder (see Receiver._enqueue)
 
 
 def open_listen_socket(spec: str) -> socket.socket:
@@ -142,8 +143,8 @@ class Receiver:
             rtp = self.reasm.last_rtp
             if rtp is not None:
                 self._on_rtp(*rtp, addr, now)
-        for slot in released:
-            self._enqueue(slot)
+        if released:
+            self._enqueue(released)
         self._ask_again(loop.time())
         self._arm_timer()
 
@@ -213,17 +214,28 @@ class Receiver:
 
     def _on_timer(self) -> None:
         self._timer = self._timer_at = None
-        for slot in self.reasm.pop_due(asyncio.get_running_loop().time()):
-            self._enqueue(slot)
+        released = self.reasm.pop_due(asyncio.get_running_loop().time())
+        if released:
+            self._enqueue(released)
         self._arm_timer()
 
-    def _enqueue(self, slot: FrameSlot) -> None:
+    def _enqueue(self, slots: list[FrameSlot]) -> None:
+        """Frames released together (a frame held for a retransmission lets the newer ones go
+        with it) go to the decoder together, up to ``BATCH_LIMIT``; frames still waiting from
+        earlier releases are skipped when the queue is full: then the decoder is behind."""
+        for old_slot in slots[:-BATCH_LIMIT]:
+            self._skip(old_slot)
+        slots = slots[-BATCH_LIMIT:]
+        while self._queue.qsize() and self._queue.qsize() + len(slots) > self.cfg.max_decode_queue:
+            self._skip(self._queue.get_nowait())
+        for slot in slots:
+            self.nack_policy.forget((slot.ssrc, slot.frame_id))
+            self._queue.put_nowait(slot)
+
+    def _skip(self, slot: FrameSlot) -> None:
         self.nack_policy.forget((slot.ssrc, slot.frame_id))
-        while self._queue.qsize() >= self.cfg.max_decode_queue:
-            old = self._queue.get_nowait()
-            self.stats.frames_skipped += 1
-            log.debug("decoder behind: skipping frame %d", old.frame_id)
-        self._queue.put_nowait(slot)
+        self.stats.frames_skipped += 1
+        log.debug("decoder behind: skipping frame %d", slot.frame_id)
 
     # -- decode --------------------------------------------------------------------------
     def _decode(self, slot: FrameSlot) -> tuple[np.ndarray | None, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import socket
 import statistics
@@ -375,10 +376,16 @@ class Sender:
     def target_bps(self) -> float:
         return self.cc.target_bps if self.cc is not None else self.cfg.kbps * 1000
 
+    def sent_fps(self) -> float:
+        """The rate frames are encoded at: every k-th capture tick, the k the rate limit in
+        :meth:`run` lets through for the receivers' ``target_fps``."""
+        k = max(1, math.ceil(self.cfg.fps / self.stats.target_fps - 0.5))
+        return self.cfg.fps / k
+
     def frame_budget(self) -> int:
-        """Codec bytes an entropy-coded frame may take: the target bitrate over the current frame
-        rate, less headers, parity and retransmissions (:class:`FrameBudget`)."""
-        return self.budget.codec_bytes(self.target_bps(), self.stats.target_fps, time.monotonic())
+        """Codec bytes an entropy-coded frame may take: the target bitrate over the frame rate,
+        less headers, parity and retransmissions (:class:`FrameBudget`)."""
+        return self.budget.codec_bytes(self.target_bps(), self.sent_fps(), time.monotonic())
 
     def _capture_encode(self, index: int, tick: float) -> tuple[int, float, np.ndarray | list[bytes]] | None:
         """Read and encode frame ``index`` of the capture tick at monotonic time ``tick`` (its
@@ -390,8 +397,10 @@ class Sender:
         t = time.perf_counter()
         if self.refs is not None:
             ref_id, ref = self.refs.choose(index)
-            wire = self.codec.encode(frame, self.frame_budget(), ref, 0 if ref_id is None else index - ref_id)
+            budget = self.frame_budget()
+            wire = self.codec.encode(frame, budget, ref, 0 if ref_id is None else index - ref_id)
             self.refs.sent(index, wire, ref_id, ref)
+            log.debug("frame %d: budget %d bytes, ref %s", index, budget, ref_id)
         elif self.entropy_coded:
             wire = self.codec.encode(frame, self.frame_budget())
         else:
@@ -461,6 +470,8 @@ class Sender:
         self.stats.parity_packets += len(parity)
         self.stats.parity_bytes += parity_bytes
         self.budget.on_frame(len(grams) - len(parity), parity_bytes)
+        log.debug("frame %d: %d codec bytes in %d payloads (%d protected), %d parity packets of %d bytes",
+                  index, sum(map(len, wire)), len(wire), k, len(parity), parity_bytes)
         return grams
 
     async def _control_loop(self) -> None:

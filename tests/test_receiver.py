@@ -206,3 +206,26 @@ async def test_parallel_decode_workers_show_frames_in_order(tiny_codec):
         sock.close()
         tx.close()
     assert got == [(i, i) for i in range(8)] and codec.peak == 2
+
+
+def test_frames_released_together_are_all_decoded_older_waiting_ones_are_skipped(tmp_path):
+    """A frame held for a retransmission releases the newer ones with it: that batch goes to the
+    decoder whole (up to 8); what still waits from an earlier release is the decoder being behind."""
+    from types import SimpleNamespace
+
+    from jscc_stream.receiver.receiver import BATCH_LIMIT
+
+    sock = open_listen_socket("127.0.0.1:0")
+    try:
+        receiver = Receiver(sock, lambda info: None, Outputs(), ReceiverConfig(max_decode_queue=2))
+        slot = lambda fid: SimpleNamespace(ssrc=1, frame_id=fid)  # noqa: E731
+        receiver._enqueue([slot(1)])
+        receiver._enqueue([slot(2)])
+        receiver._enqueue([slot(3), slot(4), slot(5)])
+        queued = [receiver._queue.get_nowait().frame_id for _ in range(receiver._queue.qsize())]
+        assert queued == [3, 4, 5] and receiver.stats.frames_skipped == 2
+        receiver._enqueue([slot(i) for i in range(10, 20)])
+        queued = [receiver._queue.get_nowait().frame_id for _ in range(receiver._queue.qsize())]
+        assert queued == list(range(20 - BATCH_LIMIT, 20)) and receiver.stats.frames_skipped == 4
+    finally:
+        sock.close()

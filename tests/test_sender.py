@@ -221,3 +221,20 @@ def test_a_video_file_plays_in_real_time_frames_skipped_by_the_sender_are_skippe
     assert all(abs(v - 6 * i) <= 3 for i, v in levels.items()), levels
     assert src.read(40) is None
     src.close()
+
+
+@pytest.mark.parametrize("target", [30, 25, 16, 15, 10, 7, 1])
+def test_frame_budget_follows_the_rate_frames_are_really_sent_at(tiny_rd_codec, target):
+    """A receiver asking for 25 fps gets every tick of a 30 fps capture (the limit lets frames
+    through on whole ticks): the byte budget is the bitrate over what the limit of the send loop
+    lets through (simulated here with its rule), not over the target, or the sender overspends."""
+    sender = Sender(tiny_rd_codec, SyntheticSource(64, 48, 30), SenderConfig(width=64, height=48, kbps=900,
+                                                                             congestion_control=False))
+    sender.stats.target_fps = target
+    period, last, sent = 1 / 30, -1e9, 0
+    for tick in range(300):
+        now = tick * period
+        if not now - last < 1.0 / target - period / 2:  # the send loop's rate limit
+            last, sent = now, sent + 1
+    assert sender.sent_fps() == pytest.approx(sent / 10, rel=0.05)
+    assert sender.frame_budget() == sender.budget.codec_bytes(900e3, sender.sent_fps(), 0.0)
