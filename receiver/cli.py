@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it a frame whose last packet was lost waits for the next frame or --latency-ms). "
                         "Use with jscc-send --pace 0 or small; off by default")
     p.add_argument("--decode-queue", type=int, default=2,
-                   help="frames released for decoding that may wait for the decoder; beyond that the oldest is "
-                        "skipped (counted) so latency does not build up. 1 skips whenever two frames are released "
-                        "together, which loss makes common (a late frame goes out with the next one)")
+                   help="frame intervals a released frame may wait for the decoder; a frame waiting longer is "
+                        "skipped (counted) when the next one is released, so latency does not build up when the "
+                        "decoder is behind. Frames released together (behind a late or held one) all wait their "
+                        "turn, up to 8")
     p.add_argument("--no-nack", action="store_true",
                    help="never ask for missing payloads of the protected (top) levels; by default the receiver "
                         "asks once it knows the round trip (from the sender's XR DLRR) and only while the answer "

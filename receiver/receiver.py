@@ -63,7 +63,7 @@ class ReceiverConfig:
     frames: int | None = None
     duration: float | None = None
     report_interval: float = 1.0
-    max_decode_queue: int = 2  # frames waiting for a free decode worker; older ones are skipped
+    max_decode_queue: int = 2  # frame intervals a frame may wait for the decoder before it is skipped
     decode_workers: int = 1  # frames decoded in parallel (each on its own thread), shown in order
     arrival_interval: float = 0.05  # per-packet arrival reports for congestion control (s; 0: none)
     nack: bool = True  # ask for missing protected payloads while the round trip fits the deadline
@@ -220,15 +220,18 @@ class Receiver:
         self._arm_timer()
 
     def _enqueue(self, slots: list[FrameSlot]) -> None:
-        """Frames released together (a frame held for a retransmission lets the newer ones go
-        with it) go to the decoder together, up to ``BATCH_LIMIT``; frames still waiting from
-        earlier releases are skipped when the queue is full: then the decoder is behind."""
-        for old_slot in slots[:-BATCH_LIMIT]:
-            self._skip(old_slot)
-        slots = slots[-BATCH_LIMIT:]
-        while self._queue.qsize() and self._queue.qsize() + len(slots) > self.cfg.max_decode_queue:
+        """Hand released frames to the decoder.  A frame still waiting for it after
+        ``max_decode_queue`` frame intervals is skipped: the decoder is behind, and waiting
+        would only add latency.  Frames released together (a frame held for a retransmission
+        lets the newer ones go with it) all wait their turn, up to ``BATCH_LIMIT`` of them."""
+        now = asyncio.get_running_loop().time()
+        for old in slots[:-BATCH_LIMIT]:
+            self._skip(old)
+        waiting = self._queue._queue  # asyncio.Queue's deque, oldest first (peeked, never changed here)
+        while waiting and (len(waiting) + len(slots) > BATCH_LIMIT or
+                           now - waiting[0].released_at > self.cfg.max_decode_queue / max(1.0, waiting[0].info.fps)):
             self._skip(self._queue.get_nowait())
-        for slot in slots:
+        for slot in slots[-BATCH_LIMIT:]:
             self.nack_policy.forget((slot.ssrc, slot.frame_id))
             self._queue.put_nowait(slot)
 

@@ -208,24 +208,27 @@ async def test_parallel_decode_workers_show_frames_in_order(tiny_codec):
     assert got == [(i, i) for i in range(8)] and codec.peak == 2
 
 
-def test_frames_released_together_are_all_decoded_older_waiting_ones_are_skipped(tmp_path):
+async def test_frames_released_together_are_all_decoded_stale_waiting_ones_are_skipped():
     """A frame held for a retransmission releases the newer ones with it: that batch goes to the
-    decoder whole (up to 8); what still waits from an earlier release is the decoder being behind."""
+    decoder whole (up to 8); a frame still waiting after 2 frame intervals means the decoder is
+    behind, and it is skipped when the next one comes."""
     from types import SimpleNamespace
 
     from jscc_stream.receiver.receiver import BATCH_LIMIT
 
     sock = open_listen_socket("127.0.0.1:0")
+    now = asyncio.get_running_loop().time()
+    slot = lambda fid, age=0.0: SimpleNamespace(ssrc=1, frame_id=fid, released_at=now - age,  # noqa: E731
+                                                info=SimpleNamespace(fps=30.0))
     try:
         receiver = Receiver(sock, lambda info: None, Outputs(), ReceiverConfig(max_decode_queue=2))
-        slot = lambda fid: SimpleNamespace(ssrc=1, frame_id=fid)  # noqa: E731
-        receiver._enqueue([slot(1)])
-        receiver._enqueue([slot(2)])
-        receiver._enqueue([slot(3), slot(4), slot(5)])
+        receiver._enqueue([slot(1, age=0.1)])  # released 100 ms ago, still not decoded
+        receiver._enqueue([slot(2), slot(3), slot(4)])
+        receiver._enqueue([slot(5)])
         queued = [receiver._queue.get_nowait().frame_id for _ in range(receiver._queue.qsize())]
-        assert queued == [3, 4, 5] and receiver.stats.frames_skipped == 2
+        assert queued == [2, 3, 4, 5] and receiver.stats.frames_skipped == 1
         receiver._enqueue([slot(i) for i in range(10, 20)])
         queued = [receiver._queue.get_nowait().frame_id for _ in range(receiver._queue.qsize())]
-        assert queued == list(range(20 - BATCH_LIMIT, 20)) and receiver.stats.frames_skipped == 4
+        assert queued == list(range(20 - BATCH_LIMIT, 20)) and receiver.stats.frames_skipped == 3
     finally:
         sock.close()
