@@ -83,15 +83,16 @@ class Packetizer:
         return out
 
     def packetize_payloads(self, frame_id: int, timestamp: int, payloads: list[bytes], levels: list[int],
-                           revision: int = 0, protected: int = 0, parity: list[bytes] = ()) -> list[Datagram]:
+                           revision: int = 0, protected: int = 0, parity: list[bytes] = (),
+                           covered: int = 0) -> list[Datagram]:
         """Whole codec payloads (importance order) -> one datagram each; the last carries the
-        marker.  The first ``protected`` are the repairable ones (``proto.protection``); the
-        ``parity`` symbols over them go out right after them.  A payload too large for the MTU
-        is a codec bug, raised."""
+        marker.  The first ``protected`` may be asked for again (NACK, ``proto.protection``); the
+        ``parity`` symbols over the first ``covered`` go out right after those.  A payload too
+        large for the MTU is a codec bug, raised."""
         if len(payloads) != len(levels):
             raise ValueError(f"{len(payloads)} payloads but {len(levels)} levels")
-        if parity and not 1 <= protected <= len(payloads):
-            raise ValueError(f"parity over {protected} protected payloads of {len(payloads)}")
+        if parity and not 1 <= covered <= len(payloads):
+            raise ValueError(f"parity over {covered} payloads of {len(payloads)}")
         out: list[Datagram] = []
         for i, (data, level) in enumerate(zip(payloads, levels)):
             if len(data) > self.max_payload:
@@ -99,8 +100,8 @@ class Packetizer:
             hdr = PayloadHeader(frame_id, level, i, len(payloads), revision, protected)
             gram = build_payload(self.ssrc, self._next_seq(), timestamp, i == len(payloads) - 1, hdr, data)
             out.append(Datagram(gram, level, i, hdr))
-            if parity and i == protected - 1:
-                out += self._parity(frame_id, timestamp, levels[:protected], len(payloads), revision, parity)
+            if parity and i == covered - 1:
+                out += self._parity(frame_id, timestamp, levels[:covered], len(payloads), revision, parity)
         return out
 
     def _parity(self, frame_id: int, timestamp: int, levels: list[int], count: int, revision: int,

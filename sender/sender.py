@@ -463,7 +463,9 @@ class Sender:
         if cfg.fec or cfg.nack:
             k = protected_prefix(levels, [len(p) for p in wire], cfg.protect_levels, cfg.mtu)
         parity = parity_for(wire, k, self.stats.loss_estimate) if cfg.fec else []
-        grams = self.packetizer.packetize_payloads(index, timestamp, wire, levels, self._revision, k, parity)
+        # receivers ask again only for what this sender answers (the header's protected count)
+        grams = self.packetizer.packetize_payloads(index, timestamp, wire, levels, self._revision,
+                                                   k if cfg.nack else 0, parity, k)
         if k and cfg.nack:
             self.history.add(index, timestamp, time.monotonic(), [g.header for g in grams if g.header], wire)
         parity_bytes = sum(len(g.data) + IP_UDP_BYTES for g in grams if g.header is None)

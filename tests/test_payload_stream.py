@@ -186,22 +186,24 @@ def test_gap_rule_releases_a_frame_whose_last_packet_was_lost(tiny_rd_codec):
         Reassembler(gap=0)
 
 
-@pytest.mark.parametrize("latency", [0.25, 0.03])
-async def test_top_levels_repaired_by_parity_and_nack_only_when_the_round_trip_fits(tiny_rd_codec, latency):
+@pytest.mark.parametrize("latency, nack", [(0.25, True), (0.03, True), (0.25, False)])
+async def test_top_levels_repaired_by_parity_and_nack_only_when_the_round_trip_fits(tiny_rd_codec, latency,
+                                                                                    nack):
     """GE ~10 % loss, 20 ms each way (round trip ~40 ms): with a 250 ms playout deadline lost
     top-level payloads are asked for and resent; with 30 ms the answer could not arrive in time,
-    so none is asked for.  Parity (sized to the reported loss) recovers payloads either way."""
+    so none is asked for; nor from a sender that does not resend (it says so in its headers).
+    Parity (sized to the reported loss) recovers payloads either way."""
     import torch
 
     from test_stream_e2e import stream
 
     torch.set_num_threads(1)
-    sstats, receiver, got = await stream(tiny_rd_codec, "shim", 60, {"kbps": 1152.0, "adapt": False},
+    sstats, receiver, got = await stream(tiny_rd_codec, "shim", 60, {"kbps": 1152.0, "adapt": False, "nack": nack},
                                          shim_args=["--delay-ms", "20", "--reverse-delay-ms", "20"], latency=latency)
     c, rs = receiver.reasm.counters, receiver.stats
     assert rs.rtt_ms is not None and 35 < rs.rtt_ms < 150 and 35 < sstats.rtt_ms < 150  # both ends know it
     assert sstats.parity_packets > 0 and c.recovered > 0 and c.frames_recovered > 0
-    if latency > 0.1:
+    if latency > 0.1 and nack:
         assert rs.nacks_sent > 0 and sstats.retransmissions > 0
     else:
         assert rs.nacks_sent == 0 and sstats.retransmissions == 0

@@ -113,7 +113,7 @@ def test_any_k_of_n_shares_recover_every_protected_payload(sizes, loss, seed):
     m = len(parity)
     assert m >= 1
     pk = Packetizer(5, list(range(6)))
-    grams = pk.packetize_payloads(3, 0, payloads, levels, protected=k, parity=parity)
+    grams = pk.packetize_payloads(3, 0, payloads, levels, protected=k, parity=parity, covered=k)
     assert [g.header is None for g in grams] == [False] * k + [True] * m + [False]  # parity right after
     shares = [g for g in grams if g.header is None or g.header.index < k]
     keep = rng.permutation(len(shares))[:k]  # any k of the n (payloads and parity mixed)
@@ -130,8 +130,8 @@ def test_any_k_of_n_shares_recover_every_protected_payload(sizes, loss, seed):
 def test_fewer_than_k_shares_recover_nothing_and_bad_parity_is_counted():
     payloads = [bytes([i]) * 40 for i in range(4)]
     parity = parity_for(payloads, 4, 0.1)
-    grams = Packetizer(5, list(range(6))).packetize_payloads(3, 0, payloads, [0, 0, 1, 1], protected=4,
-                                                               parity=parity)
+    grams = Packetizer(5, list(range(6))).packetize_payloads(3, 0, payloads, [0, 0, 1, 1], protected=0,
+                                                               parity=parity, covered=4)
     r = Reassembler(latency=1.0)
     r.push(_description(), 0.0)
     r.push(grams[0].data, 0.01)

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "aiortc peers, VP8 or H.264 with their own NACK, PLI and REMB bitrate adaptation)")
     p.add_argument("--codec", default="video", help="JSCC codec name or .safetensors path")
     p.add_argument("--jscc-args", default="", metavar="ARGS",
-                   help="more jscc-send options for the JSCC arm, one string (e.g. \"--protect-levels 0\" for no "
+                   help="more jscc-send options for the JSCC arm, one string; write it with = as it starts with -- (e.g. --jscc-args=\"--protect-levels 0\" for no "
                         "repair of the top levels)")
     p.add_argument("--seed", type=int, default=1, help="seed of the loss traces")
     p.add_argument("--rtt-ms", type=float, default=100.0, help="round trip for the NACK arm")

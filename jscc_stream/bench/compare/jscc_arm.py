@@ -74,8 +74,9 @@ def run_jscc(source: str, n_frames: int, width: int, height: int, fps: float, co
                           *(extra_sender or []))
     from jscc_stream.models.stream_codec import load_stream_codec
 
-    if kbps and getattr(load_stream_codec(codec, device="cpu"), "entropy_coded", False):
-        send_cmd += ["--kbps", f"{kbps:.1f}"]
+    if kbps and "--kbps" not in (extra_sender or []) and getattr(load_stream_codec(codec, device="cpu"),
+                                                                  "entropy_coded", False):
+        send_cmd += ["--kbps", f"{kbps:.1f}"]  # (unless the caller's own options set it)
     logs = {n: open(workdir / f"{n}.log", "w") for n in ("receiver", "sender")}
     recv = send = None
     try:
