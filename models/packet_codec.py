@@ -271,6 +271,7 @@ class PacketCodec:
                 hi = mid
             else:
                 lo = mid + 1
+        lo = min(lo, Q_INDEXES - 1)  # nothing fits: the coarsest step (a start at the coarsest overshoots by one)
         self._rate_hint = lo
         levels = len(self.levels)
         sym = self._symbols(y, lo)
@@ -316,7 +317,7 @@ class PacketCodec:
         rate, levels, sym, est = self.choose_rate(y, max_bytes - len(prefix) * 8)
         while True:
             payloads = self._encode_levels(sym, est, grid, rate, levels, prefix)
-            if sum(map(len, payloads)) <= max_bytes or rate == Q_INDEXES - 1:
+            if sum(map(len, payloads)) <= max_bytes or rate >= Q_INDEXES - 1:
                 return payloads
             rate += 1  # the estimate was short: one step coarser
             sym = self._symbols(y, rate)

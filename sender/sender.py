@@ -432,7 +432,7 @@ class Sender:
             return
         exc = fut.exception()
         if exc is not None:
-            log.error("encoding failed: %s", exc)
+            log.error("encoding failed: %s", exc, exc_info=exc)
             ended.set()
             return
         res = fut.result()

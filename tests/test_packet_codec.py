@@ -107,6 +107,15 @@ def test_rate_control_meets_the_budget(codec, shipped, images, bpp, which):
         assert max(map(len, payloads)) <= codec.max_payload
 
 
+def test_a_budget_too_small_for_anything_gives_the_coarsest_frame_every_time(shipped, images):
+    """Below what level 0 at the coarsest step needs, frame after frame (a congested link): the
+    coarsest step each time; the search starting at the coarsest must not step past it."""
+    bgr = images["astronaut"]
+    sizes = [sum(map(len, shipped.encode(bgr, 64))) for _ in range(3)]
+    assert sizes[0] == sizes[1] == sizes[2] and shipped._rate_hint == 127
+    assert sum(map(len, shipped.encode(bgr, 4800))) <= 4800  # and it recovers
+
+
 def test_quality_rises_with_the_budget(codec, images):
     bgr = images["astronaut"]
     psnrs = [_psnr(codec.decode(codec.encode(bgr, b), 320, 240), bgr) for b in (1000, 3000, 9600)]
