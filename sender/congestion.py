@@ -56,9 +56,10 @@ class RateControllerConfig:
     threshold_max_ms: float = 600.0
     overuse_time_s: float = 0.010  # overuse must last this long before it counts
     beta: float = 0.85  # decrease to beta x the acknowledged bitrate
-    increase_per_s: float = 0.15  # far from the last congestion point (libwebrtc: 8 %/s, plus probing)
+    increase_per_s: float = 0.25  # far from the last congestion point (libwebrtc: 8 %/s, plus probing)
+    near_increase_per_s: float = 0.05  # near the last congestion point: at least this share per second
     acked_window_s: float = 0.5  # receive-rate window (receiver clock)
-    loss_low: float = 0.02
+    loss_low: float = 0.05  # GCC: 2 %; the top levels are protected, so a few % of random loss is no congestion
     loss_high: float = 0.10
     loss_increase: float = 1.05
     #: with > loss_high loss and an acked rate below this share of the target, the loss-based
@@ -296,8 +297,10 @@ class RateController:
         cap = self._cap
         if cap is not None and acked and acked / 1000 > cap + 3 * math.sqrt(self._cap_var * cap):
             self._cap = cap = None  # more gets through than at the last congestion: look again
-        if cap is not None:  # near the congestion point: about one packet per response time
-            per_s = max(4000.0, 8 * self._pkt_bytes / (self._rtt + 0.1))
+        if cap is not None:  # near the congestion point: one packet per response time, or 5 %/s
+            # (this stream's packets are small: one packet per response time alone took ~15 s
+            # to climb back 100 kbit/s at 500 kbit/s)
+            per_s = max(4000.0, 8 * self._pkt_bytes / (self._rtt + 0.1), self.cfg.near_increase_per_s * self._delay)
             new = self._delay + per_s * dt
         else:
             new = self._delay * (1 + self.cfg.increase_per_s) ** dt

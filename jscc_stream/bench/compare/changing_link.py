@@ -53,6 +53,7 @@ import numpy as np
 from jscc_stream.errors import UserError
 from jscc_stream.metrics import psnr
 from jscc_stream.procs import daemon_cmd, free_port
+from jscc_stream.proto.packet import IP_UDP_BYTES
 
 from .channel import Shim
 from .stream import ArmRun
@@ -286,14 +287,17 @@ def analyse_arm(arm: str, run: ArmRun, frames: list[np.ndarray], capture_s: list
         windows.append({"t0": float(w0), "t1": float(w0 + 5), "frames": len(vals),
                         "p50_ms": round(float(np.percentile(vals, 50)), 1) if vals else None,
                         "p95_ms": round(float(np.percentile(vals, 95)), 1) if vals else None})
-    # sent rate per 1 s bin from the shim's series (bin of the interval's midpoint)
+    # sent rate per 1 s bin from the shim's series (bin of the interval's midpoint), counted as the
+    # bottleneck counts it: each datagram plus its IP/UDP headers (jscc-netem --overhead 28), so a
+    # stream of small packets is not flattered against the capacity
     sent: dict[int, float] = {}
     if series:
         dt = series[1]["t"] - series[0]["t"] if len(series) > 1 else SERIES_INTERVAL
         for rec in series:
             b = int(np.floor(rec["t"] - dt / 2))
-            sent[b] = sent.get(b, 0.0) + rec.get("bytes_in", 0) * 8 / 1000
-        rate_source = "shim series"
+            wire = rec.get("bytes_in", 0) + IP_UDP_BYTES * rec.get("packets_in", 0)
+            sent[b] = sent.get(b, 0.0) + wire * 8 / 1000
+        rate_source = "shim series (IP/UDP headers included)"
     elif run.extra.get("sent_series_bytes"):
         iv = run.extra["series_interval_s"]
         for k, b in enumerate(run.extra["sent_series_bytes"]):
