@@ -26,7 +26,7 @@ class FrameRecord:
     reason: str  # complete | superseded | deadline | evicted
     decoded: bool
     blocks_expected: int
-    blocks_received: int  # fully received
+    blocks_received: int  # importance levels fully received (of those the sender sent something of)
     blocks_partial: int
     bytes_expected: int
     bytes_received: int

@@ -299,7 +299,9 @@ class Receiver:
         expected, got = units  # slot.level_units(), counted once per frame by the caller
         rec = FrameRecord(
             frame_id=slot.frame_id, ssrc=slot.ssrc, reason=slot.reason, decoded=frame is not None,
-            blocks_expected=info.layout.blocks, blocks_received=int((got == expected).sum()),
+            # a level is received when everything the sender sent of it arrived; a level it sent
+            # nothing of (rate control left it out: a lower rate) does not count
+            blocks_expected=info.layout.blocks, blocks_received=int(((got == expected) & (expected > 0)).sum()),
             blocks_partial=int(((got > 0) & (got < expected)).sum()), bytes_expected=int(expected.sum()),
             bytes_received=slot.bytes_received, missing=[list(m) for m in slot.missing_ranges()],
             dscp=list(slot.dscp), wait_ms=round((slot.released_at - slot.first_arrival) * 1000, 2),
