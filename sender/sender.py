@@ -1,4 +1,9 @@
-"""The send loop: capture on a clock, encode off the event loop, packetize, pace, mark DSCP, fan out.
+"""The send loop: capture on a clock, encode off the event loop, packetize, pace, mark DSCP, fan out;
+and what comes back: RTCP reports (round trip from LSR/DLSR, DLRR answers to the receiver's
+RRTR), arrival reports into congestion control (``congestion.py``; each frame's codec budget from
+its target, ``transport.py``), NACKs answered from a short history of the protected payloads,
+parity over them sized to the reported loss (``proto/protection.py``), receipts for the video
+codec's references.
 
 When the encoder is still busy at a capture tick the frame waits for it (its capture time
 stays the tick's); when a frame is already waiting, the new one is dropped (counted), so
