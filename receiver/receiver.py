@@ -157,6 +157,9 @@ class Receiver:
                 self._arrivals.pop(old, None)
             rx = self._rx[ssrc] = ReceptionStats(ssrc)
             self._arrivals[ssrc] = ArrivalLog()
+            # an early report (with its RRTR) so that both ends know the round trip within a
+            # fraction of a second of a new stream, not after the first report interval
+            asyncio.get_running_loop().call_later(0.1, self._send_reports)
         rx.update(seq, ts, now)
         self._arrivals[ssrc].add(seq, now)
         self._addr[ssrc] = addr

@@ -108,6 +108,7 @@ class SenderStats:
     parity_packets: int = 0
     parity_bytes: int = 0
     byes: int = 0  # receivers that said goodbye
+    rtcp_foreign: int = 0  # RTCP from an address this sender does not send to: ignored
     rate_log: list = field(default_factory=list)  # every 0.5 s: t, target/sent kbit/s, loss, rtt
     encode_ms: list[float] = field(default_factory=list)
     references: object | None = None  # ReferenceStats of a predicted-frame stream
@@ -155,6 +156,7 @@ class Sender:
         self.stats.references = self.refs.stats if self.refs else None
         self.stop_event = asyncio.Event()
         self._dests = [resolve_dest(d) for d in cfg.dests]
+        self._peers = {tuple(addr[:2]) for _, addr in self._dests}
         self._socks: dict[int, socket.socket] = {}
         self._tos: dict[int, TosSetter] = {}
         self._revision = 0
@@ -225,6 +227,9 @@ class Sender:
                 return
             except OSError:
                 return
+            if tuple(addr[:2]) not in self._peers:  # feedback only from the receivers sent to
+                self.stats.rtcp_foreign += 1
+                continue
             try:
                 msgs = parse_rtcp(data)
             except (ValueError, IndexError) as exc:
@@ -484,13 +489,13 @@ class Sender:
     async def _control_loop(self) -> None:
         """Sender reports every second; congestion control's timeout and the rate log."""
         loop = asyncio.get_running_loop()
-        next_sr = next_log = loop.time()
+        next_log = loop.time()
+        next_sr = next_log + 0.1  # the first after the first frames, once the receiver knows the stream
         while not self.stop_event.is_set():
             now = loop.time()
             if now >= next_sr:
                 next_sr = now + self.cfg.description_interval
-                self._send(Datagram(build_sender_report(self.ssrc, ntp_now(), self._timestamp(time.monotonic()),
-                                                        self.stats.packets_sent, self.stats.bytes_sent), -1, -1))
+                self._send(Datagram(self._sender_report(), -1, -1))
                 self.stats.sender_reports += 1
             if self.cc is not None and self._feedback_seen:
                 self._set_target(self.cc.on_timeout(time.monotonic()))
@@ -513,9 +518,14 @@ class Sender:
             "loss": round(self.stats.loss_estimate, 4), "rtt_ms": self.stats.rtt_ms,
             "cc": self.cc.snapshot() if self.cc is not None else None})
 
+    def _sender_report(self) -> bytes:
+        return build_sender_report(self.ssrc, ntp_now(), self._timestamp(time.monotonic()), self.stats.packets_sent,
+                                   self.stats.bytes_sent)
+
     def _say_goodbye(self) -> None:
+        """RFC 3550 6.6: BYE in a compound packet behind a sender report."""
         try:
-            self._send(Datagram(build_bye(self.ssrc), -1, -1))
+            self._send(Datagram(self._sender_report() + build_bye(self.ssrc), -1, -1))
         except OSError:
             pass
 

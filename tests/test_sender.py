@@ -238,3 +238,28 @@ def test_frame_budget_follows_the_rate_frames_are_really_sent_at(tiny_rd_codec, 
             last, sent = now, sent + 1
     assert sender.sent_fps() == pytest.approx(sent / 10, rel=0.05)
     assert sender.frame_budget() == sender.budget.codec_bytes(900e3, sender.sent_fps(), 0.0)
+
+
+def test_feedback_is_taken_only_from_the_addresses_the_sender_sends_to(tiny_rd_codec):
+    """A forged report from anywhere else (another port on the same host included) changes nothing."""
+    from jscc_stream.proto.rtcp import build_bye
+
+    receiver, stranger = _udp(socket.AF_INET, "127.0.0.1"), _udp(socket.AF_INET, "127.0.0.1")
+    cfg = SenderConfig(width=64, height=48, kbps=800, dests=[f"127.0.0.1:{receiver.getsockname()[1]}"])
+    sender = Sender(tiny_rd_codec, SyntheticSource(64, 48, 30), cfg)
+    sender._open_sockets()
+    sock = sender._socks[socket.AF_INET]
+    try:
+        here = sock.getsockname()
+        stranger.sendto(build_bye(7), here)
+        receiver.sendto(build_bye(8), here)
+        for _ in range(50):
+            sender._on_rtcp(sock)
+            if sender.stats.rtcp_foreign + sender.stats.byes == 2:
+                break
+            threading.Event().wait(0.01)
+        assert sender.stats.rtcp_foreign == 1 and sender.stats.byes == 1
+    finally:
+        sock.close()
+        receiver.close()
+        stranger.close()
