@@ -71,6 +71,7 @@ class ReassemblyCounters:
     frames_released: int = 0
     frames_complete: int = 0
     parity: int = 0  # parity packets stored
+    parity_unused: int = 0  # parity packets for a frame already released (complete, or too late)
     recovered: int = 0  # payloads recovered from parity
     frames_recovered: int = 0  # frames with at least one recovered payload
 
@@ -275,13 +276,17 @@ class Reassembler:
 
     def _slot(self, stream: _Stream, pkt: MediaPacket | PayloadPacket | ParityPacket, now: float, units: int,
               unit_bytes: int) -> FrameSlot | None:
-        """The frame's slot, made on its first packet; None if the frame was already released."""
+        """The frame's slot, made on its first packet; None if the frame was already released
+        (a late packet; parity after its frame went out complete is just not needed)."""
         fid = pkt.header.frame_id
         slot = self.slots.get((pkt.ssrc, fid))
         if slot is None:
             if fid in stream.released_set or (
                     stream.newest_released is not None and frame_diff(fid, stream.newest_released) < 0):
-                self.counters.late += 1
+                if isinstance(pkt, ParityPacket):
+                    self.counters.parity_unused += 1
+                else:
+                    self.counters.late += 1
                 return None
             info = stream.info
             slot = FrameSlot(info, fid, pkt.timestamp, now, now + self.latency,

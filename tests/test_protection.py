@@ -114,7 +114,7 @@ def test_any_k_of_n_shares_recover_every_protected_payload(sizes, loss, seed):
     assert m >= 1
     pk = Packetizer(5, list(range(6)))
     grams = pk.packetize_payloads(3, 0, payloads, levels, protected=k, parity=parity, covered=k)
-    assert [g.header is None for g in grams] == [False] * k + [True] * m + [False]  # parity right after
+    assert [g.header is None for g in grams] == [False] * (k + 1) + [True] * m  # parity after the frame
     shares = [g for g in grams if g.header is None or g.header.index < k]
     keep = rng.permutation(len(shares))[:k]  # any k of the n (payloads and parity mixed)
     r = Reassembler(latency=1.0)
@@ -209,3 +209,14 @@ def test_history_resends_only_protected_young_payloads_a_bounded_number_of_times
     assert len(h.take(1, [0], 10.2)[1]) == 1 and h.take(1, [0], 10.3)[1] == []  # twice at most
     assert h.take(1, [1], 11.5)[1] == []  # too old
     assert h.take(2, [0], 10.1)[1] == []  # unknown frame
+
+
+def test_parity_after_a_complete_frame_is_unused_not_late():
+    payloads = [bytes([i]) * 40 for i in range(4)]
+    grams = Packetizer(5, list(range(6))).packetize_payloads(3, 0, payloads, [0, 0, 1, 1], protected=4,
+                                                               parity=parity_for(payloads, 4, 0.1), covered=4)
+    r = Reassembler(latency=1.0)
+    r.push(_description(), 0.0)
+    released = [s for g in grams for s in r.push(g.data, 0.01)]  # payloads first, the parity after them
+    assert [s.frame_id for s in released] == [3] and released[0].complete
+    assert r.counters.late == 0 and r.counters.parity_unused == len(grams) - 4
