@@ -114,7 +114,7 @@ def test_any_k_of_n_shares_recover_every_protected_payload(sizes, loss, seed):
     assert m >= 1
     pk = Packetizer(5, list(range(6)))
     grams = pk.packetize_payloads(3, 0, payloads, levels, protected=k, parity=parity, covered=k)
-    assert [g.header is None for g in grams] == [False] * (k + 1) + [True] * m  # parity after the frame
+    assert [g.header is None for g in grams] == [False] * k + [True] * m + [False]  # parity right after
     shares = [g for g in grams if g.header is None or g.header.index < k]
     keep = rng.permutation(len(shares))[:k]  # any k of the n (payloads and parity mixed)
     r = Reassembler(latency=1.0)
@@ -217,6 +217,10 @@ def test_parity_after_a_complete_frame_is_unused_not_late():
                                                                parity=parity_for(payloads, 4, 0.1), covered=4)
     r = Reassembler(latency=1.0)
     r.push(_description(), 0.0)
-    released = [s for g in grams for s in r.push(g.data, 0.01)]  # payloads first, the parity after them
+    payload_grams = [g for g in grams if g.header is not None]
+    released = [s for g in payload_grams for s in r.push(g.data, 0.01)]  # every payload: complete
     assert [s.frame_id for s in released] == [3] and released[0].complete
+    for g in grams:
+        if g.header is None:
+            r.push(g.data, 0.02)  # parity after the frame went out
     assert r.counters.late == 0 and r.counters.parity_unused == len(grams) - 4
