@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from .fec import encode_parity, fec_ratio, parity_count
 from .packet import JSCC_HEADER_BYTES, RTP_HEADER_BYTES, PayloadHeader
 
-__all__ = ["MAX_PROTECTED", "protected_prefix", "parity_for", "parity_share",
+__all__ = ["MAX_PROTECTED", "BURST_FREE", "loss_runs", "protected_prefix", "parity_for", "parity_share",
            "NackPolicy", "RetransmitHistory"]
 
 MAX_PROTECTED = 64  # payloads one parity block covers at most (its header lists their levels)
+BURST_FREE = 3.0  # mean loss run (packets) up to which parity keeps its full share
 
 
 def protected_prefix(levels: Sequence[int], sizes: Sequence[int], protect_levels: int, mtu: int) -> int:
@@ -49,13 +50,35 @@ def parity_share(loss: float, max_share: float = 0.5) -> float:
     return fec_ratio(min(1.0, max(0.0, loss)), max_share)
 
 
-def parity_for(payloads: Sequence[bytes], k: int, loss: float) -> list[bytes]:
-    """The parity symbols over ``payloads[:k]`` for the reported loss (none at no loss)."""
+def parity_for(payloads: Sequence[bytes], k: int, loss: float, burst: float = 1.0) -> list[bytes]:
+    """The parity symbols over ``payloads[:k]`` for the reported loss (none at no loss).
+
+    ``burst``: the mean length of the loss runs reported.  A frame's protected payloads and their
+    parity leave back to back, so a run longer than the parity erases the block whatever it
+    holds: beyond ``BURST_FREE`` packets the share shrinks in proportion and the bytes go to the
+    codec instead."""
     if k < 1:
         return []
-    m = parity_count(k, parity_share(loss))
+    share = parity_share(loss) * min(1.0, BURST_FREE / max(burst, 1.0))
+    m = parity_count(k, share)
     m = min(m, 255 - k)
     return encode_parity(list(payloads[:k]), k + m) if m else []
+
+
+def loss_runs(results: Sequence) -> list[int]:
+    """Lengths of the runs of consecutive lost packets in one arrival report (items with
+    ``seq`` and ``arrival``, None = lost); a run cut by the report's edge counts as it is."""
+    runs, cur, prev = [], 0, None
+    for r in sorted(results, key=lambda r: r.seq):
+        if cur and (r.arrival is not None or r.seq != prev + 1):  # a run ends (or a gap cuts it)
+            runs.append(cur)
+            cur = 0
+        if r.arrival is None:
+            cur += 1
+        prev = r.seq
+    if cur:
+        runs.append(cur)
+    return runs
 
 
 @dataclass

@@ -36,7 +36,7 @@ from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
 from jscc_stream.proto.packetizer import Datagram, Packetizer
 from jscc_stream.proto.arrivals import decode_arrivals
-from jscc_stream.proto.protection import RetransmitHistory, parity_for, protected_prefix
+from jscc_stream.proto.protection import RetransmitHistory, loss_runs, parity_for, protected_prefix
 from jscc_stream.proto.receipts import unpack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceState
 from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, compact, ntp_now, parse_rtcp, rtt_from
@@ -102,6 +102,7 @@ class SenderStats:
     rtt_ms: float | None = None  # from the receivers' RR (LSR/DLSR)
     target_kbps: float | None = None  # congestion control's current target
     loss_estimate: float = 0.0  # packet loss the arrival reports show (smoothed)
+    loss_burst: float = 1.0  # mean length of their loss runs, packets (smoothed)
     arrival_reports: int = 0
     nacks: int = 0  # NACK messages received
     retransmissions: int = 0  # payloads sent again
@@ -302,6 +303,8 @@ class Sender:
         self._feedback_seen = True
         lost = sum(r.arrival is None for r in results) / len(results)
         self.stats.loss_estimate += 0.05 * (lost - self.stats.loss_estimate)
+        for run in loss_runs(results):
+            self.stats.loss_burst += 0.1 * (run - self.stats.loss_burst)
         if self.cc is not None:
             self._set_target(self.cc.on_feedback(results, now))
 
@@ -472,7 +475,7 @@ class Sender:
         k = 0
         if cfg.fec or cfg.nack:
             k = protected_prefix(levels, [len(p) for p in wire], cfg.protect_levels, cfg.mtu)
-        parity = parity_for(wire, k, self.stats.loss_estimate) if cfg.fec else []
+        parity = parity_for(wire, k, self.stats.loss_estimate, self.stats.loss_burst) if cfg.fec else []
         # receivers ask again only for what this sender answers (the header's protected count)
         grams = self.packetizer.packetize_payloads(index, timestamp, wire, levels, self._revision,
                                                    k if cfg.nack else 0, parity, k)

@@ -224,3 +224,17 @@ def test_parity_after_a_complete_frame_is_unused_not_late():
         if g.header is None:
             r.push(g.data, 0.02)  # parity after the frame went out
     assert r.counters.late == 0 and r.counters.parity_unused == len(grams) - 4
+
+
+def test_loss_runs_and_parity_shrinking_for_bursts_it_cannot_bridge():
+    from types import SimpleNamespace
+
+    from jscc_stream.proto.protection import loss_runs
+
+    r = lambda seq, arrival: SimpleNamespace(seq=seq, arrival=arrival)  # noqa: E731
+    assert loss_runs([r(1, 1.0), r(2, None), r(3, None), r(4, 1.0), r(5, None), r(7, None), r(8, 1.0),
+                      r(9, None)]) == [2, 1, 1, 1]  # 6 unreported: 5 and 7 are separate runs
+    assert loss_runs([r(1, 1.0)]) == [] and loss_runs([]) == []
+    payloads = [bytes([i]) * 50 for i in range(10)]
+    short, long_ = len(parity_for(payloads, 10, 0.15, burst=1.5)), len(parity_for(payloads, 10, 0.15, burst=10.0))
+    assert short == 9 and long_ == 2  # 10-packet runs: a 0.3 x share, most of the bytes back to the codec
