@@ -9,9 +9,10 @@ is the minimum of two estimates, clamped to [min_bps, max_bps]:
   between groups goes through a trendline (least-squares slope of the smoothed accumulated
   delay) and an overuse detector with an adaptive threshold; an AIMD rule raises the rate while
   the queue is steady and cuts it to ``beta`` x the acknowledged bitrate when the queue grows;
-* loss-based: > 10 % loss cuts the rate by half the loss, < 2 % lets it grow 5 %; > 10 % loss
-  with under 75 % of the sent rate getting through sets it to the acked rate (a full queue that
-  drops, e.g. a priority queue evicting the least important packets, shows no delay growth).
+* loss-based: > 20 % loss cuts the rate by half the loss, < 5 % lets it grow 5 % (GCC: 10 % and
+  2 %; this codec rides through random loss); > 20 % loss with under 75 % of the sent rate getting
+  through sets it to the acked rate (a full queue that drops, e.g. a priority queue evicting the
+  least important packets, shows no delay growth).
 
 Feedback is untrusted input (it crosses the network): entries that are not finite, negative,
 out of order or duplicated are dropped, and no input can move the target out of its bounds.
@@ -60,7 +61,11 @@ class RateControllerConfig:
     near_increase_per_s: float = 0.05  # near the last congestion point: at least this share per second
     acked_window_s: float = 0.5  # receive-rate window (receiver clock)
     loss_low: float = 0.05  # GCC: 2 %; the top levels are protected, so a few % of random loss is no congestion
-    loss_high: float = 0.10
+    #: GCC: 10 %.  This codec rides through random loss (every payload decodes alone, the top levels
+    #: carry parity): at 10 % the rate would only ratchet down on a lossy radio link that is not
+    #: congested (GE ~10 %: 1152 -> 457 kbit/s in 20 s).  Congestion shows as delay growth, or as
+    #: heavy loss with little getting through (``congested_share``), first.
+    loss_high: float = 0.20
     loss_increase: float = 1.05
     #: with > loss_high loss and an acked rate below this share of the target, the loss-based
     #: rate drops to the acked rate at once (random loss alone leaves acked ~ (1 - loss) x target)
