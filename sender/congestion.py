@@ -10,7 +10,8 @@ is the minimum of two estimates, clamped to [min_bps, max_bps]:
   delay) and an overuse detector with an adaptive threshold; an AIMD rule raises the rate while
   the queue is steady and cuts it to ``beta`` x the acknowledged bitrate when the queue grows;
 * loss-based: > 20 % loss cuts the rate by half the loss, < 5 % lets it grow 5 % (GCC: 10 % and
-  2 %; this codec rides through random loss); > 20 % loss with under 75 % of the sent rate getting
+  2 %; this codec rides through random loss); > 5 % when the sender sees the loss fall on its
+  least important packets only (a full priority queue dropping them: congestion); > 20 % loss with under 75 % of the sent rate getting
   through sets it to the acked rate (a full queue that drops, e.g. a priority queue evicting the
   least important packets, shows no delay growth).
 
@@ -66,6 +67,7 @@ class RateControllerConfig:
     #: congested (GE ~10 %: 1152 -> 457 kbit/s in 20 s).  Congestion shows as delay growth, or as
     #: heavy loss with little getting through (``congested_share``), first.
     loss_high: float = 0.20
+    loss_high_priority: float = 0.05  # ... when the loss falls on the least important packets only
     loss_increase: float = 1.05
     #: with > loss_high loss and an acked rate below this share of the target, the loss-based
     #: rate drops to the acked rate at once (random loss alone leaves acked ~ (1 - loss) x target)
@@ -208,6 +210,7 @@ class RateController:
         self._t_feedback: float | None = None
         self._t_backoff: float | None = None
         self._t_decrease = -math.inf
+        self._t_priority_drops: float | None = None
 
     @property
     def target_bps(self) -> float:
@@ -220,10 +223,14 @@ class RateController:
         self._target = min(max(min(self._delay, self._loss), lo), hi)
         return self._target
 
-    def on_feedback(self, results: Sequence[PacketResult], now: float) -> float:
-        """One feedback message: per-packet arrival times (None = lost)."""
+    def on_feedback(self, results: Sequence[PacketResult], now: float, priority_drops: bool = False) -> float:
+        """One feedback message: per-packet arrival times (None = lost).  ``priority_drops``: the
+        sender saw the loss fall on its least important packets and spare its most important ones,
+        which is how a priority queue that is full drops: congestion, not a lossy link."""
         if not _finite(now):
             return self._target
+        if priority_drops:
+            self._t_priority_drops = now
         try:
             fresh: dict[int, PacketResult] = {}
             for r in results:
@@ -324,7 +331,8 @@ class RateController:
     def _apply_loss(self, p: float, now: float) -> None:
         cfg = self.cfg
         self._t_loss, self._loss_fraction = now, p
-        if p > cfg.loss_high:
+        recent = self._t_priority_drops is not None and 0 <= now - self._t_priority_drops < 2 * cfg.loss_interval_s
+        if p > (cfg.loss_high_priority if recent else cfg.loss_high):
             self._loss = min(self._loss, self._target) * (1 - 0.5 * p)
             acked = self._acked_bps
             if acked and acked < cfg.congested_share * self._target:

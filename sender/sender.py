@@ -43,7 +43,7 @@ from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, c
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
-from .transport import IP_UDP_BYTES, FrameBudget, SendLog
+from .transport import IP_UDP_BYTES, FrameBudget, SendLog, priority_drops
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -103,6 +103,7 @@ class SenderStats:
     target_kbps: float | None = None  # congestion control's current target
     loss_estimate: float = 0.0  # packet loss the arrival reports show (smoothed)
     loss_burst: float = 1.0  # mean length of their loss runs, packets (smoothed)
+    priority_drop_reports: int = 0  # arrival reports whose loss fell on the least important packets only
     arrival_reports: int = 0
     nacks: int = 0  # NACK messages received
     retransmissions: int = 0  # payloads sent again
@@ -203,7 +204,7 @@ class Sender:
             tos = 0
         if not 192 <= gram.data[1] <= 223:  # RTP (not RTCP): remembered for the arrival reports
             self.send_log.record(int.from_bytes(gram.data[2:4], "big"), time.monotonic(),
-                                 len(gram.data) + IP_UDP_BYTES)
+                                 len(gram.data) + IP_UDP_BYTES, gram.level)
         for fam, addr in self._dests:
             try:
                 self._tos[fam].set(tos)
@@ -296,7 +297,7 @@ class Sender:
         except ValueError as exc:
             log.debug("ignoring an arrival report: %s", exc)
             return
-        results = self.send_log.results(arrivals)
+        results, levels = self.send_log.results(arrivals)
         if not results:
             return
         self.stats.arrival_reports += 1
@@ -306,7 +307,9 @@ class Sender:
         for run in loss_runs(results):
             self.stats.loss_burst += 0.1 * (run - self.stats.loss_burst)
         if self.cc is not None:
-            self._set_target(self.cc.on_feedback(results, now))
+            skewed = priority_drops(results, levels, max(1, self.cfg.protect_levels))
+            self.stats.priority_drop_reports += skewed
+            self._set_target(self.cc.on_feedback(results, now, skewed))
 
     def _on_nack(self, nack, now: float) -> None:
         """Resend the protected payloads a receiver asks for (the history refuses others)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
 
-__all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES"]
+__all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES", "priority_drops"]
 
 
 class SendLog:
@@ -23,33 +23,46 @@ class SendLog:
 
     def __init__(self, size: int = 8192) -> None:
         self.size = size
-        self._sent: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        self._sent: OrderedDict[int, tuple[float, int, int]] = OrderedDict()  # time, bytes, level
         self._last: int | None = None  # extended sequence number of the newest packet
 
-    def record(self, seq: int, send_time: float, wire_bytes: int) -> None:
+    def record(self, seq: int, send_time: float, wire_bytes: int, level: int = -1) -> None:
         if self._last is None:
             ext = seq
         else:
             ext = self._last + ((seq - self._last + 0x8000) & 0xFFFF) - 0x8000
         self._last = ext if self._last is None else max(self._last, ext)
-        self._sent[ext] = (send_time, wire_bytes)
+        self._sent[ext] = (send_time, wire_bytes, level)
         while len(self._sent) > self.size:
             self._sent.popitem(last=False)
 
     def results(self, arrivals: Sequence[tuple[int, float | None]]):
-        """[(16-bit seq, arrival or None)] -> PacketResults of the packets this sender knows
-        (unknown or forgotten sequence numbers are dropped: a report cannot invent packets)."""
+        """[(16-bit seq, arrival or None)] -> (PacketResults of the packets this sender knows,
+        their importance levels); unknown or forgotten sequence numbers are dropped: a report
+        cannot invent packets."""
         from .congestion import PacketResult
 
-        out = []
+        out, levels = [], []
         if self._last is None:
-            return out
+            return out, levels
         for seq, arrival in arrivals:
             ext = self._last - ((self._last - seq) & 0xFFFF)
             sent = self._sent.get(ext)
             if sent is not None:
                 out.append(PacketResult(ext, sent[0], sent[1], arrival))
-        return out
+                levels.append(sent[2])
+        return out, levels
+
+
+def priority_drops(results, levels: Sequence[int], top: int = 2, min_packets: int = 10) -> bool:
+    """Whether a report's loss fell on the least important packets (level >= ``top``) while the
+    most important ones got through: what a full priority queue does, and random loss does not."""
+    low = [r.arrival is None for r, lv in zip(results, levels) if lv >= top]
+    high = [r.arrival is None for r, lv in zip(results, levels) if 0 <= lv < top]
+    if len(low) < min_packets or not high:
+        return False
+    low_loss, high_loss = sum(low) / len(low), sum(high) / len(high)
+    return low_loss >= 0.05 and low_loss > 3 * high_loss + 0.02
 
 
 class FrameBudget:

@@ -391,3 +391,27 @@ def test_recorded_capacity_drop_trace_is_followed_down():
 
 if __name__ == "__main__":
     record_fixtures()
+
+
+def test_loss_on_the_least_important_packets_only_is_congestion():
+    """8 % loss: a lossy link (held) unless it falls on the least important packets only, which
+    is how a full priority queue drops (cut)."""
+    from types import SimpleNamespace
+
+    from jscc_stream.sender.transport import priority_drops
+
+    held, cut = RateController(_cfg(start_bps=720e3)), RateController(_cfg(start_bps=720e3))
+    t, seq = 0.0, 0
+    while t < 1.2:
+        batch = [PacketResult(seq + i, t + i * 0.01, 900, None if (seq + i) % 12 == 0 else 500.0 + t + i * 0.01)
+                 for i in range(5)]
+        held.on_feedback(batch, t + 0.08)
+        cut.on_feedback(batch, t + 0.08, priority_drops=True)
+        seq, t = seq + 5, round(t + 0.05, 9)
+    assert held.target_bps >= 720e3 and cut.target_bps < 0.97 * 720e3
+    r = lambda lost: SimpleNamespace(arrival=None if lost else 1.0)  # noqa: E731
+    top_ok = [r(False)] * 10 + [r(i % 5 == 0) for i in range(20)]  # levels 0-1 intact, 20 % of the rest lost
+    assert priority_drops(top_ok, [0] * 10 + [4] * 20)
+    uniform = [r(i % 5 == 0) for i in range(30)]  # 20 % everywhere: a lossy link
+    assert not priority_drops(uniform, [0] * 10 + [4] * 20)
+    assert not priority_drops(top_ok[:15], [0] * 10 + [4] * 5)  # too few to tell
