@@ -25,6 +25,7 @@ class SendLog:
         self.size = size
         self._sent: OrderedDict[int, tuple[float, int, int]] = OrderedDict()  # time, bytes, level
         self._last: int | None = None  # extended sequence number of the newest packet
+        self._heard: OrderedDict[int, bool] = OrderedDict()  # what reports said so far: arrived?
 
     def record(self, seq: int, send_time: float, wire_bytes: int, level: int = -1) -> None:
         if self._last is None:
@@ -37,9 +38,10 @@ class SendLog:
             self._sent.popitem(last=False)
 
     def results(self, arrivals: Sequence[tuple[int, float | None]]):
-        """[(16-bit seq, arrival or None)] -> (PacketResults of the packets this sender knows,
-        their importance levels); unknown or forgotten sequence numbers are dropped: a report
-        cannot invent packets."""
+        """[(16-bit seq, arrival or None)] -> (PacketResults of what is news about the packets
+        this sender knows, their importance levels).  Unknown or forgotten sequence numbers are
+        dropped (a report cannot invent packets), and so is what an earlier report already said
+        (a report that reaches back for a late packet repeats its neighbours as not arrived)."""
         from .congestion import PacketResult
 
         out, levels = [], []
@@ -48,9 +50,14 @@ class SendLog:
         for seq, arrival in arrivals:
             ext = self._last - ((self._last - seq) & 0xFFFF)
             sent = self._sent.get(ext)
-            if sent is not None:
-                out.append(PacketResult(ext, sent[0], sent[1], arrival))
-                levels.append(sent[2])
+            before = self._heard.get(ext)
+            if sent is None or before or (before is False and arrival is None):
+                continue
+            self._heard[ext] = arrival is not None
+            out.append(PacketResult(ext, sent[0], sent[1], arrival))
+            levels.append(sent[2])
+        while len(self._heard) > self.size:
+            self._heard.popitem(last=False)
         return out, levels
 
 

@@ -238,3 +238,18 @@ def test_loss_runs_and_parity_shrinking_for_bursts_it_cannot_bridge():
     payloads = [bytes([i]) * 50 for i in range(10)]
     short, long_ = len(parity_for(payloads, 10, 0.15, burst=1.5)), len(parity_for(payloads, 10, 0.15, burst=10.0))
     assert short == 9 and long_ == 2  # 10-packet runs: a 0.3 x share, most of the bytes back to the codec
+
+
+def test_the_send_log_passes_on_only_what_is_news():
+    """A report that reaches back for a late packet repeats its neighbours as not arrived: the
+    sender's loss figures (parity sizing, congestion) must not count them again."""
+    from jscc_stream.sender.transport import SendLog
+
+    log = SendLog()
+    for s in range(10):
+        log.record(s, s * 0.001, 900, level=s % 3)
+    first, levels = log.results([(s, None if s == 4 else 1.0 + s) for s in range(8)])
+    assert len(first) == 8 and levels == [s % 3 for s in range(8)] and first[4].arrival is None
+    again, _ = log.results([(s, None) for s in range(4, 10)] + [(4, 2.0)])  # 4 late; 5-7 repeated
+    assert [(r.seq, r.arrival) for r in again] == [(8, None), (9, None), (4, 2.0)]
+    assert log.results([(99, 1.0)])[0] == []  # never sent
