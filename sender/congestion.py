@@ -344,6 +344,15 @@ class RateController:
         else:
             self._loss = min(self._loss, self._target)  # hold where we are
 
+    def on_standing_queue(self, now: float) -> float:
+        """The sender saw its least important packets wait long in the path (a priority queue
+        that stays full): the in-order, important packets show no delay growth, so the delay
+        detector cannot; back off to ``beta`` x the acknowledged rate, at most once per round trip."""
+        if _finite(now) and now - self._t_decrease >= max(self._rtt, 0.2):
+            self._decrease(self._acked_bps, now)
+            self._state = "decrease"
+        return self._commit()
+
     def on_loss_report(self, fraction_lost: float, now: float) -> float:
         """Loss fraction from an RTCP receiver report: a second, coarser loss signal."""
         if _finite(fraction_lost) and _finite(now) and 0 <= fraction_lost <= 1:

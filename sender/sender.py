@@ -43,11 +43,13 @@ from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, c
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
-from .transport import IP_UDP_BYTES, FrameBudget, SendLog, priority_drops
+from .transport import IP_UDP_BYTES, FrameBudget, LowPriorityDelay, SendLog, priority_drops
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
 log = logging.getLogger("jscc.send")
+
+STANDING_QUEUE_S = 0.1  # least important packets waiting longer than this in the path: back off
 
 
 def resolve_dest(spec: str) -> tuple[int, tuple]:
@@ -104,6 +106,7 @@ class SenderStats:
     loss_estimate: float = 0.0  # packet loss the arrival reports show (smoothed)
     loss_burst: float = 1.0  # mean length of their loss runs, packets (smoothed)
     priority_drop_reports: int = 0  # arrival reports whose loss fell on the least important packets only
+    standing_queue_reports: int = 0  # ... whose least important packets waited > STANDING_QUEUE_S
     arrival_reports: int = 0
     nacks: int = 0  # NACK messages received
     retransmissions: int = 0  # payloads sent again
@@ -168,6 +171,7 @@ class Sender:
         self.stats.target_fps = cfg.fps
         self._epoch_us = time.time_ns() // 1000
         self.send_log = SendLog()
+        self.low_delay = LowPriorityDelay()
         self.budget = FrameBudget()
         self.history = RetransmitHistory()
         self.cc = self._controller() if self.entropy_coded else None
@@ -307,9 +311,14 @@ class Sender:
         for run in loss_runs(results):
             self.stats.loss_burst += 0.1 * (run - self.stats.loss_burst)
         if self.cc is not None:
-            skewed = priority_drops(results, levels, max(1, self.cfg.protect_levels))
+            top = max(1, self.cfg.protect_levels)
+            skewed = priority_drops(results, levels, top)
             self.stats.priority_drop_reports += skewed
             self._set_target(self.cc.on_feedback(results, now, skewed))
+            waited = self.low_delay.update(results, levels, top, now)
+            if waited is not None and waited > STANDING_QUEUE_S:
+                self.stats.standing_queue_reports += 1
+                self._set_target(self.cc.on_standing_queue(now))
 
     def _on_nack(self, nack, now: float) -> None:
         """Resend the protected payloads a receiver asks for (the history refuses others)."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
 
-__all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES", "priority_drops"]
+__all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES", "priority_drops", "LowPriorityDelay"]
 
 
 class SendLog:
@@ -59,6 +59,27 @@ class SendLog:
         while len(self._heard) > self.size:
             self._heard.popitem(last=False)
         return out, levels
+
+
+class LowPriorityDelay:
+    """How long the least important packets wait in the path: their one-way delay (sender and
+    receiver clocks need not agree) above the smallest seen in the last ``window`` seconds."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        self.window = window
+        self._mins: deque[tuple[float, float]] = deque()  # (sender time, min one-way delay of a report)
+
+    def update(self, results, levels: Sequence[int], top: int, now: float) -> float | None:
+        owd = [r.arrival - r.send_time for r, lv in zip(results, levels) if r.arrival is not None]
+        low = sorted(r.arrival - r.send_time for r, lv in zip(results, levels)
+                     if r.arrival is not None and lv >= top)
+        if owd:
+            self._mins.append((now, min(owd)))
+        while self._mins and now - self._mins[0][0] > self.window:
+            self._mins.popleft()
+        if not low or not self._mins:
+            return None
+        return low[len(low) // 2] - min(m for _, m in self._mins)
 
 
 def priority_drops(results, levels: Sequence[int], top: int = 2, min_packets: int = 10) -> bool:
