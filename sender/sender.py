@@ -43,7 +43,7 @@ from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, c
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
-from .transport import IP_UDP_BYTES, FrameBudget, LowPriorityDelay, SendLog, priority_drops
+from .transport import IP_UDP_BYTES, FrameBudget, LowPriorityDelay, PriorityLoss, SendLog
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
 
@@ -172,6 +172,7 @@ class Sender:
         self._epoch_us = time.time_ns() // 1000
         self.send_log = SendLog()
         self.low_delay = LowPriorityDelay()
+        self.priority_loss = PriorityLoss()
         self.budget = FrameBudget()
         self.history = RetransmitHistory()
         self.cc = self._controller() if self.entropy_coded else None
@@ -312,7 +313,7 @@ class Sender:
             self.stats.loss_burst += 0.1 * (run - self.stats.loss_burst)
         if self.cc is not None:
             top = max(1, self.cfg.protect_levels)
-            skewed = priority_drops(results, levels, top)
+            skewed = self.priority_loss.update(results, levels, top, now)
             self.stats.priority_drop_reports += skewed
             self._set_target(self.cc.on_feedback(results, now, skewed))
             waited = self.low_delay.update(results, levels, top, now)

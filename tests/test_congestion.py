@@ -398,7 +398,7 @@ def test_loss_on_the_least_important_packets_only_is_congestion():
     is how a full priority queue drops (cut)."""
     from types import SimpleNamespace
 
-    from jscc_stream.sender.transport import priority_drops
+    from jscc_stream.sender.transport import PriorityLoss
 
     held, cut = RateController(_cfg(start_bps=720e3)), RateController(_cfg(start_bps=720e3))
     t, seq = 0.0, 0
@@ -410,8 +410,13 @@ def test_loss_on_the_least_important_packets_only_is_congestion():
         seq, t = seq + 5, round(t + 0.05, 9)
     assert held.target_bps >= 720e3 and cut.target_bps < 0.97 * 720e3
     r = lambda lost: SimpleNamespace(arrival=None if lost else 1.0)  # noqa: E731
-    top_ok = [r(False)] * 10 + [r(i % 5 == 0) for i in range(20)]  # levels 0-1 intact, 20 % of the rest lost
-    assert priority_drops(top_ok, [0] * 10 + [4] * 20)
-    uniform = [r(i % 5 == 0) for i in range(30)]  # 20 % everywhere: a lossy link
-    assert not priority_drops(uniform, [0] * 10 + [4] * 20)
-    assert not priority_drops(top_ok[:15], [0] * 10 + [4] * 5)  # too few to tell
+    levels = [0] * 10 + [4] * 20
+    evicting, random_loss = PriorityLoss(), PriorityLoss()
+    rng = np.random.default_rng(3)
+    for k in range(12):  # 0.6 s of 50 ms reports
+        evicting.update([r(False)] * 10 + [r(i % 5 == 0) for i in range(20)], levels, 2, k * 0.05)
+        random_loss.update([r(x) for x in rng.random(30) < 0.1], levels, 2, k * 0.05)
+    assert evicting.skewed and not random_loss.skewed
+    few = PriorityLoss()
+    few.update([r(False)] * 2 + [r(True)] * 3, [0, 0, 4, 4, 4], 2, 0.0)
+    assert not few.update([r(False)], [0], 2, 1.0)  # too few packets to tell
