@@ -18,12 +18,21 @@ log = logging.getLogger("jscc.recv")
 
 
 class CodecCache:
-    """Finds the codec a stream description names (or the one forced with --codec), once."""
+    """Finds the codec a stream description names (or the one forced with --codec), once.
+
+    A description comes from any UDP source, so the name in it is only looked up among the
+    shipped codecs: never opened as a path or used as a file pattern, and a stream of made-up
+    names cannot grow the cache (only shipped names and the ``--codec`` of the command line are
+    ever loaded)."""
 
     def __init__(self, forced: str | None, device: str, precision: str = "auto") -> None:
+        from jscc_stream.models.zoo import available_codecs
+
         self.forced = forced
         self.device = device
         self.precision = precision
+        self.shipped = frozenset(available_codecs())
+        self.refused = 0  # descriptions naming a codec that is not shipped
         self._cache: dict[str, object | None] = {}
         self._lock = threading.Lock()  # called from every decode worker
 
@@ -35,6 +44,13 @@ class CodecCache:
         from jscc_stream.models.zoo import CodecLoadError
 
         key = self.forced or info.codec_name
+        if not self.forced and key not in self.shipped:
+            self.refused += 1
+            if self.refused <= 3 or self.refused % 1000 == 0:
+                log.error("stream %08x names codec %r, which is not shipped (shipped: %s; jscc-recv --codec "
+                          "chooses another); not decoded (%d such)", info.ssrc, str(key)[:64],
+                          ", ".join(sorted(self.shipped)), self.refused)
+            return None
         if key not in self._cache:
             from jscc_stream.models.stream_codec import load_stream_codec
 

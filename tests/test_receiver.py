@@ -232,3 +232,27 @@ async def test_frames_released_together_are_all_decoded_stale_waiting_ones_are_s
         assert queued == list(range(20 - BATCH_LIMIT, 20)) and receiver.stats.frames_skipped == 3
     finally:
         sock.close()
+
+
+def test_a_description_can_name_only_shipped_codecs(monkeypatch):
+    """The codec name in a stream description (any UDP source can send one) is never opened as a
+    path or a file pattern, and made-up names do not grow the cache; --codec on the command line
+    may still name a file."""
+    from types import SimpleNamespace
+
+    import jscc_stream.models.stream_codec as stream_codec
+    from jscc_stream.receiver.cli import CodecCache
+
+    loaded = []
+    monkeypatch.setattr(stream_codec, "load_stream_codec", lambda key, **kw: loaded.append(key) or None)
+    cache = CodecCache(None, "cpu")
+    info = lambda name: SimpleNamespace(codec_name=name, ssrc=1, codec_sha256="",  # noqa: E731
+                                        layout=SimpleNamespace(bits=8))
+    for name in ["/etc/passwd", "../../weights/x.safetensors", "*", "uniform-*", "video?"] + [f"x{i}" for i in range(500)]:
+        assert cache(info(name)) is None
+    assert loaded == [] and cache.refused == 505 and not cache._cache
+    cache(info("uniform"))
+    assert loaded == ["uniform"]
+    forced = CodecCache("/tmp/my-own.safetensors", "cpu")
+    forced(info("/etc/passwd"))
+    assert loaded == ["uniform", "/tmp/my-own.safetensors"]
