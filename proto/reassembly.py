@@ -190,15 +190,18 @@ class Reassembler:
     """Collects packets of every stream it hears; see the module docstring for release rules."""
 
     def __init__(self, latency: float = 0.05, reorder_grace: float = 0.01, max_frames: int = 32,
-                 max_streams: int = 4, gap: float | None = None) -> None:
+                 max_streams: int = 4, gap: float | None = None, max_size: tuple[int, int] | None = None) -> None:
         """``gap``: release an entropy-coded frame once none of its packets arrived for this
         long (its sender sends a frame's packets together: a silence means the rest is lost,
-        most often its last, marker packet); None: only the rules above."""
+        most often its last, marker packet); None: only the rules above.  ``max_size``: the
+        largest frame (width, height, either orientation) a description may announce; a larger
+        one is refused (decoding it would cost CPU and memory out of proportion)."""
         if latency <= 0:
             raise ValueError("latency must be positive")
         if gap is not None and gap <= 0:
             raise ValueError("gap must be positive")
         self.gap = gap
+        self.max_size = max_size
         self.latency = latency
         self.reorder_grace = reorder_grace
         self.max_frames = max_frames
@@ -237,7 +240,7 @@ class Reassembler:
         except WireError:
             self.counters.invalid += 1
             return []
-        if info.ssrc != pkt.ssrc:
+        if info.ssrc != pkt.ssrc or not self._size_allowed(info.layout.width, info.layout.height):
             self.counters.invalid += 1
             return []
         self.counters.descriptions += 1
@@ -255,6 +258,12 @@ class Reassembler:
             self.streams.move_to_end(pkt.ssrc)
         self.current_ssrc = pkt.ssrc
         return []
+
+    def _size_allowed(self, width: int, height: int) -> bool:
+        if self.max_size is None:
+            return True
+        w, h = self.max_size
+        return width * height <= w * h and max(width, height) <= max(w, h)
 
     def _described(self, pkt: MediaPacket | PayloadPacket | ParityPacket, entropy_coded: bool) -> _Stream | None:
         """The packet's stream if its description (at the packet's revision) is known."""

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, entry_point, parse_args, run_async, write_json
+from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, run_async, write_json
 
 __all__ = ["main", "build_parser", "CodecCache"]
 
@@ -73,6 +73,13 @@ class CodecCache:
         return codec
 
 
+def _max_size(text: str) -> tuple[int, int]:
+    try:
+        return parse_frame_size(text, multiple_of=1)
+    except UserError as exc:
+        raise UserError(f"--max-size: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jscc-recv", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "skipped (counted) when the next one is released, so latency does not build up when the "
                         "decoder is behind. Frames released together (behind a late or held one) all wait their "
                         "turn, up to 8")
+    p.add_argument("--max-size", default="1920x1080", metavar="WxH",
+                   help="largest frame a stream may announce (either orientation); a larger one is refused, "
+                        "since any UDP source can send a stream description")
     p.add_argument("--no-nack", action="store_true",
                    help="never ask for missing payloads of the protected (top) levels; by default the receiver "
                         "asks once it knows the round trip (from the sender's XR DLRR) and only while the answer "
@@ -169,6 +179,7 @@ def _main(argv: Sequence[str] | None) -> int:
                          duration=args.duration, decode_workers=args.decode_workers,
                          max_decode_queue=args.decode_queue,
                          gap=None if args.gap_ms is None else args.gap_ms / 1000, nack=not args.no_nack,
+                         max_size=_max_size(args.max_size),
                          arrival_interval=args.arrival_ms / 1000)
     from .web import viewer_from_args
 

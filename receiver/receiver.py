@@ -67,6 +67,7 @@ class ReceiverConfig:
     decode_workers: int = 1  # frames decoded in parallel (each on its own thread), shown in order
     arrival_interval: float = 0.05  # per-packet arrival reports for congestion control (s; 0: none)
     nack: bool = True  # ask for missing protected payloads while the round trip fits the deadline
+    max_size: tuple[int, int] | None = (1920, 1080)  # largest frame a stream description may announce
 
 
 @dataclass
@@ -104,7 +105,8 @@ class Receiver:
         self.outputs = outputs
         self.cfg = cfg
         self.on_frame = on_frame
-        self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace, gap=cfg.gap)
+        self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace, gap=cfg.gap,
+                                 max_size=cfg.max_size)
         self.stats = ReceiverStats()
         self.stop_event = asyncio.Event()
         self.ssrc = int.from_bytes(os.urandom(4), "big")

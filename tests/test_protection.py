@@ -253,3 +253,20 @@ def test_the_send_log_passes_on_only_what_is_news():
     again, _ = log.results([(s, None) for s in range(4, 10)] + [(4, 2.0)])  # 4 late; 5-7 repeated
     assert [(r.seq, r.arrival) for r in again] == [(8, None), (9, None), (4, 2.0)]
     assert log.results([(99, 1.0)])[0] == []  # never sent
+
+
+@pytest.mark.parametrize("size, accepted", [((64, 48), True), ((1080, 1920), True), ((1920, 1088), False),
+                                            ((3840, 2160), False), ((4000, 16), False)])
+def test_a_description_announcing_a_frame_larger_than_the_cap_is_refused(size, accepted):
+    """Any UDP source can send a stream description: one announcing a huge frame would make the
+    receiver decode ~16-megapixel pictures.  The receiver's --max-size (1920x1080, either
+    orientation) bounds it."""
+    from jscc_stream.proto.description import LatentLayout
+
+    w, h = size
+    body = make_description(ssrc=5, codec_name="t", codec_sha256="", layout=LatentLayout(w, h, 6, 1, 1, 1, 8, False),
+                            fps=30.0, block_levels=list(range(6)), dscp_map=None, clock_epoch_unix_us=0, mtu=900,
+                            max_frame_payloads=64, revision=0)
+    r = Reassembler(latency=1.0, max_size=(1920, 1080))
+    r.push(Packetizer(5, list(range(6))).description(0, body).data, 0.0)
+    assert (5 in r.streams) == accepted and r.counters.invalid == (not accepted)

@@ -127,6 +127,8 @@ async def test_cli_receives_and_writes_stats(tiny_codec, tmp_path):
 @pytest.mark.parametrize("argv, msg", [(["--listen", "nope"], "HOST:PORT"), (["--latency-ms", "0"], "latency"),
                                        (["--gap-ms", "0"], "--gap-ms must be positive"),
                                        (["--decode-queue", "0"], "--decode-queue must be >= 1"),
+                                       (["--max-size", "big"], "--max-size: size must be WxH"),
+                                       (["--arrival-ms", "-1"], "--arrival-ms must be in"),
                                        (["--display", "--listen", "127.0.0.1:0"], "no display here")])
 @pytest.mark.parametrize("display", [None, ":4242"])  # not set; set but nothing listens there
 def test_cli_user_errors(argv, msg, display, capsys, monkeypatch):
