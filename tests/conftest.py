@@ -66,3 +66,14 @@ def tiny_rd_weights(tmp_path_factory, tiny_rd_codec):
     from jscc_stream.models.zoo import save_codec
 
     return save_codec(tiny_rd_codec.model, tmp_path_factory.mktemp("w"), "tiny-rd", {"training_loss": "none"})
+
+
+@pytest.fixture
+async def shim():
+    """A jscc-netem shim on loopback (forwarding to the discard port), for control API tests."""
+    from jscc_stream.netem.shim import Shim, ShimConfig
+
+    s = Shim(ShimConfig(listen=("127.0.0.1", 0), forward=("127.0.0.1", 9), stats_interval=0))
+    await s.start()
+    yield s
+    s.close()

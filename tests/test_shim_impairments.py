@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,12 +15,14 @@ import pytest
 
 from jscc_stream.netem import tc
 from jscc_stream.netem.cli import main
-from jscc_stream.netem.control import ControlConfig, ControlServer
 from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.netem.link import Link, LinkConfig, Packet
 from jscc_stream.netem.loss import GE_10, parse_loss_spec
 from jscc_stream.netem.rates import parse_probability, parse_rate_schedule
 from jscc_stream.netem.shim import Shim, ShimConfig
+
+from test_shim_sockets import shim_cli
+from test_web_control import _serve
 
 AF41 = tos_of_dscp(34)
 
@@ -297,18 +296,9 @@ def test_tc_netem_gets_duplicate_and_reorder(capsys):
 
 # --- control API ------------------------------------------------------------------------------------
 
-@pytest.fixture
-async def shim():
-    s = Shim(ShimConfig(listen=("127.0.0.1", 0), forward=("127.0.0.1", 9), stats_interval=0))
-    await s.start()
-    yield s
-    s.close()
-
-
 async def test_control_api_sets_schedule_reorder_duplicate(shim):
-    server = ControlServer(ControlConfig(host="127.0.0.1", port=0, token="tok"), shim)
-    host, port = await server.start()
-    url, auth = f"http://{host}:{port}", {"Authorization": "Bearer tok"}
+    server, url = await _serve(shim, token="tok")
+    auth = {"Authorization": "Bearer tok"}
     try:
         async with aiohttp.ClientSession(headers=auth) as http:
             async with http.post(url + "/rate-schedule", json={"schedule": "0:2mbit,30:500kbit"}) as r:
@@ -390,20 +380,9 @@ def test_cli_rate_schedule_writes_a_series(tmp_path: Path):
     stats = tmp_path / "stats.json"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jscc_stream.netem.cli", "--listen", "127.0.0.1:0",
-             "--forward", f"127.0.0.1:{rx.getsockname()[1]}", "--rate-schedule", "0:2mbit,1:500kbit",
-             "--series-interval", "0.25", "--stats-json", str(stats), "--stats-interval", "0"],
-            stderr=subprocess.PIPE, text=True)
-        try:
-            port = None
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                if "listening on" in line:
-                    port = int(line.split("listening on ('127.0.0.1', ")[1].split(")")[0])
-                    break
-            assert port, "shim did not start"
-            sent = 0
+        sent = 0
+        with shim_cli(rx.getsockname()[1], "--rate-schedule", "0:2mbit,1:500kbit", "--series-interval", "0.25",
+                      "--stats-json", str(stats)) as port:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
                 start = time.monotonic()
                 gap = 1000 * 8 / 1.5e6  # 972 + 28 B
@@ -413,11 +392,6 @@ def test_cli_rate_schedule_writes_a_series(tmp_path: Path):
                         sent += 1
                     time.sleep(0.002)
             time.sleep(0.3)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
     data = json.loads(stats.read_text())
     total = data["forward"]["total"]
     assert total["in"] == sent and total["bytes_in"] == 972 * sent  # the summary is as before

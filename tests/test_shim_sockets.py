@@ -4,6 +4,7 @@ overload, garbage, and the CLI's clean shutdown.  Synchronisation is by awaiting
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -232,32 +234,40 @@ async def test_garbage_and_odd_datagrams_never_stop_it():
         shim.close(), recv.close(), send.close()
 
 
+@contextlib.contextmanager
+def shim_cli(forward_port: int, *args: str) -> Iterator[int]:
+    """``jscc-netem`` as a process forwarding to ``forward_port``: yields the port it listens on
+    (from its log, once it is ready); on leaving, SIGTERM must stop it with exit code 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jscc_stream.netem.cli", "--listen", "127.0.0.1:0",
+         "--forward", f"127.0.0.1:{forward_port}", "--stats-interval", "0", *args],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the shim logs where it listens once it is ready
+            if "listening on" in line:
+                port = int(line.split("listening on ('127.0.0.1', ")[1].split(")")[0])
+                break
+        assert port, "shim did not start"
+        yield port
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_cli_runs_and_stops_cleanly_on_sigterm(tmp_path: Path):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
         rx.settimeout(10)
         stats = tmp_path / "stats.json"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jscc_stream.netem.cli", "--listen", "127.0.0.1:0",
-             "--forward", f"127.0.0.1:{rx.getsockname()[1]}", "--loss", "none", "--rate", "10mbit",
-             "--priority", "--stats-json", str(stats), "--stats-interval", "0"],
-            stderr=subprocess.PIPE, text=True)
-        try:
-            port = None
-            assert proc.stderr is not None
-            for line in proc.stderr:  # the shim logs where it listens once it is ready
-                if "listening on" in line:
-                    port = int(line.split("listening on ('127.0.0.1', ")[1].split(")")[0])
-                    break
-            assert port, "shim did not start"
+        with shim_cli(rx.getsockname()[1], "--loss", "none", "--rate", "10mbit", "--priority",
+                      "--stats-json", str(stats)) as port:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
                 tx.sendto(b"hello", ("127.0.0.1", port))
                 assert rx.recvfrom(100)[0] == b"hello"
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=10) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
     data = json.loads(stats.read_text())
     assert data["forward"]["total"]["in"] == 1 and data["forward"]["total"]["out"] == 1
 

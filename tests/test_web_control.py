@@ -6,15 +6,6 @@ import aiohttp
 import pytest
 
 from jscc_stream.netem.control import ControlConfig, ControlError, ControlServer, is_loopback
-from jscc_stream.netem.shim import Shim, ShimConfig
-
-
-@pytest.fixture
-async def shim():
-    s = Shim(ShimConfig(listen=("127.0.0.1", 0), forward=("127.0.0.1", 9), stats_interval=0))
-    await s.start()
-    yield s
-    s.close()
 
 
 async def _serve(shim, token=None) -> tuple[ControlServer, str]:
