@@ -15,20 +15,22 @@ from .errors import UserError
 __all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks"]
 
 
-def free_port() -> int:
-    """A UDP port on 127.0.0.1 that is free now, drawn below Linux's ephemeral range (32768+):
-    the kernel's own choice lands where every other process's unbound sockets get theirs, and
-    one of them can take it before the daemon we start binds it ("Address already in use")."""
+def free_port(tcp: bool = False) -> int:
+    """A UDP (or TCP) port on 127.0.0.1 that is free now, drawn below Linux's ephemeral range
+    (32768+): the kernel's own choice lands where every other process's unbound sockets get
+    theirs, and one of them can take it before the daemon we start binds it ("Address already
+    in use")."""
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(20000, 32768)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .fec import encode_parity, fec_ratio, parity_count
 from .packet import JSCC_HEADER_BYTES, RTP_HEADER_BYTES, PayloadHeader
 
-__all__ = ["MAX_PROTECTED", "BURST_FREE", "loss_runs", "protected_prefix", "parity_for", "parity_share",
+__all__ = ["MAX_PROTECTED", "BURST_FREE", "loss_runs", "protected_prefix", "parity_for",
            "NackPolicy", "RetransmitHistory"]
 
 MAX_PROTECTED = 64  # payloads one parity block covers at most (its header lists their levels)
@@ -45,11 +45,6 @@ def protected_prefix(levels: Sequence[int], sizes: Sequence[int], protect_levels
     return k
 
 
-def parity_share(loss: float, max_share: float = 0.5) -> float:
-    """Share of the protected bytes' block given to parity for the reported loss rate."""
-    return fec_ratio(min(1.0, max(0.0, loss)), max_share)
-
-
 def parity_for(payloads: Sequence[bytes], k: int, loss: float, burst: float = 1.0) -> list[bytes]:
     """The parity symbols over ``payloads[:k]`` for the reported loss (none at no loss).
 
@@ -59,7 +54,7 @@ def parity_for(payloads: Sequence[bytes], k: int, loss: float, burst: float = 1.
     codec instead."""
     if k < 1:
         return []
-    share = parity_share(loss) * min(1.0, BURST_FREE / max(burst, 1.0))
+    share = fec_ratio(min(1.0, max(0.0, loss))) * min(1.0, BURST_FREE / max(burst, 1.0))
     m = parity_count(k, share)
     m = min(m, 255 - k)
     return encode_parity(list(payloads[:k]), k + m) if m else []

@@ -27,7 +27,7 @@ from .packet import CLOCK_RATE
 from .seq import SeqUnwrapper
 
 __all__ = ["ReceptionStats", "RtcpMessages", "build_report", "build_sender_report", "build_rrtr", "build_dlrr",
-           "build_bye", "parse_rtcp", "parse_report", "ntp_now", "compact", "rtt_from", "RTCP_APP", "APP_NAME"]
+           "build_bye", "parse_rtcp", "ntp_now", "compact", "rtt_from", "RTCP_APP", "APP_NAME"]
 
 RTCP_APP = 204
 RTCP_XR = 207
@@ -203,9 +203,3 @@ def parse_rtcp(data: bytes) -> RtcpMessages:
             _parse_xr(data, pos, end, out)
         pos = end
     return out
-
-
-def parse_report(data: bytes) -> tuple[list[RtcpRrPacket], list[bytes]]:
-    """Compound RTCP -> (receiver reports, Feedback payloads); raises ValueError on garbage."""
-    m = parse_rtcp(data)
-    return m.rrs, m.apps

@@ -202,8 +202,7 @@ class Receiver:
                                            slot.first_arrival + self.reasm.latency, rtt)
             if not indices:
                 continue
-            body = Feedback(ssrc=ssrc, nacks=[Nack(frame_id=fid, payloads=indices)]).SerializeToString()
-            if self._send_rtcp(ssrc, build_report(self.ssrc, [], body)):
+            if self._send_feedback(Feedback(ssrc=ssrc, nacks=[Nack(frame_id=fid, payloads=indices)])):
                 self.stats.nacks_sent += 1
                 self.stats.payloads_nacked += len(indices)
                 self.reasm.hold(ssrc, fid, now + 1.5 * rtt + 0.005)
@@ -282,8 +281,11 @@ class Receiver:
 
         msg = FrameReceipt(frame_id=receipt.frame_id, payloads=len(receipt.received),
                            received=pack_bitmap(receipt.received), decoded=receipt.decoded, crc32=receipt.crc32)
-        body = Feedback(ssrc=ssrc, receipts=[msg]).SerializeToString()
-        self._loop.call_soon_threadsafe(self._send_rtcp, ssrc, build_report(self.ssrc, [], body))
+        self._loop.call_soon_threadsafe(self._send_feedback, Feedback(ssrc=ssrc, receipts=[msg]))
+
+    def _send_feedback(self, fb) -> bool:
+        """A Feedback message on its own (behind an empty RR) to the sender of ``fb.ssrc``."""
+        return self._send_rtcp(fb.ssrc, build_report(self.ssrc, [], fb.SerializeToString()))
 
     def _send_rtcp(self, ssrc: int, data: bytes) -> bool:
         """An RTCP packet to the source of stream ``ssrc``; whether it went out."""
@@ -392,10 +394,8 @@ class Receiver:
             await asyncio.sleep(self.cfg.arrival_interval)
             for ssrc, arrivals in list(self._arrivals.items()):
                 msg = arrivals.take()
-                if msg is not None:
-                    body = Feedback(ssrc=ssrc, arrivals=msg).SerializeToString()
-                    if self._send_rtcp(ssrc, build_report(self.ssrc, [], body)):
-                        self.stats.arrival_reports += 1
+                if msg is not None and self._send_feedback(Feedback(ssrc=ssrc, arrivals=msg)):
+                    self.stats.arrival_reports += 1
 
     async def _reporter(self) -> None:
         while True:

@@ -99,11 +99,13 @@ def _codec_and_rate(args, width: int, height: int):
         if args.min_kbps is not None or args.max_kbps is not None:
             raise UserError(f"--min-kbps/--max-kbps need an entropy-coded codec; {args.codec} has a fixed size")
         return codec, None
+    from .sender import rate_bounds
+
     kbps = args.kbps if args.kbps is not None else 0.5 * width * height * args.fps / 1000
-    lo = args.min_kbps if args.min_kbps is not None else kbps / 8
-    hi = args.max_kbps if args.max_kbps is not None else kbps
-    if not 0 < lo <= kbps <= hi:
-        raise UserError(f"need 0 < --min-kbps ({lo:g}) <= --kbps ({kbps:g}) <= --max-kbps ({hi:g})")
+    try:
+        rate_bounds(kbps, args.min_kbps, args.max_kbps)  # before a source or camera is opened
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     return codec, kbps
 
 

@@ -45,11 +45,21 @@ from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
 from .transport import IP_UDP_BYTES, FrameBudget, LowPriorityDelay, PriorityLoss, SendLog
 
-__all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest"]
+__all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest", "rate_bounds"]
 
 log = logging.getLogger("jscc.send")
 
 STANDING_QUEUE_S = 0.1  # least important packets waiting longer than this in the path: back off
+
+
+def rate_bounds(kbps: float, min_kbps: float | None, max_kbps: float | None) -> tuple[float, float]:
+    """Congestion control's bounds (kbit/s): the given ones, else ``kbps`` / 8 and ``kbps``;
+    ValueError unless 0 < min <= kbps <= max."""
+    lo = min_kbps if min_kbps is not None else kbps / 8
+    hi = max_kbps if max_kbps is not None else kbps
+    if not 0 < lo <= kbps <= hi:
+        raise ValueError(f"need 0 < --min-kbps ({lo:g}) <= --kbps ({kbps:g}) <= --max-kbps ({hi:g})")
+    return lo, hi
 
 
 def resolve_dest(spec: str) -> tuple[int, tuple]:
@@ -184,10 +194,7 @@ class Sender:
         """Congestion control for one destination; a fixed rate otherwise (several receivers'
         reports would mix, and a sender without a return path must not back off)."""
         cfg = self.cfg
-        lo = cfg.min_kbps if cfg.min_kbps is not None else cfg.kbps / 8
-        hi = cfg.max_kbps if cfg.max_kbps is not None else cfg.kbps
-        if not 0 < lo <= cfg.kbps <= hi:
-            raise ValueError(f"need 0 < --min-kbps ({lo:g}) <= --kbps ({cfg.kbps:g}) <= --max-kbps ({hi:g})")
+        lo, hi = rate_bounds(cfg.kbps, cfg.min_kbps, cfg.max_kbps)
         if not cfg.congestion_control or len(cfg.dests) > 1:
             return None
         from .congestion import RateController, RateControllerConfig

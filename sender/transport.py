@@ -13,6 +13,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+from jscc_stream.proto.seq import SeqUnwrapper
 
 __all__ = ["SendLog", "FrameBudget", "IP_UDP_BYTES", "PriorityLoss", "LowPriorityDelay"]
 
@@ -24,16 +25,11 @@ class SendLog:
     def __init__(self, size: int = 8192) -> None:
         self.size = size
         self._sent: OrderedDict[int, tuple[float, int, int]] = OrderedDict()  # time, bytes, level
-        self._last: int | None = None  # extended sequence number of the newest packet
+        self._unwrap = SeqUnwrapper()
         self._heard: OrderedDict[int, bool] = OrderedDict()  # what reports said so far: arrived?
 
     def record(self, seq: int, send_time: float, wire_bytes: int, level: int = -1) -> None:
-        if self._last is None:
-            ext = seq
-        else:
-            ext = self._last + ((seq - self._last + 0x8000) & 0xFFFF) - 0x8000
-        self._last = ext if self._last is None else max(self._last, ext)
-        self._sent[ext] = (send_time, wire_bytes, level)
+        self._sent[self._unwrap.unwrap(seq)] = (send_time, wire_bytes, level)
         while len(self._sent) > self.size:
             self._sent.popitem(last=False)
 
@@ -45,10 +41,11 @@ class SendLog:
         from .congestion import PacketResult
 
         out, levels = [], []
-        if self._last is None:
+        newest = self._unwrap.highest  # extended sequence number of the newest packet sent
+        if newest is None:
             return out, levels
         for seq, arrival in arrivals:
-            ext = self._last - ((self._last - seq) & 0xFFFF)
+            ext = newest - ((newest - seq) & 0xFFFF)
             sent = self._sent.get(ext)
             before = self._heard.get(ext)
             if sent is None or before or (before is False and arrival is None):

@@ -160,6 +160,9 @@ async def test_entropy_coded_stream_end_to_end(tiny_rd_codec, path, monkeypatch)
 @pytest.mark.parametrize("argv, msg", [
     (["--kbps", "0"], "--kbps must be positive"),
     (["--kbps", "500", "--codec", "fixed-uniform"], "--kbps needs an entropy-coded codec"),
+    (["--kbps", "500", "--max-kbps", "400"], "need 0 < --min-kbps (62.5) <= --kbps (500) <= --max-kbps (400)"),
+    (["--kbps", "500", "--min-kbps", "600"], "need 0 < --min-kbps (600) <= --kbps (500)"),
+    (["--min-kbps", "100", "--codec", "fixed-uniform"], "--min-kbps/--max-kbps need an entropy-coded codec"),
 ])
 def test_send_kbps_errors_are_one_line(argv, msg, capsys):
     from jscc_stream.sender.cli import main as send_main

@@ -16,7 +16,7 @@ from jscc_stream.proto.packet import ParityHeader, WireError, parse_datagram
 from jscc_stream.proto.packetizer import Packetizer
 from jscc_stream.proto.protection import NackPolicy, RetransmitHistory, parity_for, protected_prefix
 from jscc_stream.proto.reassembly import Reassembler
-from jscc_stream.proto.rtcp import (ReceptionStats, build_bye, build_dlrr, build_report, build_rrtr,
+from jscc_stream.proto.rtcp import (ReceptionStats, build_bye, build_dlrr, build_report,
                                     build_sender_report, compact, ntp_now, parse_rtcp, rtt_from)
 
 

@@ -15,7 +15,7 @@ from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.sender.dscp import DscpMapError, default_dscp_map, parse_dscp_map
 from jscc_stream.proto.packet import MediaPacket, WireError, parse_datagram
 from jscc_stream.proto.packetizer import MIN_MTU, Packetizer, fragment_bounds
-from jscc_stream.proto.rtcp import ReceptionStats, build_report, parse_report
+from jscc_stream.proto.rtcp import ReceptionStats, build_report, parse_rtcp
 from jscc_stream.proto.seq import SeqUnwrapper, seq_diff
 
 PROTO_DIR = Path(__file__).resolve().parents[1] / "proto"
@@ -100,6 +100,7 @@ def test_reception_stats_and_report_roundtrip():
     rep = st_.report()
     assert rep.packets_lost == 2 and rep.fraction_lost == (2 << 8) // 12 and rep.highest_sequence == 65541
     data = build_report(5, [rep], feedback=b"\x08\x63")
-    rrs, apps = parse_report(data)
+    m = parse_rtcp(data)
+    rrs, apps = m.rrs, m.apps
     assert rrs[0].ssrc == 5 and rrs[0].reports[0].packets_lost == 2 and apps == [b"\x08\x63"]
     assert st_.report().fraction_lost == 0  # new interval, nothing lost

@@ -13,7 +13,7 @@ import pytest
 from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import FragmentHeader, build_media
 from jscc_stream.proto.packetizer import Packetizer
-from jscc_stream.proto.rtcp import parse_report
+from jscc_stream.proto.rtcp import parse_rtcp
 from jscc_stream.receiver.cli import main as recv_main
 from jscc_stream.receiver.outputs import Outputs
 from jscc_stream.receiver.receiver import Receiver, ReceiverConfig, open_listen_socket
@@ -64,7 +64,8 @@ async def test_random_and_malformed_datagrams_never_crash(tiny_codec, tmp_path):
         # a receiver report comes back to the sender's address
         # (arrival reports, with an empty RR in front, come every 50 ms; the full report each second)
         for _ in range(100):
-            rrs, apps = parse_report(await asyncio.wait_for(loop.sock_recv(tx, 2048), 5))
+            m = parse_rtcp(await asyncio.wait_for(loop.sock_recv(tx, 2048), 5))
+            rrs, apps = m.rrs, m.apps
             if rrs and rrs[0].reports:
                 break
         assert rrs[0].reports[0].ssrc == 42 and apps

@@ -52,7 +52,7 @@ import numpy as np
 
 from jscc_stream.errors import UserError
 from jscc_stream.metrics import psnr
-from jscc_stream.procs import daemon_cmd
+from jscc_stream.procs import daemon_cmd, free_port
 from jscc_stream.proto.packet import IP_UDP_BYTES
 
 from .channel import Shim
@@ -142,7 +142,7 @@ class LinkShim:
         if self.native:
             extra = ["--rate-schedule", cfg.schedule, "--series-interval", str(SERIES_INTERVAL)]
         else:
-            self.control_port = free_port_tcp()
+            self.control_port = free_port(tcp=True)
             extra = ["--rate", f"{self.schedule[0][1]:.0f}", "--control", f"127.0.0.1:{self.control_port}"]
         self.shim = Shim(listen, forward, None, cfg.delay_ms, workdir, seed=cfg.seed,
                          reverse_delay_ms=cfg.delay_ms, loss=cfg.loss, extra_args=common + extra)
@@ -218,14 +218,6 @@ class LinkShim:
     def _sleep_until(self, t: float) -> bool:
         delay = self.t0 + t - time.monotonic()
         return not (delay > 0 and self._stop.wait(delay))
-
-
-def free_port_tcp() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- source --------------------------------------------------------------------------------------
