@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bitlayers import LAYERED_VERSION, LayerPlanes, layer_byte, read_layer_byte, split_layers
 from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
@@ -146,6 +147,7 @@ class PacketCodec:
         self.name = self.card.get("name", "unnamed")
         self.max_payload = max_payload
         self.version = version  # payload layout: intra frames and P-frame residuals differ
+        self.bit_layers = 1  # 2..4: each index split by significance, a payload per layer (.bitlayers)
         self.levels = model.cfg.level_slices()
         self._rate_hint = Q_INDEXES // 2
         self._level_starts = np.array([sl.start for sl in self.levels])
@@ -198,6 +200,11 @@ class PacketCodec:
     def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
         """Importance level of each payload (from its first byte)."""
         return [p[0] & 15 for p in payloads]
+
+    def payload_layers(self, payloads: Sequence[bytes]) -> list[int]:
+        """Bit layer of each payload (0: the coarse index, or not layered; :mod:`.bitlayers`)."""
+        return [p[HEADER.size] >> 4 if p[0] >> 4 in LAYERED_VERSION.values() and len(p) > HEADER.size else 0
+                for p in payloads]
 
     # --- helpers --------------------------------------------------------------------------
     def _autocast(self) -> torch.autocast:
@@ -289,8 +296,10 @@ class PacketCodec:
         return self._packet_total(self._level_bytes(self._symbols(y, rate_index)))
 
     def _encode_level(self, sym: np.ndarray, grid: tuple[int, int], level: int, sent: int, kept: int,
-                      rate_index: int, est: float, min_groups: int, prefix: bytes) -> list[bytes]:
+                      rate_index: int, est: float, min_groups: int, prefix: bytes,
+                      version: int | None = None) -> list[bytes]:
         h, w = grid
+        version = self.version if version is None else version
         n_pos = sym.shape[1]
         groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / self._room)))), h, w)
         while True:
@@ -298,7 +307,7 @@ class PacketCodec:
             for g in range(groups):
                 body = prefix + encode_group(sym[:, group_positions(h, w, g, groups)])
                 head = PayloadHeader(level, sent, kept, g, groups, rate_index)
-                out.append(head.pack(_crc16(head.pack(0, self.version) + body), self.version) + body)
+                out.append(head.pack(_crc16(head.pack(0, version) + body), version) + body)
             if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
                 return out
             groups = self._groups_at_least(groups + 1, h, w)
@@ -314,6 +323,8 @@ class PacketCodec:
     def encode_latent(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int, prefix: bytes = b"") -> list[bytes]:
         """Latent ``(C, h*w)`` -> payloads of at most ``max_bytes`` together; ``prefix`` opens
         every payload's body (a P-frame's reference)."""
+        if self.bit_layers > 1:
+            return self._encode_latent_layered(y, grid, max_bytes, prefix)
         rate, levels, sym, est = self.choose_rate(y, max_bytes - len(prefix) * 8)
         while True:
             payloads = self._encode_levels(sym, est, grid, rate, levels, prefix)
@@ -334,6 +345,44 @@ class PacketCodec:
                                            MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1, prefix)
         return payloads
 
+    # --- encode in bit layers (.bitlayers) ------------------------------------------------
+    def _encode_latent_layered(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int,
+                               prefix: bytes) -> list[bytes]:
+        """:meth:`encode_latent` in ``bit_layers`` layers: the finest step whose layered
+        payloads fit ``max_bytes`` together (the coarsest when none does).  The search starts
+        where the plain payloads would fit ~15 % less (the layers' extra side information and
+        the refinement planes' signs) and walks one step at a time."""
+        rate, levels, sym, _ = self.choose_rate(y, max(1, int(max_bytes / 1.15) - len(prefix) * 8))
+        payloads = self._encode_layers(sym, grid, rate, levels, prefix)
+        step = 1 if sum(map(len, payloads)) > max_bytes else -1  # coarser until it fits, or finer while it does
+        while 0 <= rate + step < Q_INDEXES:
+            trial = self._encode_layers(self._symbols(y, rate + step), grid, rate + step, levels, prefix)
+            fits = sum(map(len, trial)) <= max_bytes
+            if step < 0 and not fits:
+                break
+            rate, payloads = rate + step, trial
+            if step > 0 and fits:
+                break
+        return payloads
+
+    def _encode_layers(self, sym: np.ndarray, grid: tuple[int, int], rate: int, levels: int,
+                       prefix: bytes) -> list[bytes]:
+        """Symbols -> every layer's payloads, layer 0 (all levels) first.  The coarse index is
+        spread over lattice groups as plain symbols are; a lost refinement only coarsens its
+        positions, so a refinement goes in as few payloads as fit."""
+        version = LAYERED_VERSION[self.version]
+        out: list[bytes] = []
+        for layer, plane in enumerate(split_layers(sym, self.bit_layers)):
+            est = self._level_bytes(plane)
+            # "levels sent" per layer; level 0 always, as it carries the layer's header
+            sent = max([lv for lv in range(levels) if est[lv] > 0], default=0) + 1
+            lead = layer_byte(layer, self.bit_layers) + prefix
+            for lv in range(sent):
+                groups = (MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1) if layer == 0 else 1
+                out += self._encode_level(plane[self.levels[lv]], grid, lv, sent, levels, rate, est[lv], groups,
+                                          lead, version)
+        return out
+
     # --- decode ---------------------------------------------------------------------------
     def decode(self, payloads: Sequence[bytes | None], width: int, height: int) -> np.ndarray:
         """Payloads (``None`` or damaged ones are erasures) -> BGR uint8 frame."""
@@ -350,6 +399,24 @@ class PacketCodec:
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         h, w = self.latent_hw(width, height)
+        layered = LAYERED_VERSION[self.version]
+        if any(p is not None and len(p) and p[0] >> 4 == layered for p in payloads):
+            coef, received, q = self._dequantize_layered(payloads, h, w, prefix_len)
+        else:
+            coef, received, q = self._dequantize(payloads, h, w, prefix_len)
+        c = self.model.cfg.channels
+        y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
+        m = torch.from_numpy(received.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
+        ctx = None
+        if context is not None and self.model.cfg.context:
+            ctx = F.pad(context.to(self.device), (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")
+            ctx = F.pixel_unshuffle(ctx, 4).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            return self.model.synthesise_s2d(y, m, q, ctx)[0]
+
+    def _dequantize(self, payloads: Sequence[bytes | None], h: int, w: int,
+                    prefix_len: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Plain payloads -> (dequantized latent ``(C, h*w)``, per-level mask ``(K, h*w)``, step q)."""
         n_pos = h * w
         c = self.model.cfg.channels
         coef = np.zeros((c, n_pos), dtype=np.float32)
@@ -373,12 +440,28 @@ class PacketCodec:
             rates.append(head.rate_index)
         if known_zero:
             received[known_zero[0]:known_zero[1]] = 1.0
-        q = q_of_index(int(np.median(rates))) if rates else q_of_index(64)
-        y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
-        m = torch.from_numpy(received.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
-        ctx = None
-        if context is not None and self.model.cfg.context:
-            ctx = F.pad(context.to(self.device), (0, w * STRIDE - width, 0, h * STRIDE - height), mode="replicate")
-            ctx = F.pixel_unshuffle(ctx, 4).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            return self.model.synthesise_s2d(y, m, q, ctx)[0]
+        return coef, received, q_of_index(int(np.median(rates))) if rates else q_of_index(64)
+
+    def _dequantize_layered(self, payloads: Sequence[bytes | None], h: int, w: int,
+                            prefix_len: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """:meth:`_dequantize` of bit-layered payloads (:mod:`.bitlayers`); the synthesis is told
+        the step the coefficients were reconstructed at, on average."""
+        acc = LayerPlanes([sl.stop - sl.start for sl in self.levels], h * w)
+        rates: list[int] = []
+        for p in payloads:
+            if p is None:
+                continue
+            try:
+                head, body = parse_payload(bytes(p), len(self.levels), LAYERED_VERSION[self.version])
+                layer, layers = read_layer_byte(body[0] if body else 255)
+                sl = self.levels[head.level]
+                pos = group_positions(h, w, head.group, head.groups)
+                sym = decode_group(body[1 + prefix_len:], sl.stop - sl.start, len(pos))
+            except (PayloadError, ValueError, RuntimeError):
+                continue  # an unusable payload is an erasure
+            acc.add(layer, layers, head.level, sl, pos, sym, head.levels_sent, head.levels_kept)
+            rates.append(head.rate_index)
+        index, received, missing = acc.dequantize()
+        rate = int(np.median(rates)) if rates else 64
+        return index * (q_of_index(rate) * self._steps).astype(np.float32)[:, None], received, \
+            q_of_index(rate + 16 * missing)
