@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import motion
+from .bitlayers import LAYERED_VERSION
 from .entropy import decode_group, encode_group
 from .packet_codec import (HEADER, PacketCodec, PayloadError, PayloadHeader, _crc16, group_positions, lattice,
                            parse_payload, s2d_to_bgr)
@@ -39,6 +40,8 @@ from .packet_codec import (HEADER, PacketCodec, PayloadError, PayloadHeader, _cr
 __all__ = ["VideoCodec", "FrameInfo", "INTRA_VERSION", "RESIDUAL_VERSION", "MOTION_VERSION"]
 
 INTRA_VERSION, RESIDUAL_VERSION, MOTION_VERSION = 2, 3, 4
+# bit-layered intra and residual payloads (.bitlayers): a layer byte before the body
+LAYERED_INTRA, LAYERED_RESIDUAL = LAYERED_VERSION[INTRA_VERSION], LAYERED_VERSION[RESIDUAL_VERSION]
 MOTION_GROUPS = 4  # motion payloads per predicted frame (a lattice, as level 0's residual)
 # a prediction this poor (PSNR, dB) is a scene cut: the frame is coded intra.  Measured at
 # 320x240 on the comparison's sources: cuts predict at 6-13 dB, everything else at 20 dB or more
@@ -58,8 +61,9 @@ class FrameInfo:
 def frame_info(payload: bytes) -> FrameInfo:
     """The frame type a payload belongs to (from its first bytes; not checksummed here)."""
     version = payload[0] >> 4 if payload else 0
-    if version in (RESIDUAL_VERSION, MOTION_VERSION) and len(payload) > HEADER.size:
-        return FrameInfo(True, payload[HEADER.size])
+    at = HEADER.size + (version == LAYERED_RESIDUAL)
+    if version in (RESIDUAL_VERSION, MOTION_VERSION, LAYERED_RESIDUAL) and len(payload) > at:
+        return FrameInfo(True, payload[at])
     return FrameInfo(False, 0)
 
 
@@ -93,6 +97,18 @@ class VideoCodec:
     def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
         return [p[0] & 15 for p in payloads]
 
+    def payload_layers(self, payloads: Sequence[bytes]) -> list[int]:
+        return self.intra.payload_layers(payloads)
+
+    @property
+    def bit_layers(self) -> int:
+        """Bit layers of intra frames and residuals alike (:mod:`.bitlayers`; motion is never split)."""
+        return self.intra.bit_layers
+
+    @bit_layers.setter
+    def bit_layers(self, layers: int) -> None:
+        self.intra.bit_layers = self.inter.bit_layers = layers
+
     latent_hw = staticmethod(PacketCodec.latent_hw)
 
     def payload_ok(self, payload: bytes) -> bool:
@@ -101,7 +117,8 @@ class VideoCodec:
         version = payload[0] >> 4 if payload else 0
         levels = 1 if version == MOTION_VERSION else len(self.levels)
         try:
-            parse_payload(bytes(payload), levels, version if version in (RESIDUAL_VERSION, MOTION_VERSION)
+            parse_payload(bytes(payload), levels, version if version in (RESIDUAL_VERSION, MOTION_VERSION,
+                                                                         LAYERED_INTRA, LAYERED_RESIDUAL)
                           else INTRA_VERSION)
         except PayloadError:
             return False
@@ -173,7 +190,7 @@ class VideoCodec:
         grid = self.latent_hw(width, height)
         vectors = self._decode_motion([p for p in got if p[0] >> 4 == MOTION_VERSION], grid)
         pred = motion.predict(ref, vectors)
-        residual = [p for p in got if p[0] >> 4 == RESIDUAL_VERSION]
+        residual = [p for p in got if p[0] >> 4 in (RESIDUAL_VERSION, LAYERED_RESIDUAL)]
         with torch.inference_mode():
             context = None
             if self.inter.model.cfg.context:  # a conditional model reads the prediction too

@@ -34,7 +34,7 @@ CLOCK_RATE = 90_000  # RTP timestamp ticks per second (video convention)
 MAX_OFFSET = (1 << 24) - 1
 
 _HDR = struct.Struct("!IBBBBI")  # frame id | block, level, frag index, frag count | revision<<24 | offset
-_PHDR = struct.Struct("!IBBHHBB")  # frame id | level, protected | payload index | payload count | revision, 0
+_PHDR = struct.Struct("!IBBHHBB")  # frame id | level, protected | payload index | payload count | revision, layer
 _QHDR = struct.Struct("!IBBBBHBB")  # frame id | k, n, share index, revision | payload count | level, 0
 MAX_PAYLOADS = 0xFFFF
 
@@ -83,23 +83,29 @@ class PayloadHeader:
     #: the frame's first ``protected`` payloads (its top levels) may be repaired: the receiver
     #: asks for them again (NACK) and parity packets cover them; 0 = none (older senders too)
     protected: int = 0
+    #: bit layer (paper 003, ``jscc-send --bit-layers``): 0 = the coarse index (and every payload
+    #: of a stream without layers; the byte was 0 before), 1.. = refinements, less important the
+    #: higher: what a relay or receiver filters on without decoding (the DSCP may be rewritten)
+    layer: int = 0
 
     def pack(self) -> bytes:
         if not 0 <= self.index < self.count <= MAX_PAYLOADS:
             raise ValueError(f"payload {self.index} of {self.count} out of range")
         if not 0 <= self.protected <= min(self.count, 255):
             raise ValueError(f"{self.protected} protected payloads of {self.count}")
+        if not 0 <= self.layer <= 255:
+            raise ValueError(f"bit layer {self.layer} does not fit a byte")
         return _PHDR.pack(self.frame_id & 0xFFFFFFFF, self.level, self.protected, self.index, self.count,
-                          self.revision & 0xFF, 0)
+                          self.revision & 0xFF, self.layer)
 
     @classmethod
     def unpack(cls, data: bytes) -> "PayloadHeader":
         if len(data) < JSCC_HEADER_BYTES:
             raise WireError(f"payload of {len(data)} bytes is shorter than the JSCC header")
-        fid, level, protected, index, count, rev, _ = _PHDR.unpack_from(data)
+        fid, level, protected, index, count, rev, layer = _PHDR.unpack_from(data)
         if count == 0 or index >= count or protected > count:
             raise WireError(f"bad payload index {index}/{count} ({protected} protected)")
-        return cls(fid, level, index, count, rev, protected)
+        return cls(fid, level, index, count, rev, protected, layer)
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dscp-map", metavar="SPEC",
                    help="importance level -> DSCP, e.g. 0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE (implies --priority-dscp; "
                         "default: RFC 8837 interactive video, AF41/AF42/AF43 then LE)")
+    p.add_argument("--bit-layers", type=int, default=1, metavar="N",
+                   help="entropy-coded codecs: split each quantized coefficient into N layers by significance "
+                        "(a coarse index, then N-1 refinement bit-planes; paper 003), each in its own payloads "
+                        "and marked below every coarse index, so a congested priority queue drops refinements "
+                        "first; the receiver decodes whatever layers arrived (1: no split; at most 4)")
+    p.add_argument("--layer-dscp", metavar="SPEC",
+                   help="refinement bit layer -> DSCP, e.g. 1:BE,2-3:LE (implies --priority-dscp; default: LE for "
+                        "the refinement of 2 layers, BE then LE for more; the coarse indexes then go over "
+                        "AF41/AF42/AF43 unless --dscp-map says otherwise); 'level': refinements marked by their level")
     p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval (0: back to back)")
     p.add_argument("--no-adapt", action="store_true",
                    help="keep --fps even when receivers report that their decoder skips frames")
@@ -109,6 +118,38 @@ def _codec_and_rate(args, width: int, height: int):
     return codec, kbps
 
 
+def _set_bit_layers(codec, layers: int, layer_dscp: str | None) -> None:
+    """``--bit-layers`` onto the codec (entropy-coded ones only)."""
+    if layers == 1:
+        if layer_dscp:
+            raise UserError("--layer-dscp needs --bit-layers 2 or more")
+        return
+    from jscc_stream.models.bitlayers import MAX_BIT_LAYERS
+
+    if not 1 <= layers <= MAX_BIT_LAYERS:
+        raise UserError(f"--bit-layers must be in [1, {MAX_BIT_LAYERS}]")
+    if not hasattr(codec, "bit_layers"):
+        raise UserError(f"--bit-layers needs an entropy-coded codec; {codec.name} sends fixed-size blocks")
+    codec.bit_layers = layers
+
+
+def _dscp_maps(args, levels: int) -> tuple[dict[int, int] | None, dict[int, int] | None]:
+    """(level -> DSCP, refinement layer -> DSCP) from --priority-dscp, --dscp-map, --bit-layers
+    and --layer-dscp; (None, None): no marking."""
+    from .dscp import LAYERED_LEVEL_CLASSES, default_dscp_map, default_layer_dscp, parse_dscp_map, parse_layer_dscp
+
+    layered = args.bit_layers > 1
+    if not (args.dscp_map or args.priority_dscp or args.layer_dscp):
+        return None, None
+    by_level = args.layer_dscp == "level"
+    dscp_map = (parse_dscp_map(args.dscp_map, levels) if args.dscp_map else
+                default_dscp_map(levels, LAYERED_LEVEL_CLASSES if layered and not by_level else (34, 36, 38, 1)))
+    if not layered or by_level:
+        return dscp_map, None
+    return dscp_map, (parse_layer_dscp(args.layer_dscp, args.bit_layers) if args.layer_dscp
+                      else default_layer_dscp(args.bit_layers))
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser, argv)
     width, height = parse_size(args.size)
@@ -123,7 +164,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if not 0 <= args.protect_levels <= 15:
         raise UserError("--protect-levels must be in [0, 15]")
 
-    from .dscp import DscpMapError, default_dscp_map, parse_dscp_map
+    from .dscp import DscpMapError
     from jscc_stream.proto.packetizer import MIN_MTU
 
     from .sender import Sender, SenderConfig, resolve_dest
@@ -141,14 +182,11 @@ def _main(argv: Sequence[str] | None) -> int:
     codec, kbps = _codec_and_rate(args, width, height)
     entropy_coded = kbps is not None
     layout = codec.layout(width, height)
-    dscp_map = None
-    if args.dscp_map:
-        try:
-            dscp_map = parse_dscp_map(args.dscp_map, layout.blocks)
-        except DscpMapError as exc:
-            raise UserError(str(exc)) from None
-    elif args.priority_dscp:
-        dscp_map = default_dscp_map(layout.blocks)
+    _set_bit_layers(codec, args.bit_layers, args.layer_dscp)
+    try:
+        dscp_map, layer_dscp = _dscp_maps(args, layout.blocks)
+    except DscpMapError as exc:
+        raise UserError(str(exc)) from None
     if args.source == "webrtc" or args.source.startswith("webrtc:"):
         from .webrtc import open_webrtc_source
 
@@ -156,6 +194,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,
+                       layer_dscp=layer_dscp,
                        frames=args.frames, duration=args.duration, pace_fraction=args.pace,
                        adapt=not args.no_adapt, kbps=kbps, references=args.references,
                        intra_period=args.intra_period, min_kbps=args.min_kbps, max_kbps=args.max_kbps,
@@ -168,7 +207,9 @@ def _main(argv: Sequence[str] | None) -> int:
     shape = (f"{kbps:g} kbit/s, {layout.blocks} importance levels" if entropy_coded
              else f"K={layout.blocks}, L={layout.block_bytes} bytes")
     log.info("sending %s %dx%d@%g fps, codec %s (%s), ssrc %08x -> %s%s", args.source, width, height,
-             args.fps, codec.name, shape, sender.ssrc, ", ".join(dests), f", DSCP {dscp_map}" if dscp_map else "")
+             args.fps, codec.name, shape, sender.ssrc, ", ".join(dests),
+             (f", DSCP {dscp_map}" if dscp_map else "") + (f", bit layers {args.bit_layers} (refinement DSCP "
+                                                           f"{layer_dscp or 'by level'})" if args.bit_layers > 1 else ""))
 
     async def go():
         loop = asyncio.get_running_loop()

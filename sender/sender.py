@@ -43,6 +43,7 @@ from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, c
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
+from .dscp import dscp_for
 from .transport import IP_UDP_BYTES, FrameBudget, LowPriorityDelay, PriorityLoss, SendLog
 
 __all__ = ["SenderConfig", "SenderStats", "Sender", "resolve_dest", "rate_bounds"]
@@ -78,6 +79,8 @@ class SenderConfig:
     mtu: int = 900
     dests: list[str] = field(default_factory=lambda: ["127.0.0.1:5004"])
     dscp_map: dict[int, int] | None = None  # level -> DSCP; None: no marking
+    # refinement bit layer -> DSCP (codecs with bit layers); None: refinements marked by level
+    layer_dscp: dict[int, int] | None = None
     kbps: float | None = None  # entropy-coded codecs: the (starting) bitrate, kbit/s on the wire
     min_kbps: float | None = None  # congestion control's bounds (None: kbps / 8 and kbps)
     max_kbps: float | None = None
@@ -211,12 +214,14 @@ class Sender:
     def _send(self, gram: Datagram) -> None:
         if self.cfg.dscp_map is not None:
             level = gram.level if gram.level >= 0 else self.levels[0]
-            tos = tos_of_dscp(self.cfg.dscp_map.get(level, 0))
+            tos = tos_of_dscp(dscp_for(self.cfg.dscp_map, self.cfg.layer_dscp, level, gram.layer))
         else:
             tos = 0
         if not 192 <= gram.data[1] <= 223:  # RTP (not RTCP): remembered for the arrival reports
+            # a refinement bit layer ranks below every level's coarse index (priority-loss detection)
+            rank = gram.level + gram.layer * len(self.levels) if gram.level >= 0 else gram.level
             self.send_log.record(int.from_bytes(gram.data[2:4], "big"), time.monotonic(),
-                                 len(gram.data) + IP_UDP_BYTES, gram.level)
+                                 len(gram.data) + IP_UDP_BYTES, rank)
         for fam, addr in self._dests:
             try:
                 self._tos[fam].set(tos)
@@ -497,8 +502,9 @@ class Sender:
             k = protected_prefix(levels, [len(p) for p in wire], cfg.protect_levels, cfg.mtu)
         parity = parity_for(wire, k, self.stats.loss_estimate, self.stats.loss_burst) if cfg.fec else []
         # receivers ask again only for what this sender answers (the header's protected count)
+        layers = self.codec.payload_layers(wire) if hasattr(self.codec, "payload_layers") else None
         grams = self.packetizer.packetize_payloads(index, timestamp, wire, levels, self._revision,
-                                                   k if cfg.nack else 0, parity, k)
+                                                   k if cfg.nack else 0, parity, k, layers)
         if k and cfg.nack:
             self.history.add(index, timestamp, time.monotonic(), [g.header for g in grams if g.header], wire)
         parity_bytes = sum(len(g.data) + IP_UDP_BYTES for g in grams if g.header is None)
