@@ -5,7 +5,11 @@ Experiments (``--experiments``, default all).  The entropy-coded codecs (``--rd-
 * ``rd``       PSNR and MS-SSIM against bits per pixel (0.1-1.5) beside JPEG, JPEG 2000 and WebP
                at the same bytes, BD-rate against JPEG (:mod:`.rd_eval`);
 * ``rdloss``   PSNR under uniform and Gilbert-Elliott packet loss at 0.5 bpp, beside JPEG;
-* ``rdlevels`` PSNR decoded from the first j importance levels.
+* ``rdlevels`` PSNR decoded from the first j importance levels;
+* ``bitlayers`` paper 003's bit-level importance (:mod:`.bitlayers_eval`): PSNR from the first j
+               bit layers, and through a strict-priority bottleneck with and without the
+               refinements marked below the coarse indexes, at the same bytes (first rd model,
+               first size).
 
 The video codecs (``--video-models``, predicted frames):
 
@@ -58,7 +62,7 @@ from .zoo import available_codecs
 
 log = logging.getLogger("jscc.eval")
 
-RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video")
+RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video", "bitlayers")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,11 +196,13 @@ def run(args: argparse.Namespace) -> dict:
     models = _usable(args.models, shipped) if exps else []
     if exps and not models:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
-    video = "video" in rd_exps
-    rd_exps = [e for e in rd_exps if e != "video"]
+    video, layers = "video" in rd_exps, "bitlayers" in rd_exps
+    rd_exps = [e for e in rd_exps if e not in ("video", "bitlayers")]
     rd_results = _run_rd(args, rd_exps, sizes, shipped, out) if rd_exps else None
     if video:
         rd_results = {**(rd_results or {}), "video": _run_video(args, sizes[0], out)}
+    if layers:
+        rd_results = {**(rd_results or {}), "bitlayers": _run_bitlayers(args, sizes[0], shipped, out)}
     if not exps:
         return {"rd": rd_results}
     out.mkdir(parents=True, exist_ok=True)
@@ -235,6 +241,18 @@ def _run_rd(args: argparse.Namespace, exps: list[str], sizes: list[tuple[int, in
     res = rd_run(models, sizes, exps, out / "rd", args.images, args.trials, seed=args.seed, precision=args.precision,
                  baselines=() if args.no_baselines else ("jpeg", "jpeg2000", "webp"), progress=log.info)
     print((out / "rd" / "summary.md").read_text())
+    return res
+
+
+def _run_bitlayers(args: argparse.Namespace, size: tuple[int, int], shipped: set[str], out: Path) -> dict:
+    """Paper 003's bit-layer experiment into ``out/bitlayers`` (:func:`.bitlayers_eval.run`)."""
+    from .bitlayers_eval import run as layers_run
+
+    models = _usable(args.rd_models, shipped)
+    if not models:
+        raise UserError(f"none of the codecs {args.rd_models!r} is available (shipped: {sorted(shipped)})")
+    res = layers_run(models[0], _images(args, *size), out / "bitlayers", precision="fp32", progress=log.info)
+    print((out / "bitlayers" / "summary.md").read_text())
     return res
 
 
