@@ -399,7 +399,7 @@ class Reassembler:
         slot.received[h.index, 0] = True
         slot.bytes_received += 1
         slot.protected = max(slot.protected, h.protected)
-        if dscp is not None:
+        if dscp is not None and h.layer == 0:  # a level's DSCP: its coarse index's, not a refinement's
             slot.dscp[h.level] = dscp
         self._recover(slot)
         return self._stored(slot, pkt, now)

@@ -212,3 +212,30 @@ def test_the_experiment_measures_layers_and_the_bottleneck(codec, tmp_path):
     assert any(r["delivered"] < r["payloads"] for r in rows)  # the bottleneck did drop packets
     ev.plot(tmp_path / "p.png", layers, rows, 128 * 96)
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_receiver_reports_a_levels_dscp_from_its_coarse_index(codec, photo):
+    from jscc_stream.proto.description import make_description
+    from jscc_stream.proto.reassembly import Reassembler
+
+    lay = codec.layout(W, H)
+    levels = list(range(lay.blocks))
+    pk = Packetizer(7, levels)
+    body = make_description(ssrc=7, revision=0, codec_name="tiny-rd", codec_sha256="", layout=lay, fps=30,
+                            block_levels=levels, dscp_map=None, clock_epoch_unix_us=0, mtu=900,
+                            max_frame_payloads=codec.max_frame_payloads(W, H))
+    codec.bit_layers = 2
+    try:
+        payloads = codec.encode(photo, 4800)
+    finally:
+        codec.bit_layers = 1
+    grams = pk.packetize_payloads(1, 3000, payloads, codec.payload_levels(payloads),
+                                  layers=codec.payload_layers(payloads))
+    r = Reassembler(latency=0.05)
+    r.push(pk.description(0, body).data, 0.0)
+    out = []
+    for g in grams:
+        out += r.push(g.data, 0.001, 1 if g.layer else 34)
+    (slot,) = out
+    assert slot.reason == "complete" and slot.payload_list() == payloads
+    assert set(slot.dscp) == {34}  # refinements (LE) arrived after each level's coarse index
