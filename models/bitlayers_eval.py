@@ -177,10 +177,10 @@ def summary(layers: list[dict], bottleneck: list[dict]) -> list[str]:
         for j in sorted({r["received"] for r in layers if r["layers"] == n}):
             s = [r for r in layers if r["layers"] == n and r["received"] == j]
             plain = [r["plain_psnr"] for r in s if r["plain_psnr"] is not None]
-            out.append(f"| {n} | {j} | {np.mean([r['bytes'] for r in s]):.0f} | {np.mean([r['psnr'] for r in s]):.2f} | "
-                       + (f"{np.mean(plain):.2f} |" if plain else "- |"))
-    out += ["", "| bottleneck share | arm | wire bytes offered, codec bytes delivered per frame | payloads delivered | PSNR |",
-            "|---|---|---|---|---|"]
+            out.append(f"| {n} | {j} | {np.mean([r['bytes'] for r in s]):.0f} | "
+                       f"{np.mean([r['psnr'] for r in s]):.2f} | " + (f"{np.mean(plain):.2f} |" if plain else "- |"))
+    out += ["", "| bottleneck share | arm | wire bytes offered, codec bytes delivered per frame "
+                "| payloads delivered | PSNR |", "|---|---|---|---|---|"]
     for s in sorted({r["share"] for r in bottleneck}, reverse=True):
         for arm in ARMS:
             sub = [r for r in bottleneck if r["arm"] == arm and r["share"] == s]

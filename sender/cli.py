@@ -208,8 +208,9 @@ def _main(argv: Sequence[str] | None) -> int:
              else f"K={layout.blocks}, L={layout.block_bytes} bytes")
     log.info("sending %s %dx%d@%g fps, codec %s (%s), ssrc %08x -> %s%s", args.source, width, height,
              args.fps, codec.name, shape, sender.ssrc, ", ".join(dests),
-             (f", DSCP {dscp_map}" if dscp_map else "") + (f", bit layers {args.bit_layers} (refinement DSCP "
-                                                           f"{layer_dscp or 'by level'})" if args.bit_layers > 1 else ""))
+             (f", DSCP {dscp_map}" if dscp_map else "")
+             + (f", bit layers {args.bit_layers} (refinement DSCP {layer_dscp or 'by level'})"
+                if args.bit_layers > 1 else ""))
 
     async def go():
         loop = asyncio.get_running_loop()

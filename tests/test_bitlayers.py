@@ -239,3 +239,31 @@ def test_the_receiver_reports_a_levels_dscp_from_its_coarse_index(codec, photo):
     (slot,) = out
     assert slot.reason == "complete" and slot.payload_list() == payloads
     assert set(slot.dscp) == {34}  # refinements (LE) arrived after each level's coarse index
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--codec", "uniform", "--kbps", "500", "--bit-layers", "5"], "--bit-layers must be in [1, 4]"),
+    (["--codec", "uniform", "--kbps", "500", "--layer-dscp", "1:LE"], "--layer-dscp needs --bit-layers"),
+    (["--codec", "fixed-uniform", "--bit-layers", "2"], "needs an entropy-coded codec"),
+    (["--codec", "uniform", "--kbps", "500", "--bit-layers", "3", "--layer-dscp", "1:LE"], "bit layers [2]"),
+])
+def test_cli_bit_layer_errors_are_one_line(argv, msg, capsys):
+    from jscc_stream.sender.cli import main as send_main
+
+    assert send_main(argv + ["--frames", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and err[0].startswith("jscc-send: error:")
+
+
+@pytest.mark.parametrize("extra, levels, layers", [
+    (["--priority-dscp"], {34, 36, 38}, {1: 1}),
+    (["--layer-dscp", "1:BE"], {34, 36, 38}, {1: 0}),
+    (["--priority-dscp", "--layer-dscp", "level"], {34, 36, 38, 1}, None),
+    (["--dscp-map", "0-6:AF41"], {34}, {1: 1}),
+])
+def test_cli_marks_refinements_below_the_coarse_indexes(extra, levels, layers):
+    from jscc_stream.sender.cli import _dscp_maps, build_parser
+
+    level_map, layer_map = _dscp_maps(build_parser().parse_args(["--bit-layers", "2", *extra]), 7)
+    assert set(level_map.values()) == levels and layer_map == layers
+    assert _dscp_maps(build_parser().parse_args(["--bit-layers", "2"]), 7) == (None, None)  # no marking asked
