@@ -267,3 +267,24 @@ def test_cli_marks_refinements_below_the_coarse_indexes(extra, levels, layers):
     level_map, layer_map = _dscp_maps(build_parser().parse_args(["--bit-layers", "2", *extra]), 7)
     assert set(level_map.values()) == levels and layer_map == layers
     assert _dscp_maps(build_parser().parse_args(["--bit-layers", "2"]), 7) == (None, None)  # no marking asked
+
+
+async def test_a_layered_video_stream_decodes_end_to_end_with_references_in_sync(tiny_rd_codec):
+    """jscc-send's path with --bit-layers 2 on the video codec: the receiver decodes every frame,
+    predicted ones included, and its receipts match the sender's own decodes bit for bit."""
+    import torch
+
+    from jscc_stream.models.video_codec import VideoCodec
+    from test_stream_e2e import stream
+
+    torch.set_num_threads(1)
+    video = VideoCodec(PacketCodec(tiny_rd_codec.model, {"name": "i"}, precision="fp32"),
+                       PacketCodec(tiny_rd_codec.model, {"name": "p"}, precision="fp32"))
+    video.bit_layers = 2
+    frames = 20
+    sstats, receiver, got = await stream(video, "direct", frames, {"kbps": 1152.0, "adapt": False,
+                                                                   "dscp_map": {lv: 34 for lv in range(4)},
+                                                                   "layer_dscp": {1: 1}})
+    refs = sstats.references
+    assert sstats.frames_sent >= frames and all(r.decoded for r, _ in got) and len(got) >= frames - 2
+    assert refs.predicted > 0 and refs.mismatches == 0 and receiver.stats.frames_no_reference == 0
