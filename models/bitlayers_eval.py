@@ -77,8 +77,8 @@ def _arm_packets(codec: PacketCodec, bgr: np.ndarray, budget: int, arm: int) -> 
     over AF41, AF42, AF43 (and LE without layer marking), refinements LE."""
     payloads = _encode(codec, bgr, budget, 1 if arm == 0 else 2)
     target = _wire(_encode(codec, bgr, budget, 1))
-    while arm and _wire(payloads) > target:
-        budget -= _wire(payloads) - target
+    while arm and _wire(payloads) > target and budget > 1:  # (at 1 byte: the coarsest step, whatever it takes)
+        budget = max(1, budget - (_wire(payloads) - target))
         payloads = _encode(codec, bgr, budget, 2)
     levels, layers = codec.payload_levels(payloads), codec.payload_layers(payloads)
     order = (34, 36, 38) if arm == 2 else (34, 36, 38, 1)
