@@ -399,8 +399,7 @@ class PacketCodec:
         if width <= 0 or height <= 0:
             raise ValueError(f"frame size must be positive, got {width}x{height}")
         h, w = self.latent_hw(width, height)
-        layered = LAYERED_VERSION[self.version]
-        if any(p is not None and len(p) and p[0] >> 4 == layered for p in payloads):
+        if self._layered_frame(payloads):
             coef, received, q = self._dequantize_layered(payloads, h, w, prefix_len)
         else:
             coef, received, q = self._dequantize(payloads, h, w, prefix_len)
@@ -441,6 +440,19 @@ class PacketCodec:
         if known_zero:
             received[known_zero[0]:known_zero[1]] = 1.0
         return coef, received, q_of_index(int(np.median(rates))) if rates else q_of_index(64)
+
+    def _layered_frame(self, payloads: Sequence[bytes | None]) -> bool:
+        """Whether the frame was coded in bit layers: some intact payload says so (a damaged
+        one whose first byte happens to read as a layered layout must not decide it)."""
+        layered = LAYERED_VERSION[self.version]
+        for p in payloads:
+            if p is not None and len(p) and p[0] >> 4 == layered:
+                try:
+                    parse_payload(bytes(p), len(self.levels), layered)
+                    return True
+                except PayloadError:
+                    continue
+        return False
 
     def _dequantize_layered(self, payloads: Sequence[bytes | None], h: int, w: int,
                             prefix_len: int) -> tuple[np.ndarray, np.ndarray, float]:

@@ -288,3 +288,10 @@ async def test_a_layered_video_stream_decodes_end_to_end_with_references_in_sync
     refs = sstats.references
     assert sstats.frames_sent >= frames and all(r.decoded for r, _ in got) and len(got) >= frames - 2
     assert refs.predicted > 0 and refs.mismatches == 0 and receiver.stats.frames_no_reference == 0
+
+
+def test_a_damaged_payload_reading_as_layered_does_not_switch_a_plain_frame(codec, photo):
+    payloads = codec.encode(photo, 4800)
+    one_lost = codec.decode([None] + payloads[1:], W, H)
+    fake = bytes([LAYERED_VERSION[2] << 4]) + payloads[0][1:]  # the layered version, checksum now wrong
+    np.testing.assert_array_equal(codec.decode([fake] + payloads[1:], W, H), one_lost)
