@@ -477,6 +477,8 @@ class Sender:
         if res is None:
             ended.set()
             return
+        if self.cfg.frames is not None and self.stats.frames_sent >= self.cfg.frames:
+            return  # a second frame was already encoding when the last one was sent: --frames is a count
         index, mono, wire = res
         if self.entropy_coded:
             grams = self._packetize_protected(index, self._timestamp(mono), wire)
