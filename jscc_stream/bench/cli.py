@@ -190,6 +190,60 @@ def _add_fuzz(sub) -> None:
     fz.set_defaults(func=cmd_fuzz)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    from .soak import SoakConfig, run_soak
+
+    if args.minutes <= 0 or args.interval <= 0 or args.interval > args.minutes * 60:
+        raise UserError("--minutes and --interval must be positive, --interval at most the run")
+    try:
+        parse_loss_spec(args.loss)
+    except ValueError as exc:
+        raise UserError(f"bad --loss: {exc}") from None
+    parse_frame_size(args.size, multiple_of=16)
+    if args.codec:
+        from jscc_stream.models.zoo import resolve_weights
+
+        resolve_weights(args.codec)
+    cfg = SoakConfig(out=Path(args.out), minutes=args.minutes, interval=args.interval, size=args.size, fps=args.fps,
+                     loss=args.loss, codec=args.codec, latency_ms=args.latency_ms, seed=args.seed)
+    print(f"soak: {args.size} {args.fps:g} fps, loss {args.loss}, {args.minutes:g} min, a sample every "
+          f"{args.interval:g} s ...", flush=True)
+    res = run_soak(cfg)
+    v = res["verdict"]
+    for name, c in v["checks"].items():
+        print(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {json.dumps({k: x for k, x in c.items() if k != 'ok'})}")
+    print(f"{'PASS' if res['pass'] else 'FAIL'}; wrote {cfg.out}/soak.json and soak.png")
+    return 0 if res["pass"] else 1
+
+
+def _add_soak(sub) -> None:
+    so = sub.add_parser("soak", help="long live run sender -> shim -> receiver: RSS, fds, threads, fps and "
+                                     "p95 latency sampled over time, with a verdict",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Runs jscc-send -> jscc-netem (--loss) -> jscc-recv for --minutes and samples "
+                                    "every --interval each process's RSS, open fds and threads (/proc) and the "
+                                    "receiver's displayed fps and p95 capture-to-display latency over the "
+                                    "interval (its per-frame stats). Verdict: RSS, fds and threads at most 5 % "
+                                    "above their value at the first sample after the first minute; every later "
+                                    "interval's fps at most 10 % below, and p95 latency at most 10 % above, the "
+                                    "first minute's (a run shorter than 3 minutes uses its first third instead "
+                                    "of the first minute). Exit status 1 when a bar is missed.")
+    so.add_argument("--minutes", type=float, default=30.0, help="length of the run")
+    so.add_argument("--interval", type=float, default=60.0, help="seconds between samples")
+    so.add_argument("--size", default="320x240", help="frame size WxH (what the 2-core machine sustains steadily)")
+    so.add_argument("--fps", type=float, default=15.0)
+    so.add_argument("--loss", default="ge10", help="the shim's loss process (jscc-netem --loss; ge10: "
+                                                   "Gilbert-Elliott, about 10 %% loss)")
+    so.add_argument("--codec", default="video", help="codec name or .safetensors path")
+    so.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
+    so.add_argument("--seed", type=int, default=1)
+    so.add_argument("--out", default="out/bench/soak", help="folder for soak.json, soak.png and the daemons' logs")
+    add_common_args(so)
+    so.set_defaults(func=cmd_soak)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_args(co)
     co.set_defaults(func=cmd_codec)
     _add_fuzz(sub)
+    _add_soak(sub)
     return p
 
 
