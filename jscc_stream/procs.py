@@ -85,15 +85,18 @@ def cpu_ticks(pid: int) -> int | None:
 
 
 def proc_usage(pid: int) -> dict[str, int] | None:
-    """Resident memory (kB), open file descriptors and threads of a live process, from /proc
-    (leak checks sample these over a long run); None once it is gone."""
+    """Resident memory (kB: all, and the anonymous part alone), open file descriptors and threads
+    of a live process, from /proc (leak checks sample these over a long run); None once it is
+    gone.  A leak shows in the anonymous part: the file-backed part (mapped libraries: torch's
+    are hundreds of MB) shrinks whenever the kernel reclaims page cache, which can hide one."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fds = sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_kb": int(fields["VmRSS"].split()[0]), "fds": fds, "threads": int(fields["Threads"])}
+    return {"rss_kb": int(fields["VmRSS"].split()[0]), "rss_anon_kb": int(fields["RssAnon"].split()[0]),
+            "fds": fds, "threads": int(fields["Threads"])}
 
 
 def udp_socket_queue(port: int) -> dict[str, int] | None:

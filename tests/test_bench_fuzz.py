@@ -35,7 +35,8 @@ def test_capture_file_round_trip_and_rtcp_shape():
 
 
 def _result(**over) -> dict:
-    res = {"target": "receiver", "before": {"rss_kb": 400_000, "fds": 14}, "after": {"rss_kb": 410_000, "fds": 14},
+    res = {"target": "receiver", "before": {"rss_kb": 400_000, "rss_anon_kb": 200_000, "fds": 14},
+           "after": {"rss_kb": 410_000, "rss_anon_kb": 201_000, "fds": 14},
            "stop": {"alive_before_stop": True, "exit_code": 0, "tracebacks": 0},
            "warm_up": {"frames_decoded": 40}, "real_stream_after": {"frames_decoded": 40}}
     res.update(over)
@@ -44,18 +45,19 @@ def _result(**over) -> dict:
 
 def test_the_verdict_passes_a_clean_run_and_fails_each_bar():
     assert fuzz_verdict(_result())["pass"]
-    fails = {
-        "rss_growth_ok": _result(after={"rss_kb": 400_000 + 21 * 1024, "fds": 14}),
-        "no_fd_growth": _result(after={"rss_kb": 400_000, "fds": 15}),
-        "no_traceback": _result(stop={"alive_before_stop": True, "exit_code": 0, "tracebacks": 1}),
-        "alive": _result(stop={"alive_before_stop": False, "exit_code": 0, "tracebacks": 0}),
-        "clean_exit": _result(stop={"alive_before_stop": True, "exit_code": 1, "tracebacks": 0}),
-        "serves_real_stream": _result(real_stream_after={"frames_decoded": 10}),
-    }
-    for check, res in fails.items():
+    fails = [
+        ("rss_growth_ok", _result(after={"rss_kb": 400_000 + 21 * 1024, "rss_anon_kb": 200_000, "fds": 14})),
+        # the whole shrank (page cache reclaimed) while the heap grew: still a leak
+        ("rss_growth_ok", _result(after={"rss_kb": 300_000, "rss_anon_kb": 200_000 + 21 * 1024, "fds": 14})),
+        ("no_fd_growth", _result(after={"rss_kb": 400_000, "rss_anon_kb": 200_000, "fds": 15})),
+        ("no_traceback", _result(stop={"alive_before_stop": True, "exit_code": 0, "tracebacks": 1})),
+        ("alive", _result(stop={"alive_before_stop": False, "exit_code": 0, "tracebacks": 0})),
+        ("clean_exit", _result(stop={"alive_before_stop": True, "exit_code": 1, "tracebacks": 0})),
+        ("serves_real_stream", _result(real_stream_after={"frames_decoded": 10})),
+    ]
+    for check, res in fails:
         v = fuzz_verdict(res)
-        assert not v["pass"] and not v["checks"][check], check
-        assert [k for k, ok in v["checks"].items() if not ok] == [check]
+        assert not v["pass"] and [k for k, ok in v["checks"].items() if not ok] == [check], check
     shim = {"target": "shim", "real_stream_after": {"distinct": 50, "forwarded": 49}}
     assert not fuzz_verdict(_result(**shim))["checks"]["serves_real_stream"]
     shim["real_stream_after"]["forwarded"] = 50
@@ -64,7 +66,7 @@ def test_the_verdict_passes_a_clean_run_and_fails_each_bar():
 
 def test_a_short_fuzz_run_against_both_daemons(tmp_path, capsys):
     out = tmp_path / "fuzz"
-    rc = bench_main(["fuzz", "--datagrams", "2000", "--samples", "4", "--capture-seconds", "1.5", "--fps", "10",
+    rc = bench_main(["fuzz", "--datagrams", "2000", "--samples", "4", "--capture-seconds", "1", "--fps", "10",
                      "--no-progress", "--out", str(out)])
     summary = json.loads((out / "fuzz.json").read_text())
     assert (out / "fuzz.png").stat().st_size > 1000 and (out / "capture.bin").exists()

@@ -205,10 +205,13 @@ def _counted(res: dict, name: str) -> dict:
 
 
 def fuzz_verdict(res: dict, rss_limit_mb: float = 20.0) -> dict:
-    """The bars, each True/False with the figure it is judged on."""
+    """The bars, each True/False with the figures they are judged on.  RSS growth is judged on
+    the whole and on its anonymous part (the heap: where a leak grows even while the kernel
+    drops file-backed pages and the whole shrinks)."""
     before, after = res.get("before") or {}, res.get("after") or {}
     stop = res.get("stop", {})
-    rss_growth = (after.get("rss_kb", 0) - before.get("rss_kb", 0)) / 1024 if before and after else None
+    growth = {q: (after[q] - before[q]) / 1024 if q in before and q in after else None
+              for q in ("rss_kb", "rss_anon_kb")}
     fd_growth = after.get("fds", 0) - before.get("fds", 0) if before and after else None
     real = res.get("real_stream_after") or {}
     warm = res.get("warm_up") or {}
@@ -218,10 +221,10 @@ def fuzz_verdict(res: dict, rss_limit_mb: float = 20.0) -> dict:
         served = bool(real) and real.get("frames_decoded", 0) >= max(1, 0.9 * warm.get("frames_decoded", 0))
     checks = {"alive": bool(stop.get("alive_before_stop")), "clean_exit": stop.get("exit_code") == 0,
               "no_traceback": stop.get("tracebacks", 1) == 0,
-              "rss_growth_ok": rss_growth is not None and rss_growth <= rss_limit_mb,
+              "rss_growth_ok": all(g is not None and g <= rss_limit_mb for g in growth.values()),
               "no_fd_growth": fd_growth is not None and fd_growth <= 0, "serves_real_stream": served}
-    return {"pass": all(checks.values()), "checks": checks,
-            "rss_growth_mb": None if rss_growth is None else round(rss_growth, 2), "fd_growth": fd_growth}
+    return {"pass": all(checks.values()), "checks": checks, "fd_growth": fd_growth,
+            **{f"{q[:-3]}_growth_mb": None if g is None else round(g, 2) for q, g in growth.items()}}
 
 
 def _load_capture(cfg: FuzzConfig, work: Path) -> Capture:
@@ -278,9 +281,11 @@ def plot_fuzz(summary: dict, path: Path) -> None:
         pts = [res.get("before")] + res.get("fuzz", {}).get("samples", []) + [res.get("after")]
         pts = [p for p in pts if p and "rss_kb" in p]
         xs = [p["sent"] for p in pts]
-        axes[0].plot(xs, [p["rss_kb"] / 1024 for p in pts], marker=".", label=name)
+        line, = axes[0].plot(xs, [p["rss_kb"] / 1024 for p in pts], marker=".", label=f"{name} RSS")
+        axes[0].plot(xs, [p.get("rss_anon_kb", 0) / 1024 for p in pts], ls="--", color=line.get_color(),
+                     label=f"{name} anonymous")
         axes[1].plot(xs, [p["fds"] for p in pts], marker=".", label=name)
-    for ax, title in zip(axes, ("RSS (MB)", "open file descriptors")):
+    for ax, title in zip(axes, ("resident memory (MB)", "open file descriptors")):
         ax.set_xlabel("datagrams sent")
         ax.set_title(title)
         ax.grid(alpha=0.3)

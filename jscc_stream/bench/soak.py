@@ -22,7 +22,7 @@ from jscc_stream.procs import proc_usage
 
 __all__ = ["SoakConfig", "SoakMonitor", "soak_verdict", "run_soak", "plot_soak", "RESOURCES"]
 
-RESOURCES = ("rss_kb", "fds", "threads")
+RESOURCES = ("rss_kb", "rss_anon_kb", "fds", "threads")  # rss_anon_kb: the heap, where a leak grows
 
 
 @dataclass
@@ -162,6 +162,11 @@ def run_soak(cfg: SoakConfig) -> dict:
     return summary
 
 
+def _series(samples: list[dict], proc: str, q: str, scale: float = 1.0) -> list[float | None]:
+    vals = [(s["procs"].get(proc) or {}).get(q) for s in samples]
+    return [None if v is None else v / scale for v in vals]
+
+
 def plot_soak(summary: dict, path: Path) -> None:
     """One panel per quantity (RSS, fds, threads, fps, p95 latency), one line per process."""
     import matplotlib
@@ -173,10 +178,12 @@ def plot_soak(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
     ts = [s["t"] / 60 for s in samples]
     names = sorted({n for s in samples for n in s["procs"]})
-    for ax, q, title in zip(axes, RESOURCES, ("RSS (MB)", "open fds", "threads")):
-        for n in names:
-            vals = [(s["procs"].get(n) or {}).get(q) for s in samples]
-            ax.plot(ts, [None if v is None else (v / 1024 if q == "rss_kb" else v) for v in vals], marker=".", label=n)
+    for n in names:
+        line, = axes[0].plot(ts, _series(samples, n, "rss_kb", 1024), marker=".", label=n)
+        axes[0].plot(ts, _series(samples, n, "rss_anon_kb", 1024), ls="--", color=line.get_color())
+        axes[1].plot(ts, _series(samples, n, "fds"), marker=".", label=n)
+        axes[2].plot(ts, _series(samples, n, "threads"), marker=".", label=n)
+    for ax, title in zip(axes, ("RSS (MB; dashed: anonymous)", "open fds", "threads")):
         ax.set_title(title)
     for ax, q, title in zip(axes[3:], ("fps", "latency_p95_ms"), ("receiver fps", "receiver p95 latency (ms)")):
         ax.plot(ts, [s[q] for s in samples], marker=".", color="C3", label="receiver")
