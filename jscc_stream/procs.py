@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import UserError
 
 __all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks", "proc_usage",
-           "udp_socket_queue"]
+           "udp_socket_queue", "log_problems"]
 
 
 def free_port(tcp: bool = False) -> int:
@@ -113,3 +113,13 @@ def udp_socket_queue(port: int) -> dict[str, int] | None:
             if int(f[1].rsplit(":", 1)[1], 16) == port:
                 return {"rx_queue": int(f[4].split(":")[1], 16), "drops": int(f[-1])}
     return None
+
+
+def log_problems(path: Path) -> dict:
+    """What a daemon's log shows went wrong: tracebacks (an exception that escaped, even when
+    the process lived on or exited 0) and ERROR lines (the first 20 kept)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = text.splitlines()
+    errors = [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln]
+    return {"log_lines": len(lines), "tracebacks": text.count("Traceback"), "error_lines": errors[:20],
+            "error_line_count": len(errors)}

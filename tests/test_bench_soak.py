@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from jscc_stream.bench.cli import main as bench_main
-from jscc_stream.bench.soak import RESOURCES, SoakMonitor, soak_verdict, window_perf
+from jscc_stream.bench.soak import RESOURCES, SoakMonitor, health_checks, soak_verdict, window_perf
 
 PROCS = ("sender", "shim", "receiver")
 REF = {"fps": 15.0, "latency_p95_ms": 80.0}
@@ -62,6 +62,17 @@ def test_too_short_or_a_vanished_process_fails():
     assert not soak_verdict(_samples(), {"fps": None, "latency_p95_ms": None}, 60)["pass"]
 
 
+def test_health_fails_a_crashed_loop_a_bad_exit_or_a_short_run():
+    clean = {n: {"tracebacks": 0} for n in PROCS}
+    exits = {n: 0 for n in PROCS}
+    assert soak_verdict(_samples(), REF, 60, health=health_checks(exits, clean, 6, 5))["pass"]
+    cases = {"no_tracebacks": (exits, {**clean, "sender": {"tracebacks": 1}}, 6),
+             "exit_codes": ({**exits, "shim": -9}, clean, 6), "full_length": (exits, clean, 3)}
+    for check, (codes, logs, n) in cases.items():
+        v = soak_verdict(_samples(), REF, 60, health=health_checks(codes, logs, n, 5))
+        assert not v["pass"] and v["failed"] == [check], check
+
+
 def test_the_monitor_reads_complete_lines_incrementally(tmp_path):
     path = tmp_path / "frames.jsonl"
     mon = SoakMonitor(path, interval=10, baseline_s=10)
@@ -88,6 +99,8 @@ def test_a_very_short_live_soak(tmp_path, capsys):
         assert set(s["procs"]) == set(PROCS) and all(set(RESOURCES) <= set(u) for u in s["procs"].values())
         assert {"fps", "latency_p95_ms", "frames"} <= set(s)
     assert sum(s["frames"] for s in summary["samples"]) > 0
-    again = soak_verdict(summary["samples"], summary["reference"], summary["meta"]["baseline_s"])
+    health = {k: summary["verdict"]["checks"][k] for k in ("exit_codes", "no_tracebacks", "full_length")}
+    again = soak_verdict(summary["samples"], summary["reference"], summary["meta"]["baseline_s"], health=health)
     assert again == summary["verdict"]
+    assert set(summary["logs"]) == set(PROCS)
     assert rc == (0 if summary["pass"] else 1) and "soak.json" in capsys.readouterr().out

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jscc_stream.proto.packet import PT_DESCRIPTION, build_description, parse_datagram
-from jscc_stream.procs import daemon_cmd, free_port, stop_process, wait_for_line
+from jscc_stream.procs import daemon_cmd, free_port, log_problems, stop_process, wait_for_line
 
 from .fuzz_data import is_rtcp_shaped
 
@@ -52,14 +52,6 @@ def replay(sock: socket.socket, dest: tuple[str, int], capture: Capture, ssrc: i
         sock.sendto(with_ssrc(data, ssrc), dest)
         n += 1
     return n
-
-
-def _log_problems(path: Path) -> dict:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    lines = text.splitlines()
-    return {"log_lines": len(lines), "tracebacks": text.count("Traceback"),
-            "error_lines": [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln][:20],
-            "error_line_count": sum(1 for ln in lines if " ERROR " in ln or " CRITICAL " in ln)}
 
 
 class _Target:
@@ -101,7 +93,7 @@ class _Target:
         if self._log:
             self._log.close()
         return {"alive_before_stop": alive, "exit_code": None if self.proc is None else self.proc.returncode,
-                **_log_problems(self.log_path)}
+                **log_problems(self.log_path)}
 
 
 class ReceiverTarget(_Target):

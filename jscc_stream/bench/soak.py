@@ -5,7 +5,8 @@ a 20-second benchmark.  This runs the real daemons (``pipeline.run_pipeline``) f
 through a Gilbert-Elliott lossy shim and every ``interval`` samples each process's RSS, open
 fds and threads (/proc) and, from the receiver's per-frame stats lines, the interval's displayed
 fps and p95 capture-to-display latency.  The verdict compares the later samples with the first
-minute's: resources may grow at most 5 %, fps may fall and p95 latency may rise at most 10 %.
+minute's: resources may grow at most 5 %, fps may fall and p95 latency may rise at most 10 %; and every daemon must run the whole time,
+exit 0 and log no traceback.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jscc_stream.metrics import percentile
-from jscc_stream.procs import proc_usage
+from jscc_stream.procs import log_problems, proc_usage
 
-__all__ = ["SoakConfig", "SoakMonitor", "soak_verdict", "run_soak", "plot_soak", "RESOURCES"]
+__all__ = ["SoakConfig", "SoakMonitor", "soak_verdict", "health_checks", "run_soak", "plot_soak", "RESOURCES"]
 
 RESOURCES = ("rss_kb", "rss_anon_kb", "fds", "threads")  # rss_anon_kb: the heap, where a leak grows
 
@@ -100,15 +101,26 @@ def _growth(values: list[float], base: float) -> float:
     return (max(values) - base) / base if base else (0.0 if max(values) <= 0 else float("inf"))
 
 
+def health_checks(exit_codes: dict, logs: dict[str, dict], samples: int, expected_samples: int) -> dict[str, dict]:
+    """What must hold besides flat curves: every daemon exited 0, no log shows a traceback (an
+    exception can kill a daemon's loop while it exits 0), and the run lasted its length."""
+    return {"exit_codes": {"ok": bool(exit_codes) and all(c == 0 for c in exit_codes.values()), **exit_codes},
+            "no_tracebacks": {"ok": all(v["tracebacks"] == 0 for v in logs.values()),
+                              **{n: v["tracebacks"] for n, v in logs.items()}},
+            "full_length": {"ok": samples >= expected_samples, "samples": samples, "expected": expected_samples}}
+
+
 def soak_verdict(samples: list[dict], reference: dict, baseline_s: float = 60.0,
-                 resource_tolerance: float = 0.05, perf_tolerance: float = 0.10) -> dict:
+                 resource_tolerance: float = 0.05, perf_tolerance: float = 0.10,
+                 health: dict[str, dict] | None = None) -> dict:
     """The bars: every resource of every process at most ``resource_tolerance`` above its value
     at the first sample at or after ``baseline_s``; every later interval's fps at least
     (1 - ``perf_tolerance``) x the reference's and its p95 latency at most (1 + ``perf_tolerance``)
-    x the reference's.  A run without samples after the baseline fails (nothing was checked)."""
+    x the reference's; and the ``health`` checks (:func:`health_checks`).  A run without
+    samples after the baseline fails (nothing was checked)."""
     base = next((s for s in samples if s["t"] >= baseline_s), None)
     later = [s for s in samples if base is not None and s["t"] > base["t"]]
-    checks: dict[str, dict] = {}
+    checks: dict[str, dict] = dict(health or {})
     if base is None or not later:
         return {"pass": False, "reason": "no samples after the baseline", "checks": checks}
     for proc, usage in base["procs"].items():
@@ -149,14 +161,19 @@ def run_soak(cfg: SoakConfig) -> dict:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     res = run_pipeline(pcfg, on_tick=monitor)
     reference = monitor.reference()
-    verdict = soak_verdict(monitor.samples, reference, baseline_s, cfg.resource_tolerance, cfg.perf_tolerance)
+    logs = {n: log_problems(work / f"{n}.log") for n in ("sender", "shim", "receiver")}
+    # samples come while the sender runs; its own clock starts a little before ours
+    health = health_checks(res.get("exit_codes") or {}, logs, len(monitor.samples),
+                           max(1, int(cfg.minutes * 60 / cfg.interval) - 1))
+    verdict = soak_verdict(monitor.samples, reference, baseline_s, cfg.resource_tolerance, cfg.perf_tolerance,
+                           health)
     meta = {"started": started, "host": platform.node(), "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
             "minutes": cfg.minutes, "interval_s": cfg.interval, "baseline_s": baseline_s, "size": cfg.size,
             "fps": cfg.fps, "loss": cfg.loss, "codec": cfg.codec, "latency_ms": cfg.latency_ms}
     run = {k: res.get(k) for k in ("frames_displayed", "displayed_fps", "byte_loss", "latency_p50_ms",
                                    "latency_p95_ms", "latency_p99_ms", "cpu_percent", "exit_codes", "interrupted")}
     summary = {"meta": meta, "reference": reference, "samples": monitor.samples, "verdict": verdict, "run": run,
-               "pass": verdict["pass"] and all(c == 0 for c in (res.get("exit_codes") or {}).values())}
+               "logs": logs, "pass": verdict["pass"]}
     (cfg.out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_soak(summary, cfg.out / "soak.png")
     return summary
