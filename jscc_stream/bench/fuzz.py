@@ -289,7 +289,7 @@ def plot_fuzz(summary: dict, path: Path) -> None:
         ax.set_xlabel("datagrams sent")
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="center right", fontsize=8)
     fig.suptitle(f"jscc-bench fuzz: {summary['meta']['datagrams']:,} datagrams per target "
                  "(last point: after the real stream again)", fontsize=10)
     fig.tight_layout()
