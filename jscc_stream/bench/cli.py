@@ -154,8 +154,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         v, fz = r["verdict"], r.get("fuzz", {})
         print(f"{name}: {'PASS' if v['pass'] else 'FAIL'} {v['checks']}; {fz.get('sent')} datagrams in "
               f"{fz.get('seconds')} s; RSS growth {v['rss_growth_mb']} MB (anonymous {v['rss_anon_growth_mb']} MB), "
-              f"fd growth {v['fd_growth']}; "
-              f"counted {r['counted']}")
+              f"fd growth {v['fd_growth']}; counted {r['counted']}")
     print(f"wrote {cfg.out}/fuzz.json and fuzz.png")
     return 0 if res["pass"] else 1
 

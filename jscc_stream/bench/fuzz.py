@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from jscc_stream.procs import daemon_cmd, free_port, proc_usage, stop_process, udp_socket_queue
@@ -47,7 +47,6 @@ class FuzzConfig:
     max_rate: float = 0.0  # datagrams per second at most (0: only the queue paces)
     rss_limit_mb: float = 20.0
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def capture_stream(cfg: FuzzConfig, work: Path) -> Capture:
