@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,8 +124,10 @@ def _start(run: _Daemons, name: str, cmd: list[str], log) -> None:
     run.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _run_daemons(cmds: dict[str, list[str]], work: Path, latency_ms: float) -> _Daemons:
-    """Start receiver and shim, then the sender; sample CPU until the sender ends; stop them all."""
+def _run_daemons(cmds: dict[str, list[str]], work: Path, latency_ms: float,
+                 on_tick: Callable[[dict[str, subprocess.Popen]], None] | None = None) -> _Daemons:
+    """Start receiver and shim, then the sender; sample CPU (and call ``on_tick`` with the
+    processes) every 0.25 s until the sender ends; stop them all."""
     run = _Daemons()
     logs = {name: open(work / f"{name}.log", "w") for name in ("receiver", "shim", "sender")}
     started: float | None = None
@@ -141,6 +144,8 @@ def _run_daemons(cmds: dict[str, list[str]], work: Path, latency_ms: float) -> _
         run.ticks0 = {name: cpu_ticks(p.pid) or 0 for name, p in run.procs.items()}
         while run.procs["sender"].poll() is None:  # sample CPU until the sender finishes
             run.ticks1.update({n: v for n, p in run.procs.items() if (v := cpu_ticks(p.pid)) is not None})
+            if on_tick is not None:
+                on_tick(run.procs)
             time.sleep(0.25)
         run.elapsed = time.monotonic() - started
         time.sleep(max(0.3, 3 * latency_ms / 1000))  # let the last frames play out
@@ -180,14 +185,16 @@ def _collect(cfg: PipelineConfig, work: Path, run: _Daemons, save_frames: bool) 
     return out
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict:
-    """Run receiver, shim and sender as subprocesses for ``cfg.duration`` seconds; return the summary."""
+def run_pipeline(cfg: PipelineConfig, on_tick: Callable[[dict[str, subprocess.Popen]], None] | None = None) -> dict:
+    """Run receiver, shim and sender as subprocesses for ``cfg.duration`` seconds; return the
+    summary.  ``on_tick(processes)`` is called every 0.25 s while the sender runs (a soak test
+    samples the processes from it)."""
     work = Path(cfg.workdir or tempfile.mkdtemp(prefix="jscc-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     rport = free_port()
     sport = free_port() if cfg.loss else rport
     save_frames = cfg.psnr and cfg.source.startswith("synthetic")
-    run = _run_daemons(_commands(cfg, work, rport, sport, save_frames), work, cfg.latency_ms)
+    run = _run_daemons(_commands(cfg, work, rport, sport, save_frames), work, cfg.latency_ms, on_tick)
     if run.elapsed is None:
         raise KeyboardInterrupt
     return _collect(cfg, work, run, save_frames)

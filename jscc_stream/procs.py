@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-__all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks"]
+__all__ = ["free_port", "wait_for_line", "stop_process", "stop_processes", "daemon_cmd", "cpu_ticks", "proc_usage",
+           "udp_socket_queue", "log_problems"]
 
 
 def free_port(tcp: bool = False) -> int:
@@ -81,3 +82,44 @@ def cpu_ticks(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return int(fields[11]) + int(fields[12])
+
+
+def proc_usage(pid: int) -> dict[str, int] | None:
+    """Resident memory (kB: all, and the anonymous part alone), open file descriptors and threads
+    of a live process, from /proc (leak checks sample these over a long run); None once it is
+    gone.  A leak shows in the anonymous part: the file-backed part (mapped libraries: torch's
+    are hundreds of MB) shrinks whenever the kernel reclaims page cache, which can hide one."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        fds = sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"rss_kb": int(fields["VmRSS"].split()[0]), "rss_anon_kb": int(fields["RssAnon"].split()[0]),
+            "fds": fds, "threads": int(fields["Threads"])}
+
+
+def udp_socket_queue(port: int) -> dict[str, int] | None:
+    """The kernel's view of the UDP socket bound to ``port`` on this host (/proc/net/udp, udp6):
+    bytes waiting in its receive queue and datagrams dropped because it was full; None if no
+    socket has that port.  A sender paces itself on the first; the second says what it lost."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == port:
+                return {"rx_queue": int(f[4].split(":")[1], 16), "drops": int(f[-1])}
+    return None
+
+
+def log_problems(path: Path) -> dict:
+    """What a daemon's log shows went wrong: tracebacks (an exception that escaped, even when
+    the process lived on or exited 0) and ERROR lines (the first 20 kept)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    lines = text.splitlines()
+    errors = [ln for ln in lines if " ERROR " in ln or " CRITICAL " in ln]
+    return {"log_lines": len(lines), "tracebacks": text.count("Traceback"), "error_lines": errors[:20],
+            "error_line_count": len(errors)}

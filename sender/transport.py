@@ -131,5 +131,6 @@ class FrameBudget:
         frame = target_bps / 8 / fps
         packets = sum(self._packets) / len(self._packets) if self._packets else 8
         parity = sum(self._parity) / len(self._parity) if self._parity else 0
-        resent = sum(b for t, b in self._resent if now - t < 1.0) / fps
+        # a snapshot: on_resend runs on the event loop while this runs on the encode thread
+        resent = sum(b for t, b in tuple(self._resent) if now - t < 1.0) / fps
         return max(64, int(frame - packets * self.HEADER_BYTES - parity - resent))

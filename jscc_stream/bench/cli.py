@@ -9,6 +9,12 @@ Subcommands:
   link      the changing-link experiment: JSCC and two WebRTC peers (aiortc, VP8 / H.264) for 60 s
             through a shim whose rate goes 2 Mbit/s -> 500 kbit/s -> 2 Mbit/s (50 ms delay, 2 % loss):
             PSNR, frozen frames, latency and sent rate over time; link.json, link.md, link.png.
+  fuzz      10^6 random and mutated datagrams (from a captured real stream) at a running jscc-recv
+            and, separately, a running jscc-netem: alive, no traceback, RSS and fds before/during/after,
+            still serving a real stream afterwards; fuzz.json and fuzz.png.
+  soak      a long live run sender -> shim (Gilbert-Elliott loss) -> receiver sampling each process's
+            RSS, fds and threads and the receiver's fps and p95 latency every --interval; soak.json,
+            soak.png and a verdict (resources flat, fps and latency steady).
   codec     encoder / decoder milliseconds per frame (medians) at 320x240 and 640x480, on CPU
             with a fixed thread count (float32 and the fast reduced precision) and on CUDA when
             present; parameter count; bytes per frame; OpenCV JPEG timed in the same run.
@@ -126,6 +132,118 @@ def cmd_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import FuzzConfig, run_fuzz
+
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    bad = [t for t in targets if t not in ("receiver", "shim")]
+    if bad or not targets:
+        raise UserError(f"unknown target: {', '.join(bad) or '(none)'}; choose from receiver, shim")
+    if args.datagrams < 1 or args.samples < 1:
+        raise UserError("--datagrams and --samples must be >= 1")
+    if args.capture and not Path(args.capture).is_file():
+        raise UserError(f"--capture: no such file {args.capture}")
+    parse_frame_size(args.size, multiple_of=16)
+    cfg = FuzzConfig(out=Path(args.out), datagrams=args.datagrams, targets=targets, seed=args.seed,
+                     capture=Path(args.capture) if args.capture else None, capture_seconds=args.capture_seconds,
+                     size=args.size, fps=args.fps, codec=args.codec, samples=args.samples,
+                     max_queue_bytes=args.max_queue_kb << 10, max_rate=args.max_rate,
+                     rss_limit_mb=args.rss_limit_mb, progress=not args.no_progress)
+    res = run_fuzz(cfg)
+    for name, r in res["targets"].items():
+        v, fz = r["verdict"], r.get("fuzz", {})
+        print(f"{name}: {'PASS' if v['pass'] else 'FAIL'} {v['checks']}; {fz.get('sent')} datagrams in "
+              f"{fz.get('seconds')} s; RSS growth {v['rss_growth_mb']} MB (anonymous {v['rss_anon_growth_mb']} MB), "
+              f"fd growth {v['fd_growth']}; counted {r['counted']}")
+    print(f"wrote {cfg.out}/fuzz.json and fuzz.png")
+    return 0 if res["pass"] else 1
+
+
+def _add_fuzz(sub) -> None:
+    fz = sub.add_parser("fuzz", help="random and mutated datagrams at a running jscc-recv and jscc-netem: "
+                                     "crash, leak and still-serving checks",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Captures a few seconds of a live jscc-send (or loads --capture), then per "
+                                    "target: replays it (warm-up), measures RSS/fds/threads, sends --datagrams "
+                                    "random and mutated datagrams (bit flips, truncation, extension, header "
+                                    "fields, replays under other SSRC/seq, splices) paced on the target "
+                                    "socket's receive queue, replays the real stream again and checks it is "
+                                    "decoded (receiver) or forwarded (shim), stops it and reads its log. Exit "
+                                    "status 1 when a bar is missed: alive, clean exit, no traceback, RSS growth "
+                                    "<= --rss-limit-mb, no fd growth, real stream still served.")
+    fz.add_argument("--datagrams", type=int, default=1_000_000, help="hostile datagrams per target")
+    fz.add_argument("--targets", default="receiver,shim", help="comma list of receiver, shim")
+    fz.add_argument("--seed", type=int, default=0, help="seed of the mutations (same seed + capture: same datagrams)")
+    fz.add_argument("--capture", help="reuse a capture (an earlier run's capture.bin) instead of a live jscc-send")
+    fz.add_argument("--capture-seconds", type=float, default=4.0, help="seconds of live jscc-send to capture")
+    fz.add_argument("--size", default="320x240", help="captured stream's frame size")
+    fz.add_argument("--fps", type=float, default=15.0, help="captured stream's frame rate")
+    fz.add_argument("--codec", default="video", help="captured stream's codec")
+    fz.add_argument("--samples", type=int, default=20, help="RSS/fd measurements during the fuzzing")
+    fz.add_argument("--max-queue-kb", type=int, default=128,
+                    help="pause sending while the target's socket receive queue holds more than this")
+    fz.add_argument("--max-rate", type=float, default=0.0, help="datagrams per second at most (0: queue pacing only)")
+    fz.add_argument("--rss-limit-mb", type=float, default=20.0, help="the RSS growth bar")
+    fz.add_argument("--no-progress", action="store_true", help="no progress bar")
+    fz.add_argument("--out", default="out/bench/fuzz", help="folder for fuzz.json, fuzz.png, capture.bin, logs")
+    add_common_args(fz)
+    fz.set_defaults(func=cmd_fuzz)
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    from .soak import SoakConfig, run_soak
+
+    if args.minutes <= 0 or args.interval <= 0 or args.interval > args.minutes * 60:
+        raise UserError("--minutes and --interval must be positive, --interval at most the run")
+    try:
+        parse_loss_spec(args.loss)
+    except ValueError as exc:
+        raise UserError(f"bad --loss: {exc}") from None
+    parse_frame_size(args.size, multiple_of=16)
+    if args.codec:
+        from jscc_stream.models.zoo import resolve_weights
+
+        resolve_weights(args.codec)
+    cfg = SoakConfig(out=Path(args.out), minutes=args.minutes, interval=args.interval, size=args.size, fps=args.fps,
+                     loss=args.loss, codec=args.codec, latency_ms=args.latency_ms, seed=args.seed)
+    print(f"soak: {args.size} {args.fps:g} fps, loss {args.loss}, {args.minutes:g} min, a sample every "
+          f"{args.interval:g} s ...", flush=True)
+    res = run_soak(cfg)
+    v = res["verdict"]
+    for name, c in v["checks"].items():
+        print(f"  {'ok  ' if c['ok'] else 'FAIL'} {name}: {json.dumps({k: x for k, x in c.items() if k != 'ok'})}")
+    print(f"{'PASS' if res['pass'] else 'FAIL'}; wrote {cfg.out}/soak.json and soak.png")
+    return 0 if res["pass"] else 1
+
+
+def _add_soak(sub) -> None:
+    so = sub.add_parser("soak", help="long live run sender -> shim -> receiver: RSS, fds, threads, fps and "
+                                     "p95 latency sampled over time, with a verdict",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        description="Runs jscc-send -> jscc-netem (--loss) -> jscc-recv for --minutes and samples "
+                                    "every --interval each process's RSS, open fds and threads (/proc) and the "
+                                    "receiver's displayed fps and p95 capture-to-display latency over the "
+                                    "interval (its per-frame stats). Verdict: RSS, fds and threads at most 5 % "
+                                    "above their value at the first sample after the first minute; every later "
+                                    "interval's fps at most 10 % below, and p95 latency at most 10 % above, the "
+                                    "first minute's (a run shorter than 3 minutes uses its first third instead "
+                                    "of the first minute). Exit status 1 when a bar is missed.")
+    so.add_argument("--minutes", type=float, default=30.0, help="length of the run")
+    so.add_argument("--interval", type=float, default=60.0, help="seconds between samples")
+    so.add_argument("--size", default="320x240", help="frame size WxH (what the 2-core machine sustains steadily)")
+    so.add_argument("--fps", type=float, default=15.0)
+    so.add_argument("--loss", default="ge10", help="the shim's loss process (jscc-netem --loss; ge10: "
+                                                   "Gilbert-Elliott, about 10 %% loss)")
+    so.add_argument("--codec", default="video", help="codec name or .safetensors path")
+    so.add_argument("--latency-ms", type=float, default=50.0, help="receiver playout deadline")
+    so.add_argument("--seed", type=int, default=1)
+    so.add_argument("--out", default="out/bench/soak", help="folder for soak.json, soak.png and the daemons' logs")
+    add_common_args(so)
+    so.set_defaults(func=cmd_soak)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -183,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", default="out/bench/codec", help="folder for codec_bench.json/.md")
     add_common_args(co)
     co.set_defaults(func=cmd_codec)
+    _add_fuzz(sub)
+    _add_soak(sub)
     return p
 
 
