@@ -224,6 +224,9 @@ def _main(argv: Sequence[str] | None) -> int:
              stats.frames_sent, stats.frames_dropped, stats.frames_rate_limited, stats.packets_sent, stats.bytes_sent,
              f"{summary['encode_ms_median']:.1f}" if summary["encode_ms_median"] else "-")
     write_json(args.stats_json, summary)
+    if stats.encode_error is not None:  # a dead stream must not look like a finished one
+        log.error("stream ended early: encoding failed (%s)", stats.encode_error)
+        return 1
     return 0
 
 

@@ -123,6 +123,7 @@ class SenderStats:
     arrival_reports: int = 0
     nacks: int = 0  # NACK messages received
     retransmissions: int = 0  # payloads sent again
+    encode_error: str | None = None  # why the stream ended early, if the encoder failed
     parity_packets: int = 0
     parity_bytes: int = 0
     byes: int = 0  # receivers that said goodbye
@@ -471,6 +472,7 @@ class Sender:
         exc = fut.exception()
         if exc is not None:
             log.error("encoding failed: %s", exc, exc_info=exc)
+            self.stats.encode_error = f"{type(exc).__name__}: {exc}"
             ended.set()
             return
         res = fut.result()

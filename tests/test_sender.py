@@ -263,3 +263,24 @@ def test_feedback_is_taken_only_from_the_addresses_the_sender_sends_to(tiny_rd_c
         sock.close()
         receiver.close()
         stranger.close()
+
+
+class _FailingCodec(_SlowCodec):
+    """Fails on its third frame, as a codec hitting a bad frame or a broken device would."""
+
+    def encode(self, frame):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("device lost")
+        return np.full((2, 10), self.calls, np.uint8)
+
+
+async def test_encoder_failure_ends_the_stream_and_is_reported():
+    """A dead encoder stops the stream and says why (jscc-send then exits 1), instead of
+    ending like a finished run (the soak found a sender that had died exit with 0)."""
+    sink = _udp(socket.AF_INET, "127.0.0.1")
+    cfg = SenderConfig(width=64, height=48, fps=100, dests=[f"127.0.0.1:{sink.getsockname()[1]}"], frames=50)
+    sender = Sender(_FailingCodec(threading.Event()), SyntheticSource(64, 48, 100), cfg)
+    stats = await asyncio.wait_for(sender.run(), 10)
+    sink.close()
+    assert stats.frames_sent == 2 and stats.encode_error == "RuntimeError: device lost"
