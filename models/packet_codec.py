@@ -368,13 +368,19 @@ class PacketCodec:
         y[:, inside] *= np.float32(roi.gain)
         heads = (prefix + roi.pack(True), prefix + roi.pack(False))
         # the map in every payload, one more payload (header, side information) per level
-        rate, levels, sym, _ = self.choose_rate(y, max_bytes - len(heads[0]) * 12 - 24 * len(self.levels))
-        while True:
-            payloads = self._encode_levels_roi(sym, grid, rate, levels, heads, inside)
-            if sum(map(len, payloads)) <= max_bytes or rate >= Q_INDEXES - 1:
-                return payloads
+        n_payloads = max_bytes / self._room + 2 * len(self.levels)
+        rate, levels, _, _ = self.choose_rate(y, int(max_bytes - len(heads[0]) * n_payloads - 24 * len(self.levels)))
+        encode = lambda r: self._encode_levels_roi(self._symbols(y, r), grid, r, levels, heads, inside)  # noqa: E731
+        payloads = encode(rate)
+        while sum(map(len, payloads)) > max_bytes and rate < Q_INDEXES - 1:  # the estimate was short
             rate += 1
-            sym = self._symbols(y, rate)
+            payloads = encode(rate)
+        for _ in range(4):  # ... or long: finer steps while they fit (the budget is the comparison's)
+            finer = encode(rate - 1) if rate > 0 else None
+            if finer is None or sum(map(len, finer)) > max_bytes:
+                break
+            rate, payloads = rate - 1, finer
+        return payloads
 
     def _encode_levels_roi(self, sym: np.ndarray, grid: tuple[int, int], rate: int, levels: int,
                            heads: tuple[bytes, bytes], inside: np.ndarray) -> list[bytes]:

@@ -1,0 +1,189 @@
+"""jscc-bench roi: paper 003's segment importance on photographs with faces.
+
+Each photograph is coded by the entropy-coded codec at a byte budget with and without a region
+map on its detected faces (the ``--roi face`` source of ``jscc-send``), at the same budget.
+The payloads then cross a channel, one payload per packet as the sender sends them: none,
+uniform or Gilbert-Elliott loss (``netem/loss.py``, several seeds, medians), or a priority
+bottleneck that drops the least important payloads first (highest rank, last sent) until a
+share of the frame's bytes is gone (what DSCP priority dropping does).  PSNR is measured inside
+the face boxes and outside them.  No parity or retransmission here: the payloads alone.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from jscc_stream.errors import UserError
+from jscc_stream.metrics import psnr
+from jscc_stream.regions import FaceRegions
+
+__all__ = ["RoiBenchConfig", "run_roi_bench", "builtin_face_photos", "drop_by_priority"]
+
+
+@dataclass
+class RoiBenchConfig:
+    out: Path
+    codec: str = "uniform"
+    bpp: tuple[float, ...] = (0.25, 0.5, 1.0)
+    boosts: tuple[int, ...] = (16, 24, 32)
+    channels: tuple[str, ...] = ("none", "uniform:0.1", "ge10", "priority:0.1")
+    seeds: int = 10
+    images: tuple[str, ...] = ()  # extra photographs (paths); the bundled two always
+
+
+def builtin_face_photos() -> dict[str, np.ndarray]:
+    """Two portraits that ship with dependencies: scikit-image's ``astronaut`` (Eileen Collins,
+    512x512) and matplotlib's ``grace_hopper`` sample (512x600), BGR."""
+    import matplotlib
+    from skimage import data
+
+    hopper = cv2.imread(str(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    return {"astronaut": cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), "grace_hopper": hopper}
+
+
+def drop_by_priority(ranks: list[int], sizes: list[int], share: float) -> np.ndarray:
+    """Lost flags: the least important payloads (highest rank; among equals the last sent)
+    dropped until at least ``share`` of the bytes are gone."""
+    lost = np.zeros(len(ranks), dtype=bool)
+    need, gone = share * sum(sizes), 0
+    for i in sorted(range(len(ranks)), key=lambda i: (ranks[i], i), reverse=True):
+        if gone >= need:
+            break
+        lost[i], gone = True, gone + sizes[i]
+    return lost
+
+
+def _losses(channel: str, ranks: list[int], sizes: list[int], seeds: int) -> list[np.ndarray]:
+    """Lost flags per draw of ``channel`` over a frame's payloads (one draw when deterministic)."""
+    if channel == "none":
+        return [np.zeros(len(ranks), dtype=bool)]
+    if channel.startswith("priority:"):
+        return [drop_by_priority(ranks, sizes, float(channel.partition(":")[2]))]
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    process = parse_loss_spec(channel)
+    return [process.sample(1, len(ranks), np.random.default_rng(s))[0] for s in range(seeds)]
+
+
+def _face_mask(name: str, img: np.ndarray) -> np.ndarray:
+    boxes = FaceRegions().boxes(img)
+    if not boxes:
+        raise UserError(f"no face found in {name}")
+    mask = np.zeros(img.shape[:2], dtype=bool)
+    for x, y, w, h in boxes:
+        mask[max(0, y):y + h, max(0, x):x + w] = True
+    return mask
+
+
+def _arm(codec, img: np.ndarray, mask: np.ndarray, budget: int, roi, channels, seeds: int) -> dict:
+    """One coding of ``img`` (``roi`` None: without a map) across every channel."""
+    height, width = img.shape[:2]
+    payloads = codec.encode(img, budget, roi=roi)
+    ranks, sizes = codec.payload_levels(payloads), [len(p) for p in payloads]
+    res = {"bytes": sum(sizes), "payloads": len(payloads), "channels": {}}
+    for ch in channels:
+        inside, outside, lost_bytes = [], [], []
+        for lost in _losses(ch, ranks, sizes, seeds):
+            out = codec.decode([None if x else p for p, x in zip(payloads, lost)], width, height)
+            inside.append(psnr(img[mask], out[mask]))
+            outside.append(psnr(img[~mask], out[~mask]))
+            lost_bytes.append(float(np.dot(lost, sizes)) / sum(sizes))
+        res["channels"][ch] = {"psnr_in": statistics.median(inside), "psnr_out": statistics.median(outside),
+                               "byte_loss": statistics.median(lost_bytes), "draws": len(inside),
+                               "psnr_in_all": inside, "psnr_out_all": outside}
+    return res
+
+
+def run_roi_bench(cfg: RoiBenchConfig) -> dict:
+    """Every photograph x budget x (no map, each boost) x channel; writes roi.json/.md/.png."""
+    from jscc_stream.models.packet_codec import PacketCodec
+    from jscc_stream.models.roi import RoiMap
+
+    photos = builtin_face_photos()
+    for path in cfg.images:
+        img = cv2.imread(path)
+        if img is None:
+            raise UserError(f"cannot read image {path}")
+        photos[Path(path).stem] = img
+    codec = PacketCodec.load(cfg.codec, device="cpu", precision="fp32")
+    t0, rows = time.time(), []
+    for name, img in photos.items():
+        mask = _face_mask(name, img)
+        h, w = img.shape[:2]
+        for bpp in cfg.bpp:
+            budget = int(bpp * w * h / 8)
+            for boost in (0, *cfg.boosts):
+                roi = RoiMap.from_mask(mask, boost) if boost else None
+                rows.append({"image": name, "size": f"{w}x{h}", "face_share": float(mask.mean()), "bpp": bpp,
+                             "budget": budget, "boost": boost,
+                             **_arm(codec, img, mask, budget, roi, cfg.channels, cfg.seeds)})
+                print(f"{name} {bpp:g} bpp boost {boost}: " + ", ".join(
+                    f"{ch} {c['psnr_in']:.2f}/{c['psnr_out']:.2f}" for ch, c in rows[-1]["channels"].items()),
+                    flush=True)
+    res = {"config": {**asdict(cfg), "out": str(cfg.out)}, "codec": codec.name, "wall_s": time.time() - t0,
+           "rows": rows}
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    (cfg.out / "roi.json").write_text(json.dumps(res, indent=1))
+    (cfg.out / "roi.md").write_text(roi_markdown(res))
+    roi_plot(res, cfg.out / "roi.png")
+    return res
+
+
+def _gain_rows(res: dict):
+    """(image, bpp, boost, channel, bytes off, bytes on, d_in, d_out) against the same budget's
+    coding without a map."""
+    base = {(r["image"], r["bpp"]): r for r in res["rows"] if r["boost"] == 0}
+    for r in res["rows"]:
+        if r["boost"]:
+            b = base[(r["image"], r["bpp"])]
+            for ch, c in r["channels"].items():
+                o = b["channels"][ch]
+                yield (r["image"], r["bpp"], r["boost"], ch, b["bytes"], r["bytes"],
+                       c["psnr_in"] - o["psnr_in"], c["psnr_out"] - o["psnr_out"], o, c)
+
+
+def roi_markdown(res: dict) -> str:
+    lines = [f"# jscc-bench roi (codec `{res['codec']}`, {res['config']['seeds']} seeds per random channel, medians)",
+             "", "| image | bpp | boost | channel | bytes off / on | face PSNR off -> on (dB) | outside off -> on (dB) "
+             "| face gain | outside cost |", "|---|---|---|---|---|---|---|---|---|"]
+    for img, bpp, boost, ch, b0, b1, d_in, d_out, o, c in _gain_rows(res):
+        lines.append(f"| {img} | {bpp:g} | {boost} | {ch} | {b0} / {b1} | {o['psnr_in']:.2f} -> {c['psnr_in']:.2f} "
+                     f"| {o['psnr_out']:.2f} -> {c['psnr_out']:.2f} | {d_in:+.2f} | {d_out:+.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def roi_plot(res: dict, path: Path) -> None:
+    """Face gain and outside cost (dB, map on - off, same budget) against bits per pixel, one
+    panel per channel, a line per photograph and boost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gains = list(_gain_rows(res))
+    channels = res["config"]["channels"]
+    fig, axes = plt.subplots(1, len(channels), figsize=(3.6 * len(channels), 3.4), sharey=True, squeeze=False)
+    colours = {b: f"C{i}" for i, b in enumerate(res["config"]["boosts"])}
+    for ax, ch in zip(axes[0], channels):
+        for img, marker in zip(sorted({g[0] for g in gains}), "os^v"):
+            for boost, colour in colours.items():
+                pts = sorted((g[1], g[6], g[7]) for g in gains if g[0] == img and g[2] == boost and g[3] == ch)
+                x = [p[0] for p in pts]
+                ax.plot(x, [p[1] for p in pts], "-", marker=marker, color=colour, label=f"{img} boost {boost}")
+                ax.plot(x, [p[2] for p in pts], "--", marker=marker, color=colour, alpha=0.6)
+        ax.axhline(2.0, color="grey", lw=0.8, ls=":")
+        ax.axhline(0.0, color="black", lw=0.6)
+        ax.set_title(f"channel {ch}")
+        ax.set_xlabel("bits per pixel (same budget on and off)")
+    axes[0][0].set_ylabel("PSNR change, map on - off (dB)\nsolid: face, dashed: outside")
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
