@@ -1,7 +1,7 @@
 """Where a frame matters more (paper 003's important segments): pixel masks per frame for
 ``jscc-send --roi``, from a face detector or from mask files.
 
-A source's ``mask(index, frame)`` is a ``height x width`` boolean array (True = important) or
+A source's ``region(index, frame)`` is a ``height x width`` boolean array (True = important) or
 None (nothing important in this frame: coded as without a region).  The codec turns it into a
 compact map on its latent grid (``models/roi.py``).
 """
@@ -23,7 +23,7 @@ _HAAR = "haarcascade_frontalface_default.xml"
 
 
 class RegionSource(Protocol):
-    def mask(self, index: int, frame: np.ndarray) -> np.ndarray | None: ...
+    def region(self, index: int, frame: np.ndarray) -> np.ndarray | None: ...
 
 
 class FaceRegions:
@@ -70,7 +70,7 @@ class FaceRegions:
                         int(bh * (1 + 2 * m) / s)))
         return out
 
-    def mask(self, index: int, frame: np.ndarray) -> np.ndarray | None:
+    def region(self, index: int, frame: np.ndarray) -> np.ndarray | None:
         if index % self.interval == 0:
             self._boxes = self.boxes(frame)
         if not self._boxes:
@@ -106,7 +106,7 @@ class MaskRegions:
                                 f"the stream is {width}x{height}")
         self.masks = [m > 127 for m in masks]
 
-    def mask(self, index: int, frame: np.ndarray) -> np.ndarray | None:
+    def region(self, index: int, frame: np.ndarray) -> np.ndarray | None:
         m = self.masks[index % len(self.masks)]
         return m if m.any() else None
 

@@ -363,7 +363,7 @@ class PacketCodec:
         each level's inside and outside positions in payloads of their own, inside first."""
         if any(x1 > grid[1] or y1 > grid[0] for _, _, x1, y1 in roi.rects):
             raise ValueError(f"region map {roi.rects} is off the {grid[1]}x{grid[0]} latent grid")
-        inside = roi.mask(*grid)
+        inside = roi.cells(*grid)
         y = y.copy()
         y[:, inside] *= np.float32(roi.gain)
         heads = (prefix + roi.pack(True), prefix + roi.pack(False))
@@ -438,7 +438,7 @@ class PacketCodec:
         if known_zero:
             received[known_zero[0]:known_zero[1]] = 1.0
         if region is not None:  # the encoder scaled the region's latent up (:mod:`.roi`)
-            coef[:, region.mask(h, w)] /= np.float32(region.gain)
+            coef[:, region.cells(h, w)] /= np.float32(region.gain)
         q = q_of_index(int(np.median(rates))) if rates else q_of_index(64)
         y = torch.from_numpy(coef.reshape(1, c, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)
         m = torch.from_numpy(received.reshape(1, -1, h, w)).to(self.device).contiguous(memory_format=torch.channels_last)

@@ -78,7 +78,7 @@ class RoiMap:
         rects = tuple(_RECT.unpack_from(data, 2 + i * _RECT.size) for i in range(n))
         return cls(rects, data[1]), bool(data[0] >> 7), end
 
-    def mask(self, h: int, w: int) -> np.ndarray:
+    def cells(self, h: int, w: int) -> np.ndarray:
         """Boolean ``h * w`` raster of the latent positions inside the region."""
         m = np.zeros((h, w), dtype=bool)
         for x0, y0, x1, y1 in self.rects:
@@ -86,12 +86,12 @@ class RoiMap:
         return m.ravel()
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray, boost: int = DEFAULT_BOOST, stride: int = 16) -> "RoiMap | None":
+    def from_pixels(cls, pixels: np.ndarray, boost: int = DEFAULT_BOOST, stride: int = 16) -> "RoiMap | None":
         """A pixel mask (nonzero = important) -> the map of every latent patch it touches;
         None when the mask is empty."""
-        h, w = -(-mask.shape[0] // stride), -(-mask.shape[1] // stride)
+        h, w = -(-pixels.shape[0] // stride), -(-pixels.shape[1] // stride)
         pad = np.zeros((h * stride, w * stride), dtype=bool)
-        pad[:mask.shape[0], :mask.shape[1]] = mask.astype(bool)
+        pad[:pixels.shape[0], :pixels.shape[1]] = pixels.astype(bool)
         grid = pad.reshape(h, stride, w, stride).any(axis=(1, 3))
         rects = _rects_of(grid)
         return cls(tuple(rects), boost) if rects else None
@@ -99,10 +99,10 @@ class RoiMap:
     @classmethod
     def from_boxes(cls, boxes, width: int, height: int, boost: int = DEFAULT_BOOST) -> "RoiMap | None":
         """Pixel boxes ``(x, y, w, h)`` on a ``width x height`` frame -> their map."""
-        mask = np.zeros((height, width), dtype=bool)
+        pixels = np.zeros((height, width), dtype=bool)
         for x, y, bw, bh in boxes:
-            mask[max(0, y):max(0, y + bh), max(0, x):max(0, x + bw)] = True
-        return cls.from_mask(mask, boost)
+            pixels[max(0, y):max(0, y + bh), max(0, x):max(0, x + bw)] = True
+        return cls.from_pixels(pixels, boost)
 
 
 def _rects_of(grid: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -134,7 +134,7 @@ def split_body(body: bytes, prefix_len: int, h: int, w: int) -> tuple[RoiMap, np
     roi, inside, n = RoiMap.unpack(body[prefix_len:])
     if any(x1 > w or y1 > h for _, _, x1, y1 in roi.rects):
         raise RoiError(f"region map {roi.rects} is off the {w}x{h} latent grid")
-    mask = roi.mask(h, w)
+    mask = roi.cells(h, w)
     return roi, mask if inside else ~mask, body[prefix_len + n:]
 
 

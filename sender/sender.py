@@ -449,8 +449,8 @@ class Sender:
 
     def _region(self, index: int, frame: np.ndarray) -> dict:
         """The ``roi`` keyword for the codec: this frame's region map, if it has one."""
-        mask = self.regions.mask(index, frame) if self.regions is not None else None
-        roi = RoiMap.from_mask(mask, self.cfg.roi_boost) if mask is not None else None
+        pixels = self.regions.region(index, frame) if self.regions is not None else None
+        roi = RoiMap.from_pixels(pixels, self.cfg.roi_boost) if pixels is not None else None
         if roi is None:
             return {}
         self.stats.roi_frames += 1

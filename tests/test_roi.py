@@ -44,16 +44,16 @@ def test_map_from_a_pixel_mask_covers_exactly_the_patches_it_touches(rng):
     mask = np.zeros((H, W), dtype=bool)
     mask[40:100, 50:90] = True  # touches latent columns 3..5, rows 2..6
     cv2.circle(mask.view(np.uint8), (250, 170), 30, 1, -1)
-    roi = RoiMap.from_mask(mask)
+    roi = RoiMap.from_pixels(mask)
     grid = np.zeros((15, 20), dtype=bool)
     ys, xs = np.nonzero(mask)
     grid[ys // 16, xs // 16] = True
-    assert np.array_equal(roi.mask(15, 20), grid.ravel())
-    assert RoiMap.from_mask(np.zeros((H, W), dtype=bool)) is None
+    assert np.array_equal(roi.cells(15, 20), grid.ravel())
+    assert RoiMap.from_pixels(np.zeros((H, W), dtype=bool)) is None
     # a scattered mask: more rectangles than a map holds -> component boxes or one box, a superset
     noisy = rng.random((H, W)) > 0.995
-    big = RoiMap.from_mask(noisy)
-    assert len(big.rects) <= MAX_RECTS and big.mask(15, 20)[np.flatnonzero(noisy.reshape(15, 16, 20, 16).any((1, 3)))].all()
+    big = RoiMap.from_pixels(noisy)
+    assert len(big.rects) <= MAX_RECTS and big.cells(15, 20)[np.flatnonzero(noisy.reshape(15, 16, 20, 16).any((1, 3)))].all()
 
 
 @pytest.mark.parametrize("wire", [b"", b"\x02\x10\x00\x00\x01", b"\x01\x10\x05\x05\x05\x06", b"\x01\x00\x00\x00\x01\x01"])
@@ -66,11 +66,11 @@ def test_bad_maps_are_errors(wire):
 def test_face_source_finds_the_astronauts_face():
     img = _astronaut()
     regions = FaceRegions()
-    mask = regions.mask(0, img)
+    mask = regions.region(0, img)
     assert mask is not None and mask.shape == img.shape[:2]
     assert mask[120:140, 200:230].all()  # her face (between the eyes, the nose)
     assert mask.mean() < 0.25  # a face, not the frame
-    assert regions.mask(0, np.full((H, W, 3), 128, np.uint8)) is None  # nothing to find
+    assert regions.region(0, np.full((H, W, 3), 128, np.uint8)) is None  # nothing to find
 
 
 def test_masks_from_a_folder_and_a_video(tmp_path):
@@ -83,7 +83,7 @@ def test_masks_from_a_folder_and_a_video(tmp_path):
     frame = np.zeros((H, W, 3), np.uint8)
     folder = open_regions(str(tmp_path), W, H)
     for i in range(4):  # in a loop
-        assert np.array_equal(folder.mask(i, frame), masks[i % 3] > 127)
+        assert np.array_equal(folder.region(i, frame), masks[i % 3] > 127)
     video = tmp_path / "masks.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
     for m in masks:
@@ -92,7 +92,7 @@ def test_masks_from_a_folder_and_a_video(tmp_path):
     from_video = MaskRegions(video, W, H)
     assert len(from_video.masks) == 3
     for i in range(3):  # lossy video: the same mask but at its edges
-        assert (from_video.mask(i, frame) != (masks[i] > 127)).mean() < 0.01
+        assert (from_video.region(i, frame) != (masks[i] > 127)).mean() < 0.01
 
 
 @pytest.mark.parametrize("case, msg", [("small", "is 160x120, the stream is 320x240"), ("empty", "no mask images"),
@@ -112,7 +112,7 @@ def face():
     img = _astronaut(W, H)
     mask = np.zeros((H, W), dtype=bool)
     mask[16:112, 112:192] = True  # whole latent patches: the map covers exactly this
-    return img, mask, RoiMap.from_mask(mask)
+    return img, mask, RoiMap.from_pixels(mask)
 
 
 def test_region_gets_better_at_the_same_bytes_and_every_payload_carries_the_map(tiny_rd_codec, face):

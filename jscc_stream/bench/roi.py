@@ -82,7 +82,7 @@ def _face_mask(name: str, img: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _arm(codec, img: np.ndarray, mask: np.ndarray, budget: int, roi, channels, seeds: int) -> dict:
+def _arm(codec, img: np.ndarray, face: np.ndarray, budget: int, roi, channels, seeds: int) -> dict:
     """One coding of ``img`` (``roi`` None: without a map) across every channel."""
     height, width = img.shape[:2]
     payloads = codec.encode(img, budget, roi=roi)
@@ -92,8 +92,8 @@ def _arm(codec, img: np.ndarray, mask: np.ndarray, budget: int, roi, channels, s
         inside, outside, lost_bytes = [], [], []
         for lost in _losses(ch, ranks, sizes, seeds):
             out = codec.decode([None if x else p for p, x in zip(payloads, lost)], width, height)
-            inside.append(psnr(img[mask], out[mask]))
-            outside.append(psnr(img[~mask], out[~mask]))
+            inside.append(psnr(img[face], out[face]))
+            outside.append(psnr(img[~face], out[~face]))
             lost_bytes.append(float(np.dot(lost, sizes)) / sum(sizes))
         res["channels"][ch] = {"psnr_in": statistics.median(inside), "psnr_out": statistics.median(outside),
                                "byte_loss": statistics.median(lost_bytes), "draws": len(inside),
@@ -120,7 +120,7 @@ def run_roi_bench(cfg: RoiBenchConfig) -> dict:
         for bpp in cfg.bpp:
             budget = int(bpp * w * h / 8)
             for boost in (0, *cfg.boosts):
-                roi = RoiMap.from_mask(mask, boost) if boost else None
+                roi = RoiMap.from_pixels(mask, boost) if boost else None
                 rows.append({"image": name, "size": f"{w}x{h}", "face_share": float(mask.mean()), "bpp": bpp,
                              "budget": budget, "boost": boost,
                              **_arm(codec, img, mask, budget, roi, cfg.channels, cfg.seeds)})
