@@ -221,3 +221,30 @@ async def test_send_roi_face_streams_end_to_end_through_jscc_recv(tiny_rd_weight
     assert len(recs) >= 8 and all(r["decoded"] for r in recs)
     sent = json.loads((tmp_path / "send.json").read_text())
     assert sent["frames_sent"] >= 8 and sent["roi_frames"] >= sent["frames_sent"] // 2  # the face found
+
+
+# --- jscc-bench roi ---------------------------------------------------------------------------
+def test_priority_bottleneck_drops_the_least_important_payloads_first():
+    from jscc_stream.bench.roi import drop_by_priority
+
+    ranks, sizes = [0, 0, 1, 1, 2, 2], [100, 100, 100, 100, 50, 50]
+    assert drop_by_priority(ranks, sizes, 0.1).tolist() == [False] * 5 + [True]
+    assert drop_by_priority(ranks, sizes, 0.3).tolist() == [False] * 3 + [True] * 3
+    assert not drop_by_priority(ranks, sizes, 0.0).any()
+
+
+def test_bench_roi_writes_its_json_table_and_plot(tmp_path, capsys):
+    from jscc_stream.bench.cli import main as bench_main
+
+    assert bench_main(["roi", "--bpp", "0.5", "--boosts", "24", "--channels", "none,priority:0.1", "--seeds", "1",
+                       "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "roi.json").read_text())
+    rows = {(r["image"], r["boost"]): r for r in res["rows"]}
+    assert {img for img, _ in rows} == {"astronaut", "grace_hopper"}
+    for img in ("astronaut", "grace_hopper"):
+        off, on = rows[(img, 0)], rows[(img, 24)]
+        assert on["bytes"] <= on["budget"] and off["bytes"] <= off["budget"]
+        assert on["channels"]["none"]["psnr_in"] > off["channels"]["none"]["psnr_in"]
+        assert on["wire_bytes"] <= off["wire_bytes"]  # the same bytes on the wire
+    assert (tmp_path / "roi.png").stat().st_size > 1000 and "| astronaut | 0.5 | 24 | none |" in capsys.readouterr().out
+    assert bench_main(["roi", "--channels", "priority:2"]) == 2
