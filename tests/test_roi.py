@@ -70,7 +70,11 @@ def test_face_source_finds_the_astronauts_face():
     assert mask is not None and mask.shape == img.shape[:2]
     assert mask[120:140, 200:230].all()  # her face (between the eyes, the nose)
     assert mask.mean() < 0.25  # a face, not the frame
-    assert regions.region(0, np.full((H, W, 3), 128, np.uint8)) is None  # nothing to find
+    # a miss keeps the last boxes for `hold` detections, then lets them go
+    grey = np.full(img.shape, 128, np.uint8)
+    assert all(regions.region(i, grey) is not None for i in range(1, 4 * regions.interval))
+    assert regions.region(4 * regions.interval, grey) is None
+    assert FaceRegions().region(0, grey) is None  # nothing to find
 
 
 def test_masks_from_a_folder_and_a_video(tmp_path):
@@ -196,9 +200,12 @@ def test_send_roi_errors_are_one_line(tmp_path, capsys):
 async def test_send_roi_face_streams_end_to_end_through_jscc_recv(tiny_rd_weights, tmp_path):
     from jscc_stream.procs import free_port
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    cv2.imwrite(str(photos / "astronaut.png"), _astronaut(W, W))
+    video = tmp_path / "astronaut.avi"  # a still camera: the detector's answer the same each time
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (W, H))
+    frame = cv2.resize(_astronaut()[:384], (W, H), interpolation=cv2.INTER_AREA)  # 4:3, her face at the top
+    for _ in range(40):
+        writer.write(frame)
+    writer.release()
     port = free_port()
     frames = tmp_path / "frames.jsonl"
     recv = await asyncio.create_subprocess_exec(
@@ -207,20 +214,20 @@ async def test_send_roi_face_streams_end_to_end_through_jscc_recv(tiny_rd_weight
         stderr=asyncio.subprocess.PIPE)
     send = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "jscc_stream.sender.cli", "--dest", f"127.0.0.1:{port}", "--codec",
-        str(tiny_rd_weights), "--source", str(photos), "--roi", "face", "--kbps", "600", "--fps", "10",
-        "--duration", "60", "--stats-json", str(tmp_path / "send.json"), "--priority-dscp",
+        str(tiny_rd_weights), "--source", str(video), "--roi", "face", "--kbps", "600", "--fps", "10",
+        "--frames", "20", "--stats-json", str(tmp_path / "send.json"), "--priority-dscp",
         stderr=asyncio.subprocess.PIPE)
     try:
         assert await asyncio.wait_for(recv.wait(), 120) == 0, (await recv.stderr.read()).decode()
+        assert await asyncio.wait_for(send.wait(), 60) == 0, (await send.stderr.read()).decode()
     finally:
-        if send.returncode is None:
-            send.send_signal(2)
-        await asyncio.wait_for(send.wait(), 30)
-    assert send.returncode == 0, (await send.stderr.read()).decode()
+        for proc in (recv, send):
+            if proc.returncode is None:
+                proc.kill()
     recs = [json.loads(x) for x in frames.read_text().splitlines()]
     assert len(recs) >= 8 and all(r["decoded"] for r in recs)
     sent = json.loads((tmp_path / "send.json").read_text())
-    assert sent["frames_sent"] >= 8 and sent["roi_frames"] >= sent["frames_sent"] // 2  # the face found
+    assert sent["roi_frames"] == sent["frames_sent"] >= 8  # the face found in every frame
 
 
 # --- jscc-bench roi ---------------------------------------------------------------------------

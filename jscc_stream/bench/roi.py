@@ -78,7 +78,7 @@ def _losses(channel: str, ranks: list[int], sizes: list[int], seeds: int) -> lis
 
 
 def _face_mask(name: str, img: np.ndarray) -> np.ndarray:
-    boxes = FaceRegions().boxes(img)
+    boxes = FaceRegions(detect_width=320).boxes(img)  # offline: the finer search
     if not boxes:
         raise UserError(f"no face found in {name}")
     mask = np.zeros(img.shape[:2], dtype=bool)
