@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from jscc_stream import metrics
 from jscc_stream.errors import UserError
 from jscc_stream.models.roi import MAX_RECTS, RoiError, RoiMap, priority
 from jscc_stream.regions import FaceRegions, MaskRegions, open_regions
@@ -25,9 +26,9 @@ def _astronaut(width: int = 512, height: int = 512) -> np.ndarray:
                       interpolation=cv2.INTER_AREA)
 
 
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    d = a.astype(np.float64)[mask] - b.astype(np.float64)[mask]
-    return 10 * np.log10(255 ** 2 / max(np.mean(d * d), 1e-9))
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    """PSNR over the pixels ``where`` is True."""
+    return metrics.psnr(a[where], b[where])
 
 
 # --- the map ----------------------------------------------------------------------------------
