@@ -96,11 +96,8 @@ def _encode(codec, img: np.ndarray, budget: int, roi, wire_target: int | None) -
     """Payloads at ``budget`` codec bytes; with ``wire_target``, the budget lowered until the
     packets (a region map makes more of them) cost no more on the wire than that."""
     payloads = codec.encode(img, budget, roi=roi)
-    for _ in range(4):
-        excess = wire_bytes(payloads) - wire_target if wire_target else 0
-        if excess <= 0:
-            break
-        budget -= excess
+    while wire_target and wire_bytes(payloads) > wire_target:
+        budget -= max(16, wire_bytes(payloads) - wire_target)
         payloads = codec.encode(img, budget, roi=roi)
     return payloads
 
