@@ -203,7 +203,7 @@ def roi_plot(res: dict, path: Path) -> None:
 
     gains = list(_gain_rows(res))
     channels = res["config"]["channels"]
-    fig, axes = plt.subplots(1, len(channels), figsize=(3.6 * len(channels), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(channels), figsize=(3.6 * len(channels), 3.9), sharey=True, squeeze=False)
     colours = {b: f"C{i}" for i, b in enumerate(res["config"]["boosts"])}
     for ax, ch in zip(axes[0], channels):
         for img, marker in zip(sorted({g[0] for g in gains}), "os^v"):
@@ -215,9 +215,10 @@ def roi_plot(res: dict, path: Path) -> None:
         ax.axhline(2.0, color="grey", lw=0.8, ls=":")
         ax.axhline(0.0, color="black", lw=0.6)
         ax.set_title(f"channel {ch}")
-        ax.set_xlabel("bits per pixel (same budget on and off)")
+        ax.set_xlabel("bits per pixel (same wire bytes on and off)")
     axes[0][0].set_ylabel("PSNR change, map on - off (dB)\nsolid: face, dashed: outside")
-    axes[0][-1].legend(fontsize=6, loc="upper right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(labels))
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
