@@ -244,8 +244,8 @@ def test_priority_bottleneck_drops_the_least_important_payloads_first():
 def test_bench_roi_writes_its_json_table_and_plot(tmp_path, capsys):
     from jscc_stream.bench.cli import main as bench_main
 
-    assert bench_main(["roi", "--bpp", "0.5", "--boosts", "24", "--channels", "none,priority:0.1", "--seeds", "1",
-                       "--out", str(tmp_path)]) == 0
+    assert bench_main(["roi", "--bpp", "0.5", "--boosts", "24", "--channels", "none,priority:0.1,fec+uniform:0.1",
+                       "--seeds", "1", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "roi.json").read_text())
     rows = {(r["image"], r["boost"]): r for r in res["rows"]}
     assert {img for img, _ in rows} == {"astronaut", "grace_hopper"}
@@ -253,6 +253,8 @@ def test_bench_roi_writes_its_json_table_and_plot(tmp_path, capsys):
         off, on = rows[(img, 0)], rows[(img, 24)]
         assert on["bytes"] <= on["budget"] and off["bytes"] <= off["budget"]
         assert on["channels"]["none"]["psnr_in"] > off["channels"]["none"]["psnr_in"]
-        assert on["wire_bytes"] <= off["wire_bytes"]  # the same bytes on the wire
+        for ch, c in on["channels"].items():  # the same bytes on the wire, parity included
+            assert c["wire_bytes"] <= off["channels"][ch]["wire_bytes"]
+        assert on["channels"]["fec+uniform:0.1"]["parity_packets"] > 0
     assert (tmp_path / "roi.png").stat().st_size > 1000 and "| astronaut | 0.5 | 24 | none |" in capsys.readouterr().out
     assert bench_main(["roi", "--channels", "priority:2"]) == 2

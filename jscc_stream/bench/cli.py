@@ -148,7 +148,7 @@ def cmd_roi(args: argparse.Namespace) -> int:
             if not share.replace(".", "", 1).isdigit() or not 0 < float(share) < 1:
                 raise UserError(f"bad channel {ch}: priority:SHARE with 0 < SHARE < 1")
         else:
-            parse_loss_spec(ch)
+            parse_loss_spec(ch.removeprefix("fec+"))
     run_roi_bench(RoiBenchConfig(Path(args.out), args.codec, bpp, boosts, channels, args.seeds, tuple(args.image)))
     print((Path(args.out) / "roi.md").read_text())
     print(f"wrote {args.out}/roi.json, roi.md and roi.png")
@@ -209,9 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--codec", default="uniform", help="entropy-coded codec (the video codec's intra model)")
     ro.add_argument("--bpp", default="0.25,0.5,1.0", help="budgets, bits per pixel (the same with and without)")
     ro.add_argument("--boosts", default="16,24,32", help="region boosts to try (quantizer indexes finer inside)")
-    ro.add_argument("--channels", default="none,uniform:0.1,ge10,priority:0.1",
-                    help="jscc-netem loss specs over the frame's payloads (one per packet), or priority:SHARE "
-                         "(the least important payloads dropped until SHARE of the bytes are gone)")
+    ro.add_argument("--channels", default="none,uniform:0.1,ge10,priority:0.1,fec+uniform:0.1,fec+ge10",
+                    help="jscc-netem loss specs over the frame's payloads (one per packet); priority:SHARE (the "
+                         "least important payloads dropped until SHARE of the bytes are gone); fec+SPEC: SPEC with "
+                         "the sender's parity over its two top ranks, sized to SPEC's mean loss, in the same bytes")
     ro.add_argument("--seeds", type=int, default=10, help="draws per random channel (medians reported)")
     ro.add_argument("--image", action="append", default=[],
                     help="another photograph with a face (besides scikit-image's astronaut and matplotlib's "

@@ -8,7 +8,9 @@ bottleneck that drops the least important payloads first (highest rank, last sen
 share of the frame's bytes is gone (what DSCP priority dropping does).  PSNR is measured inside
 the face boxes and outside them.  "The same bytes" is on the wire: a map's extra payloads
 (each level's region in payloads of its own) pay their packet headers out of the frame's
-budget.  No parity or retransmission here: the payloads alone.
+budget.  A ``fec+`` channel adds the sender's parity (its defaults: the payloads of the two
+top ranks protected, parity sized to the channel's mean loss; a region's payloads rank one
+level up, so more of them are protected), whose bytes count too; no retransmission.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import numpy as np
 
 from jscc_stream.errors import UserError
 from jscc_stream.metrics import psnr
-from jscc_stream.proto.packet import IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+from jscc_stream.proto.packet import DATAGRAM_LIMIT, IP_UDP_BYTES, JSCC_HEADER_BYTES, RTP_HEADER_BYTES
+from jscc_stream.proto.protection import parity_for, protected_prefix
 from jscc_stream.regions import FaceRegions
 
 __all__ = ["RoiBenchConfig", "run_roi_bench", "builtin_face_photos", "drop_by_priority", "wire_bytes"]
 
 PACKET_OVERHEAD = RTP_HEADER_BYTES + JSCC_HEADER_BYTES + IP_UDP_BYTES
+REPAIR = "fec+"  # a channel spec's prefix: the sender's parity over its protected payloads travels too
 
 
 @dataclass
@@ -38,7 +42,7 @@ class RoiBenchConfig:
     codec: str = "uniform"
     bpp: tuple[float, ...] = (0.25, 0.5, 1.0)
     boosts: tuple[int, ...] = (16, 24, 32)
-    channels: tuple[str, ...] = ("none", "uniform:0.1", "ge10", "priority:0.1")
+    channels: tuple[str, ...] = ("none", "uniform:0.1", "ge10", "priority:0.1", "fec+uniform:0.1", "fec+ge10")
     seeds: int = 10
     images: tuple[str, ...] = ()  # extra photographs (paths); the bundled two always
 
@@ -65,16 +69,35 @@ def drop_by_priority(ranks: list[int], sizes: list[int], share: float) -> np.nda
     return lost
 
 
-def _losses(channel: str, ranks: list[int], sizes: list[int], seeds: int) -> list[np.ndarray]:
-    """Lost flags per draw of ``channel`` over a frame's payloads (one draw when deterministic)."""
+def _losses(channel: str, ranks: list[int], sizes: list[int], seeds: int, k: int = 0,
+            m: int = 0) -> list[np.ndarray]:
+    """Lost flags per draw of ``channel`` over a frame's payloads (one draw when deterministic);
+    ``m`` parity packets over the first ``k`` payloads travel too, and restore all ``k`` when
+    no more than ``m`` of the ``k + m`` were lost."""
     if channel == "none":
         return [np.zeros(len(ranks), dtype=bool)]
     if channel.startswith("priority:"):
         return [drop_by_priority(ranks, sizes, float(channel.partition(":")[2]))]
     from jscc_stream.netem.loss import parse_loss_spec
 
-    process = parse_loss_spec(channel)
-    return [process.sample(1, len(ranks), np.random.default_rng(s))[0] for s in range(seeds)]
+    process, n, out = parse_loss_spec(channel.removeprefix(REPAIR)), len(ranks), []
+    for s in range(seeds):
+        lost = process.sample(1, n + m, np.random.default_rng(s))[0]
+        if m and lost[:k].sum() + lost[n:].sum() <= m:
+            lost[:k] = False
+        out.append(lost[:n])
+    return out
+
+
+def _parity(codec, payloads: list[bytes], channel: str) -> tuple[int, list[bytes]]:
+    """(k, parity) the sender adds on a ``fec+`` channel: its defaults (the two top levels
+    protected, parity sized to the channel's mean loss); (0, []) elsewhere."""
+    if not channel.startswith(REPAIR):
+        return 0, []
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    k = protected_prefix(codec.payload_levels(payloads), [len(p) for p in payloads], 2, DATAGRAM_LIMIT)
+    return k, parity_for(payloads, k, parse_loss_spec(channel.removeprefix(REPAIR)).mean_loss)
 
 
 def _face_mask(name: str, img: np.ndarray) -> np.ndarray:
@@ -87,39 +110,48 @@ def _face_mask(name: str, img: np.ndarray) -> np.ndarray:
     return mask
 
 
-def wire_bytes(payloads: list[bytes]) -> int:
-    """What the payloads cost on the wire: each in its own packet (RTP, JSCC, IP/UDP headers)."""
-    return sum(len(p) + PACKET_OVERHEAD for p in payloads)
+def wire_bytes(payloads: list[bytes], parity: list[bytes] = (), k: int = 0) -> int:
+    """What the payloads cost on the wire: each in its own packet (RTP, JSCC, IP/UDP headers),
+    and the parity packets (their header lists the k protected payloads' levels)."""
+    return sum(len(p) + PACKET_OVERHEAD for p in payloads) + sum(len(q) + PACKET_OVERHEAD + k for q in parity)
 
 
-def _encode(codec, img: np.ndarray, budget: int, roi, wire_target: int | None) -> list[bytes]:
-    """Payloads at ``budget`` codec bytes; with ``wire_target``, the budget lowered until the
-    packets (a region map makes more of them) cost no more on the wire than that."""
+def _encode(codec, img: np.ndarray, budget: int, roi, wire_target: int | None,
+            channel: str) -> tuple[list[bytes], int, list[bytes]]:
+    """(payloads, k, parity) at ``budget`` codec bytes; with ``wire_target``, the budget lowered
+    until the packets (a region map makes more of them) cost no more on the wire than that."""
     payloads = codec.encode(img, budget, roi=roi)
-    while wire_target and wire_bytes(payloads) > wire_target:
-        budget -= max(16, wire_bytes(payloads) - wire_target)
+    k, parity = _parity(codec, payloads, channel)
+    while wire_target and wire_bytes(payloads, parity, k) > wire_target:
+        budget -= max(16, wire_bytes(payloads, parity, k) - wire_target)
         payloads = codec.encode(img, budget, roi=roi)
-    return payloads
+        k, parity = _parity(codec, payloads, channel)
+    return payloads, k, parity
 
 
 def _arm(codec, img: np.ndarray, face: np.ndarray, budget: int, roi, channels, seeds: int,
-         wire_target: int | None = None) -> dict:
-    """One coding of ``img`` (``roi`` None: without a map) across every channel."""
+         off: dict | None = None) -> dict:
+    """One coding of ``img`` (``roi`` None: without a map) across every channel; ``off``: the
+    coding without a map, whose wire bytes this one may not exceed (per channel: parity)."""
     height, width = img.shape[:2]
-    payloads = _encode(codec, img, budget, roi, wire_target)
-    ranks, sizes = codec.payload_levels(payloads), [len(p) for p in payloads]
-    res = {"bytes": sum(sizes), "wire_bytes": wire_bytes(payloads), "payloads": len(payloads), "channels": {},
-           "map_bytes": len(payloads) * len(roi.pack(True)) if roi is not None else 0}
+    res: dict = {"channels": {}}
     for ch in channels:
+        payloads, k, parity = _encode(codec, img, budget, roi, off and off["channels"][ch]["wire_bytes"], ch)
+        ranks, sizes = codec.payload_levels(payloads), [len(p) for p in payloads]
+        res.setdefault("bytes", sum(sizes))
+        res.setdefault("wire_bytes", wire_bytes(payloads))
+        res.setdefault("payloads", len(payloads))
+        res.setdefault("map_bytes", len(payloads) * len(roi.pack(True)) if roi is not None else 0)
         inside, outside, lost_bytes = [], [], []
-        for lost in _losses(ch, ranks, sizes, seeds):
+        for lost in _losses(ch, ranks, sizes, seeds, k, len(parity)):
             out = codec.decode([None if x else p for p, x in zip(payloads, lost)], width, height)
             inside.append(psnr(img[face], out[face]))
             outside.append(psnr(img[~face], out[~face]))
             lost_bytes.append(float(np.dot(lost, sizes)) / sum(sizes))
         res["channels"][ch] = {"psnr_in": statistics.median(inside), "psnr_out": statistics.median(outside),
                                "byte_loss": statistics.median(lost_bytes), "draws": len(inside),
-                               "psnr_in_all": inside, "psnr_out_all": outside}
+                               "wire_bytes": wire_bytes(payloads, parity, k), "parity_packets": len(parity),
+                               "protected": k, "psnr_in_all": inside, "psnr_out_all": outside}
     return res
 
 
@@ -144,7 +176,7 @@ def run_roi_bench(cfg: RoiBenchConfig) -> dict:
             off = None
             for boost in (0, *cfg.boosts):
                 roi = RoiMap.from_pixels(mask, boost) if boost else None
-                arm = _arm(codec, img, mask, budget, roi, cfg.channels, cfg.seeds, off and off["wire_bytes"])
+                arm = _arm(codec, img, mask, budget, roi, cfg.channels, cfg.seeds, off)
                 off = off or arm
                 rows.append({"image": name, "size": f"{w}x{h}", "face_share": float(mask.mean()), "bpp": bpp,
                              "budget": budget, "boost": boost, **arm})
@@ -169,7 +201,7 @@ def _gain_rows(res: dict):
             b = base[(r["image"], r["bpp"])]
             for ch, c in r["channels"].items():
                 o = b["channels"][ch]
-                yield (r["image"], r["bpp"], r["boost"], ch, b["wire_bytes"], r["wire_bytes"],
+                yield (r["image"], r["bpp"], r["boost"], ch, o["wire_bytes"], c["wire_bytes"],
                        c["psnr_in"] - o["psnr_in"], c["psnr_out"] - o["psnr_out"], o, c)
 
 
