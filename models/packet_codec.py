@@ -369,17 +369,26 @@ class PacketCodec:
         heads = (prefix + roi.pack(True), prefix + roi.pack(False))
         # the map in every payload, one more payload (header, side information) per level
         n_payloads = max_bytes / self._room + 2 * len(self.levels)
-        rate, levels, _, _ = self.choose_rate(y, int(max_bytes - len(heads[0]) * n_payloads - 24 * len(self.levels)))
+        rate, levels, _, _ = self.choose_rate(y, int(max_bytes - len(heads[0]) * n_payloads))
         encode = lambda r: self._encode_levels_roi(self._symbols(y, r), grid, r, levels, heads, inside)  # noqa: E731
         payloads = encode(rate)
-        while sum(map(len, payloads)) > max_bytes and rate < Q_INDEXES - 1:  # the estimate was short
-            rate += 1
-            payloads = encode(rate)
-        for _ in range(4):  # ... or long: finer steps while they fit (the budget is the comparison's)
-            finer = encode(rate - 1) if rate > 0 else None
+        if sum(map(len, payloads)) > max_bytes:  # the estimate was short: coarser until it fits
+            while sum(map(len, payloads)) > max_bytes and rate < Q_INDEXES - 1:
+                rate += 1
+                payloads = encode(rate)
+            return payloads
+        # ... or long (by up to ~10 %): finer while it fits, first by the index the shortfall
+        # predicts (the size goes about as 1/q, 16 indexes an octave), then one at a time
+        used = sum(map(len, payloads))
+        step = max(1, round(16 * np.log2(max_bytes / max(used, 1))))
+        for _ in range(3):
+            finer = encode(max(rate - step, 0)) if rate > 0 else None
             if finer is None or sum(map(len, finer)) > max_bytes:
-                break
-            rate, payloads = rate - 1, finer
+                if step == 1:
+                    break
+                step = 1
+                continue
+            rate, payloads, step = max(rate - step, 0), finer, 1
         return payloads
 
     def _encode_levels_roi(self, sym: np.ndarray, grid: tuple[int, int], rate: int, levels: int,
