@@ -367,7 +367,7 @@ class PacketCodec:
         y = y.copy()
         y[:, inside] *= np.float32(roi.gain)
         heads = (prefix + roi.pack(True), prefix + roi.pack(False))
-        # the map in every payload, one more payload (header, side information) per level
+        # the map rides in every payload: about this many of them (a region adds a few per level)
         n_payloads = max_bytes / self._room + 2 * len(self.levels)
         rate, levels, _, _ = self.choose_rate(y, int(max_bytes - len(heads[0]) * n_payloads))
         encode = lambda r: self._encode_levels_roi(self._symbols(y, r), grid, r, levels, heads, inside)  # noqa: E731
