@@ -13,7 +13,8 @@ a 2x2 lattice), which the decoder interpolates; never a whole region.  Layout::
 
     0  version (high 4 bits) | level (low 4 bits)
     1  levels sent (high 4 bits) | levels kept (low 4 bits)
-    2  group index            3  group count          4  rate index (quantizer step)
+    2  group index            3  group count
+    4  rate index (quantizer step; bit 7: a region map opens the body, :mod:`.roi`)
     5  CRC-16 of the whole payload (this field zeroed)
     7  the group's body (:func:`.entropy.encode_group`: skip flags, scales, symbols);
        empty when every coefficient of the group is zero
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from .bitlayers import LAYERED_VERSION, LayerPlanes, layer_byte, read_layer_byte, split_layers
 from .entropy import MAX_SYMBOL, decode_group, encode_group, levels_bits
 from .precision import resolve_precision
+from .roi import ROI_FLAG, RoiMap, priority, split_body
 from .transform import DEADZONE, Q_INDEXES, STRIDE, RDCodec, q_of_index
 
 __all__ = ["MAX_PAYLOAD", "PayloadError", "PayloadHeader", "PacketCodec", "group_positions", "s2d_to_bgr"]
@@ -69,10 +71,11 @@ class PayloadHeader:
     group: int
     groups: int
     rate_index: int
+    roi: bool = False  # the body opens with a region map (:mod:`.roi`)
 
     def pack(self, crc: int = 0, version: int = VERSION) -> bytes:
         return HEADER.pack((version << 4) | self.level, (self.levels_sent << 4) | self.levels_kept,
-                           self.group, self.groups, self.rate_index, crc)
+                           self.group, self.groups, self.rate_index | (ROI_FLAG if self.roi else 0), crc)
 
 
 def _crc16(data: bytes) -> int:
@@ -89,7 +92,7 @@ def parse_payload(payload: bytes, n_levels: int, version: int = VERSION) -> tupl
         raise PayloadError("payload checksum mismatch")
     if vl >> 4 != version:
         raise PayloadError(f"payload version {vl >> 4}, expected {version}")
-    head = PayloadHeader(vl & 15, sk >> 4, sk & 15, group, groups, rate)
+    head = PayloadHeader(vl & 15, sk >> 4, sk & 15, group, groups, rate & ~ROI_FLAG, bool(rate & ROI_FLAG))
     if (not head.level < head.levels_sent <= head.levels_kept <= n_levels
             or not 0 <= head.group < head.groups or head.rate_index >= Q_INDEXES):
         raise PayloadError(f"payload header out of range: {head}")
@@ -131,6 +134,16 @@ def group_positions(h: int, w: int, group: int, groups: int) -> np.ndarray:
     ys = np.arange(group // a, h, b)
     xs = np.arange(group % a, w, a)
     return (ys[:, None] * w + xs[None, :]).ravel()
+
+
+def _region_part(head: PayloadHeader, body: bytes, prefix_len: int, h: int,
+                 w: int) -> tuple[RoiMap | None, np.ndarray, bytes]:
+    """(the payload's region map or None, its group's positions, the group's coded body)."""
+    pos = group_positions(h, w, head.group, head.groups)
+    if not head.roi:
+        return None, pos, body[prefix_len:]
+    roi, part, rest = split_body(body, prefix_len, h, w)
+    return roi, pos[part[pos]], rest
 
 
 class PacketCodec:
@@ -197,9 +210,11 @@ class PacketCodec:
             n += 1
         return n
 
+    prefix_len = 0  # body bytes before a region map (a P-frame's reference: video_codec sets it)
+
     def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
-        """Importance level of each payload (from its first byte)."""
-        return [p[0] & 15 for p in payloads]
+        """Importance level of each payload (its first byte; a region's payloads ranked up)."""
+        return [priority(p, self.prefix_len) for p in payloads]
 
     def payload_layers(self, payloads: Sequence[bytes]) -> list[int]:
         """Bit layer of each payload (0: the coarse index, or not layered; :mod:`.bitlayers`)."""
@@ -297,34 +312,42 @@ class PacketCodec:
 
     def _encode_level(self, sym: np.ndarray, grid: tuple[int, int], level: int, sent: int, kept: int,
                       rate_index: int, est: float, min_groups: int, prefix: bytes,
-                      version: int | None = None) -> list[bytes]:
+                      version: int | None = None, part: np.ndarray | None = None) -> list[bytes]:
+        """One level's payloads; ``part`` (a region map's inside or outside, its map in
+        ``prefix``): only the positions of each lattice group that lie in it."""
         h, w = grid
         version = self.version if version is None else version
-        n_pos = sym.shape[1]
+        n_pos = sym.shape[1] if part is None else int(part.sum())
         groups = self._groups_at_least(int(min(n_pos, MAX_GROUPS, max(min_groups, np.ceil(est / self._room)))), h, w)
         while True:
             out = []
             for g in range(groups):
-                body = prefix + encode_group(sym[:, group_positions(h, w, g, groups)])
-                head = PayloadHeader(level, sent, kept, g, groups, rate_index)
+                pos = group_positions(h, w, g, groups)
+                body = prefix + encode_group(sym[:, pos if part is None else pos[part[pos]]])
+                head = PayloadHeader(level, sent, kept, g, groups, rate_index, part is not None)
                 out.append(head.pack(_crc16(head.pack(0, version) + body), version) + body)
             if all(len(p) <= self.max_payload for p in out) or groups >= min(n_pos, MAX_GROUPS):
                 return out
             groups = self._groups_at_least(groups + 1, h, w)
 
-    def encode(self, frame_bgr: np.ndarray, max_bytes: int) -> list[bytes]:
+    def encode(self, frame_bgr: np.ndarray, max_bytes: int, roi: RoiMap | None = None) -> list[bytes]:
         """BGR frame -> payloads in importance order, together at most ``max_bytes`` (when the
-        budget allows level 0 at the coarsest step at all)."""
+        budget allows level 0 at the coarsest step at all); ``roi``: a finer step there."""
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
         y = self._analyse(frame_bgr)
-        return self.encode_latent(y, self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0]), max_bytes)
+        return self.encode_latent(y, self.latent_hw(frame_bgr.shape[1], frame_bgr.shape[0]), max_bytes, roi=roi)
 
-    def encode_latent(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int, prefix: bytes = b"") -> list[bytes]:
+    def encode_latent(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int, prefix: bytes = b"",
+                      roi: RoiMap | None = None) -> list[bytes]:
         """Latent ``(C, h*w)`` -> payloads of at most ``max_bytes`` together; ``prefix`` opens
-        every payload's body (a P-frame's reference)."""
+        every payload's body (a P-frame's reference); ``roi``: see :meth:`_encode_roi`."""
+        if roi is not None and self.bit_layers > 1:
+            raise ValueError("region maps and bit layers cannot be combined yet")
         if self.bit_layers > 1:
             return self._encode_latent_layered(y, grid, max_bytes, prefix)
+        if roi is not None:
+            return self._encode_roi(y, grid, max_bytes, prefix, roi)
         rate, levels, sym, est = self.choose_rate(y, max_bytes - len(prefix) * 8)
         while True:
             payloads = self._encode_levels(sym, est, grid, rate, levels, prefix)
@@ -383,6 +406,55 @@ class PacketCodec:
                                           lead, version)
         return out
 
+    def _encode_roi(self, y: np.ndarray, grid: tuple[int, int], max_bytes: int, prefix: bytes,
+                    roi: RoiMap) -> list[bytes]:
+        """As :meth:`encode_latent` with the latent scaled up inside the region (its step
+        ``roi.gain`` times finer; rate control then coarsens the rest to keep ``max_bytes``),
+        each level's inside and outside positions in payloads of their own, inside first."""
+        if any(x1 > grid[1] or y1 > grid[0] for _, _, x1, y1 in roi.rects):
+            raise ValueError(f"region map {roi.rects} is off the {grid[1]}x{grid[0]} latent grid")
+        inside = roi.cells(*grid)
+        y = y.copy()
+        y[:, inside] *= np.float32(roi.gain)
+        heads = (prefix + roi.pack(True), prefix + roi.pack(False))
+        # the map rides in every payload: about this many of them (a region adds a few per level)
+        n_payloads = max_bytes / self._room + 2 * len(self.levels)
+        rate, levels, _, _ = self.choose_rate(y, int(max_bytes - len(heads[0]) * n_payloads))
+        encode = lambda r: self._encode_levels_roi(self._symbols(y, r), grid, r, levels, heads, inside)  # noqa: E731
+        payloads = encode(rate)
+        if sum(map(len, payloads)) > max_bytes:  # the estimate was short: coarser until it fits
+            while sum(map(len, payloads)) > max_bytes and rate < Q_INDEXES - 1:
+                rate += 1
+                payloads = encode(rate)
+            return payloads
+        # ... or long (by up to ~10 %): finer while it fits, first by the index the shortfall
+        # predicts (the size goes about as 1/q, 16 indexes an octave), then one at a time
+        used = sum(map(len, payloads))
+        step = max(1, round(16 * np.log2(max_bytes / max(used, 1))))
+        for _ in range(3):
+            finer = encode(max(rate - step, 0)) if rate > 0 else None
+            if finer is None or sum(map(len, finer)) > max_bytes:
+                if step == 1:
+                    break
+                step = 1
+                continue
+            rate, payloads, step = max(rate - step, 0), finer, 1
+        return payloads
+
+    def _encode_levels_roi(self, sym: np.ndarray, grid: tuple[int, int], rate: int, levels: int,
+                           heads: tuple[bytes, bytes], inside: np.ndarray) -> list[bytes]:
+        parts = [(inside, heads[0]), (~inside, heads[1])]
+        est = [self._level_bytes(sym[:, part]) for part, _ in parts]
+        sent = max([lv for lv in range(levels) if est[0][lv] > 0 or est[1][lv] > 0], default=0) + 1
+        payloads: list[bytes] = []
+        for lv in range(sent):
+            for (part, prefix), e in zip(parts, est):
+                if part.any():  # an all-zero part still goes out (one payload): it is known, not erased
+                    min_groups = (MIN_GROUPS[lv] if lv < len(MIN_GROUPS) else 1) if e[lv] > 0 else 1
+                    payloads += self._encode_level(sym[self.levels[lv]], grid, lv, sent, levels, rate, e[lv],
+                                                   min_groups, prefix, part=part)
+        return payloads
+
     # --- decode ---------------------------------------------------------------------------
     def decode(self, payloads: Sequence[bytes | None], width: int, height: int) -> np.ndarray:
         """Payloads (``None`` or damaged ones are erasures) -> BGR uint8 frame."""
@@ -422,16 +494,18 @@ class PacketCodec:
         received = np.zeros((len(self.levels), n_pos), dtype=np.float32)
         rates: list[int] = []
         known_zero: tuple[int, int] | None = None
+        region: RoiMap | None = None
         for p in payloads:
             if p is None:
                 continue
             try:
                 head, body = parse_payload(bytes(p), len(self.levels), self.version)
                 sl = self.levels[head.level]
-                pos = group_positions(h, w, head.group, head.groups)
-                sym = decode_group(body[prefix_len:], sl.stop - sl.start, len(pos))
+                roi, pos, body = _region_part(head, body, prefix_len, h, w)
+                sym = decode_group(body, sl.stop - sl.start, len(pos))
             except (PayloadError, ValueError, RuntimeError):
                 continue  # an unusable payload is an erasure
+            region = region or roi
             known_zero = known_zero or (head.levels_sent, head.levels_kept)
             step = q_of_index(head.rate_index) * self._steps[sl]
             coef[sl][:, pos] = sym * step[:, None].astype(np.float32)
@@ -439,6 +513,8 @@ class PacketCodec:
             rates.append(head.rate_index)
         if known_zero:
             received[known_zero[0]:known_zero[1]] = 1.0
+        if region is not None:  # the encoder scaled the region's latent up (:mod:`.roi`)
+            coef[:, region.cells(h, w)] /= np.float32(region.gain)
         return coef, received, q_of_index(int(np.median(rates))) if rates else q_of_index(64)
 
     def _layered_frame(self, payloads: Sequence[bytes | None]) -> bool:

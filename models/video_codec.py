@@ -34,6 +34,7 @@ import torch
 from . import motion
 from .bitlayers import LAYERED_VERSION
 from .entropy import decode_group, encode_group
+from .roi import RoiMap, priority
 from .packet_codec import (HEADER, PacketCodec, PayloadError, PayloadHeader, _crc16, group_positions, lattice,
                            parse_payload, s2d_to_bgr)
 
@@ -78,6 +79,7 @@ class VideoCodec:
             raise ValueError("intra and inter models must have the same importance levels")
         self.intra, self.inter = intra, inter
         inter.version = RESIDUAL_VERSION
+        inter.prefix_len = _REF.size
         self.card = card or inter.card
         self.name = self.card.get("name", inter.name)
         self.levels = intra.levels
@@ -95,7 +97,7 @@ class VideoCodec:
         return self.intra.max_frame_payloads(width, height) + MOTION_GROUPS
 
     def payload_levels(self, payloads: Sequence[bytes]) -> list[int]:
-        return [p[0] & 15 for p in payloads]
+        return [priority(p, _REF.size if p[0] >> 4 == RESIDUAL_VERSION else 0) for p in payloads]
 
     def payload_layers(self, payloads: Sequence[bytes]) -> list[int]:
         return self.intra.payload_layers(payloads)
@@ -133,12 +135,13 @@ class VideoCodec:
 
     # --- encode ---------------------------------------------------------------------------
     def encode(self, frame_bgr: np.ndarray, max_bytes: int, ref: np.ndarray | None = None,
-               ref_back: int = 0) -> list[bytes]:
+               ref_back: int = 0, roi: RoiMap | None = None) -> list[bytes]:
         """An intra frame when ``ref`` is None or the prediction fails (a scene cut), else a
         frame predicted from ``ref`` (the decoded frame ``ref_back`` frames back, exactly as the
-        receiver holds it); :meth:`frame_info` of the payloads says which."""
+        receiver holds it); :meth:`frame_info` of the payloads says which.  ``roi``: a finer
+        step there, in the intra frame or the residual (:mod:`.roi`)."""
         if ref is None:
-            return self.intra.encode(frame_bgr, max_bytes)
+            return self.intra.encode(frame_bgr, max_bytes, roi)
         if not 1 <= ref_back <= 255:
             raise ValueError(f"ref_back must be 1..255, got {ref_back}")
         if ref.shape != frame_bgr.shape:
@@ -150,10 +153,10 @@ class VideoCodec:
         diff = frame_bgr.astype(np.float32) - pred
         mse = float(np.mean(diff * diff))
         if 10 * np.log10(255.0 ** 2 / max(mse, 1e-6)) < SCENE_CUT_DB:
-            return self.intra.encode(frame_bgr, max_bytes)
+            return self.intra.encode(frame_bgr, max_bytes, roi)
         y = self.inter.analyse_rgb(self._residual_tensor(diff))
         room = max(1, max_bytes - sum(map(len, motion_payloads)))
-        return motion_payloads + self.inter.encode_latent(y, grid, room, _REF.pack(ref_back))
+        return motion_payloads + self.inter.encode_latent(y, grid, room, _REF.pack(ref_back), roi)
 
     def _residual_tensor(self, diff_bgr: np.ndarray) -> torch.Tensor:
         """0.5 + (frame - prediction) / 255, RGB ``(1, 3, H, W)``: the residual model's input."""

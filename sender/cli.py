@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "return path is silent), from the previous frame with an intra frame every "
                         "--intra-period frames (oneway: no return path, several receivers), or never (intra)")
     p.add_argument("--intra-period", type=int, default=30, help="oneway references: frames between intra frames")
+    p.add_argument("--roi", metavar="face|MASKS",
+                   help="regions that matter more get a finer quantizer step at the same frame budget (the rest "
+                        "a coarser one) and their payloads one importance level up (DSCP, parity, NACK): 'face' "
+                        "(a frontal-face detector, every 5th frame) or a folder of mask images / a video of masks, "
+                        "one per frame at --size, white = important; entropy-coded codecs only")
+    p.add_argument("--roi-boost", type=int, default=24, metavar="N",
+                   help="quantizer indexes finer inside the regions, 1..64 (16 = half the step, 24 = a 2.8x finer "
+                        "step)")
     p.add_argument("--frames", type=int, help="stop after sending this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
@@ -150,9 +158,23 @@ def _dscp_maps(args, levels: int) -> tuple[dict[int, int] | None, dict[int, int]
                       else default_layer_dscp(args.bit_layers))
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = parse_args(build_parser, argv)
-    width, height = parse_size(args.size)
+def _regions(args, width: int, height: int, entropy_coded: bool):
+    """The --roi source (jscc_stream/regions.py), or None."""
+    if not 1 <= args.roi_boost <= 64:
+        raise UserError("--roi-boost must be in 1..64")
+    if args.roi is None:
+        return None
+    if not entropy_coded:
+        raise UserError(f"--roi needs an entropy-coded codec; {args.codec} has a fixed size per frame")
+    if args.bit_layers > 1:
+        raise UserError("--roi and --bit-layers cannot be combined yet")
+    from jscc_stream.regions import open_regions
+
+    return open_regions(args.roi, width, height)
+
+
+def _check_numbers(args) -> None:
+    """The numeric flags' ranges, before anything is loaded."""
     if args.fps <= 0 or args.fps > 240:
         raise UserError("--fps must be in (0, 240]")
     if args.threads < 1:
@@ -163,6 +185,12 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--pace must be in [0, 1] (0: a frame's packets back to back)")
     if not 0 <= args.protect_levels <= 15:
         raise UserError("--protect-levels must be in [0, 15]")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(build_parser, argv)
+    width, height = parse_size(args.size)
+    _check_numbers(args)
 
     from .dscp import DscpMapError
     from jscc_stream.proto.packetizer import MIN_MTU
@@ -181,6 +209,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
     codec, kbps = _codec_and_rate(args, width, height)
     entropy_coded = kbps is not None
+    regions = _regions(args, width, height, entropy_coded)
     layout = codec.layout(width, height)
     _set_bit_layers(codec, args.bit_layers, args.layer_dscp)
     try:
@@ -199,9 +228,9 @@ def _main(argv: Sequence[str] | None) -> int:
                        adapt=not args.no_adapt, kbps=kbps, references=args.references,
                        intra_period=args.intra_period, min_kbps=args.min_kbps, max_kbps=args.max_kbps,
                        congestion_control=not args.no_cc, protect_levels=args.protect_levels,
-                       fec=not args.no_fec, nack=not args.no_nack)
+                       fec=not args.no_fec, nack=not args.no_nack, roi_boost=args.roi_boost)
     try:
-        sender = Sender(codec, source, cfg)
+        sender = Sender(codec, source, cfg, regions)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     shape = (f"{kbps:g} kbit/s, {layout.blocks} importance levels" if entropy_coded
@@ -211,6 +240,8 @@ def _main(argv: Sequence[str] | None) -> int:
              (f", DSCP {dscp_map}" if dscp_map else "")
              + (f", bit layers {args.bit_layers} (refinement DSCP {layer_dscp or 'by level'})"
                 if args.bit_layers > 1 else ""))
+    if regions is not None:
+        log.info("regions of interest: %s, %d quantizer indexes finer", args.roi, args.roi_boost)
 
     async def go():
         loop = asyncio.get_running_loop()

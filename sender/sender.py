@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jscc_stream.models.roi import RoiMap
 from jscc_stream.netem.dscp import tos_of_dscp
 from jscc_stream.proto.description import make_description
 from jscc_stream.proto.packet import CLOCK_RATE
@@ -40,6 +41,7 @@ from jscc_stream.proto.protection import RetransmitHistory, loss_runs, parity_fo
 from jscc_stream.proto.receipts import unpack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceState
 from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, compact, ntp_now, parse_rtcp, rtt_from
+from jscc_stream.regions import RegionSource
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
@@ -96,6 +98,7 @@ class SenderConfig:
     adapt: bool = True  # lower the frame rate to what the slowest receiver decodes (from its feedback)
     references: str = "feedback"  # predicted-frame codecs: feedback | oneway | intra (proto/references.py)
     intra_period: int = 30  # oneway references: an intra frame every this many frames
+    roi_boost: int = 24  # with regions: rate indexes finer inside them (models/roi.py)
 
 
 @dataclass
@@ -130,6 +133,7 @@ class SenderStats:
     rtcp_foreign: int = 0  # RTCP from an address this sender does not send to: ignored
     rate_log: list = field(default_factory=list)  # every 0.5 s: t, target/sent kbit/s, loss, rtt
     encode_ms: list[float] = field(default_factory=list)
+    roi_frames: int = 0  # frames coded with a region map (--roi)
     references: object | None = None  # ReferenceStats of a predicted-frame stream
 
     def summary(self) -> dict:
@@ -151,10 +155,11 @@ class _ReceiverFeedback:
 
 
 class Sender:
-    def __init__(self, codec, source: Source, cfg: SenderConfig) -> None:
+    def __init__(self, codec, source: Source, cfg: SenderConfig, regions: RegionSource | None = None) -> None:
         self.codec = codec
         self.source = source
         self.cfg = cfg
+        self.regions = regions  # where frames matter more (jscc_stream/regions.py): a finer step there
         self.layout = codec.layout(cfg.width, cfg.height)
         self.ssrc = cfg.ssrc if cfg.ssrc is not None else int.from_bytes(os.urandom(4), "big")
         self.levels = list(range(self.layout.blocks))  # block i has importance level i
@@ -434,18 +439,28 @@ class Sender:
             return None
         mono = tick
         t = time.perf_counter()
+        roi = self._region(index, frame)
         if self.refs is not None:
             ref_id, ref = self.refs.choose(index)
             budget = self.frame_budget()
-            wire = self.codec.encode(frame, budget, ref, 0 if ref_id is None else index - ref_id)
+            wire = self.codec.encode(frame, budget, ref, 0 if ref_id is None else index - ref_id, **roi)
             self.refs.sent(index, wire, ref_id, ref)
             log.debug("frame %d: budget %d bytes, ref %s", index, budget, ref_id)
         elif self.entropy_coded:
-            wire = self.codec.encode(frame, self.frame_budget())
+            wire = self.codec.encode(frame, self.frame_budget(), **roi)
         else:
             wire = self.codec.encode(frame)
         self.stats.encode_ms.append((time.perf_counter() - t) * 1000)
         return index, mono, wire
+
+    def _region(self, index: int, frame: np.ndarray) -> dict:
+        """The ``roi`` keyword for the codec: this frame's region map, if it has one."""
+        pixels = self.regions.region(index, frame) if self.regions is not None else None
+        roi = RoiMap.from_pixels(pixels, self.cfg.roi_boost) if pixels is not None else None
+        if roi is None:
+            return {}
+        self.stats.roi_frames += 1
+        return {"roi": roi}
 
     async def _pacer(self, queue: asyncio.Queue) -> None:
         window = self.cfg.pace_fraction / self.cfg.fps

@@ -15,6 +15,9 @@ Subcommands:
   soak      a long live run sender -> shim (Gilbert-Elliott loss) -> receiver sampling each process's
             RSS, fds and threads and the receiver's fps and p95 latency every --interval; soak.json,
             soak.png and a verdict (resources flat, fps and latency steady).
+  roi       paper 003's segment importance: photographs with faces coded with and without a region
+            map at the same bytes, through no / uniform / Gilbert-Elliott loss and a priority
+            bottleneck; PSNR inside the faces and outside; roi.json, roi.md, roi.png.
   codec     encoder / decoder milliseconds per frame (medians) at 320x240 and 640x480, on CPU
             with a fixed thread count (float32 and the fast reduced precision) and on CUDA when
             present; parameter count; bytes per frame; OpenCV JPEG timed in the same run.
@@ -244,6 +247,32 @@ def _add_soak(sub) -> None:
     so.set_defaults(func=cmd_soak)
 
 
+def cmd_roi(args: argparse.Namespace) -> int:
+    from .roi import RoiBenchConfig, run_roi_bench
+
+    try:
+        bpp = tuple(float(x) for x in args.bpp.split(","))
+        boosts = tuple(int(x) for x in args.boosts.split(","))
+    except ValueError:
+        raise UserError("--bpp and --boosts must be comma-separated numbers") from None
+    if any(b <= 0 for b in bpp) or any(not 1 <= b <= 64 for b in boosts) or args.seeds < 1:
+        raise UserError("--bpp must be positive, --boosts in 1..64, --seeds >= 1")
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    from jscc_stream.netem.loss import parse_loss_spec
+
+    for ch in channels:
+        if ch.startswith("priority:"):
+            share = ch.partition(":")[2]
+            if not share.replace(".", "", 1).isdigit() or not 0 < float(share) < 1:
+                raise UserError(f"bad channel {ch}: priority:SHARE with 0 < SHARE < 1")
+        else:
+            parse_loss_spec(ch.removeprefix("fec+"))
+    run_roi_bench(RoiBenchConfig(Path(args.out), args.codec, bpp, boosts, channels, args.seeds, tuple(args.image)))
+    print((Path(args.out) / "roi.md").read_text())
+    print(f"wrote {args.out}/roi.json, roi.md and roi.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jscc-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,6 +321,23 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--out", default="docs/results/link", help="folder for link.json, link.md, link.png")
     add_common_args(li)
     li.set_defaults(func=cmd_link)
+    ro = sub.add_parser("roi", help="faces coded with and without a region map at the same bytes, under loss "
+                                    "and priority dropping: PSNR inside and outside the faces",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ro.add_argument("--codec", default="uniform", help="entropy-coded codec (the video codec's intra model)")
+    ro.add_argument("--bpp", default="0.25,0.5,1.0", help="budgets, bits per pixel (the same with and without)")
+    ro.add_argument("--boosts", default="16,24,32", help="region boosts to try (quantizer indexes finer inside)")
+    ro.add_argument("--channels", default="none,uniform:0.1,ge10,priority:0.1,fec+uniform:0.1,fec+ge10",
+                    help="jscc-netem loss specs over the frame's payloads (one per packet); priority:SHARE (the "
+                         "least important payloads dropped until SHARE of the bytes are gone); fec+SPEC: SPEC with "
+                         "the sender's parity over its two top ranks, sized to SPEC's mean loss, in the same bytes")
+    ro.add_argument("--seeds", type=int, default=10, help="draws per random channel (medians reported)")
+    ro.add_argument("--image", action="append", default=[],
+                    help="another photograph with a face (besides scikit-image's astronaut and matplotlib's "
+                         "grace_hopper)")
+    ro.add_argument("--out", default="docs/results/papers/roi", help="folder for roi.json, roi.md, roi.png")
+    add_common_args(ro)
+    ro.set_defaults(func=cmd_roi)
     co = sub.add_parser("codec", help="encoder/decoder ms per frame, parameters, bytes per frame",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     co.add_argument("--codec", default="uniform", help="codec name or .safetensors path")
