@@ -48,8 +48,9 @@ def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
             raise DscpMapError(f"bad level range {rng!r} in DSCP map") from None
         if first < 0 or last < first:
             raise DscpMapError(f"bad level range {rng!r} in DSCP map")
-        for lv in range(first, last + 1):
-            out[lv] = _code(code)
+        dscp = _code(code)
+        for lv in range(first, min(last, levels - 1) + 1):  # levels past the codec's are not kept
+            out[lv] = dscp
     missing = [lv for lv in range(levels) if lv not in out]
     if missing:
         raise DscpMapError(f"DSCP map does not cover importance levels {missing}")

@@ -4,6 +4,9 @@ the same examples every time and fast, and one mutation strategy over real packe
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -40,3 +43,20 @@ def mutated(draw, seeds: list[bytes], max_ops: int = 4) -> bytes:
         else:
             del data[i:]
     return bytes(data)
+
+
+@contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging when the body runs longer than ``seconds``: a
+    parser must answer any input at once (main thread only: it uses SIGALRM)."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
