@@ -19,6 +19,11 @@ FUZZ = settings(max_examples=_DEEP or 150, deadline=None, derandomize=not _DEEP,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+def fuzz(examples: int) -> settings:
+    """:data:`FUZZ` with fewer examples, for a property whose example is slow (a decode)."""
+    return settings(FUZZ, max_examples=_DEEP or examples)
+
+
 @st.composite
 def mutated(draw, seeds: list[bytes], max_ops: int = 4) -> bytes:
     """One of ``seeds`` (bytes the project's own builders made) with 1..``max_ops`` edits:
