@@ -193,3 +193,20 @@ def test_jscc_eval_refuses_bad_weights_in_one_line(bad_weights, tmp_path):
     res = _run("jscc-eval", "--models", str(bad_weights["truncated"]), "--experiments", "blocks",
                "--sizes", "64x48", "--trials", "1", "--no-baselines", "--out", str(tmp_path / "out"))
     _one_line_error(res, MESSAGES["truncated"])
+
+
+def test_jscc_eval_skips_files_that_are_not_images(tmp_path, caplog):
+    """``--images FOLDER``: a broken .jpg was decoded only when its turn came (ValueError, a
+    traceback); now it is skipped with a warning, and a folder of nothing else is one line."""
+    from jscc_stream.models.data import list_images
+
+    folder = tmp_path / "photos"
+    _photos(folder, 1)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with caplog.at_level(logging.WARNING):
+        assert [p.name for p in list_images(folder)] == ["photo0.png"]
+    assert any("broken.jpg" in r.getMessage() for r in caplog.records)
+    (folder / "photo0.png").unlink()
+    res = _run("jscc-eval", "--images", str(folder), "--experiments", "blocks", "--sizes", "64x48",
+               "--out", str(tmp_path / "out"))
+    _one_line_error(res, "no images")
