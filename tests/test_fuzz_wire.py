@@ -7,7 +7,6 @@ raises at all."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -152,13 +151,6 @@ def test_arbitrary_bytes_parse_or_raise_wire_error(data):
 @FUZZ
 @given(data=mutated(SEEDS))
 def test_mutated_packets_parse_or_raise_wire_error(data):
-    _parses_or_wire_error(data)
-
-
-@pytest.mark.parametrize("data", [
-    # found by the fuzzing above: see the fixes' commit messages
-])
-def test_regressions_parse_or_raise_wire_error(data):
     _parses_or_wire_error(data)
 
 
