@@ -9,10 +9,11 @@ frame index, so a test can regenerate any frame the receiver reports.
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import sys
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import cv2
 import numpy as np
@@ -20,9 +21,14 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["Source", "KenBurns", "SyntheticSource", "SlideshowSource", "CaptureSource", "open_source", "fit_frame",
-           "IMAGE_SUFFIXES"]
+           "IMAGE_SUFFIXES", "image_files"]
+
+log = logging.getLogger("jscc_stream.sources")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+#: failed reads in a row after which a webcam counts as gone (1 s at 15 fps); before that the
+#: last frame is sent again, so a glitch does not end a stream
+WEBCAM_MISSES = 15
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")  # scikit-image's bundled colour photographs
 
 
@@ -107,17 +113,25 @@ class SlideshowSource:
         self.motion = KenBurns(width, height, seed)
         self._cache: tuple[int, np.ndarray] | None = None
 
-    def _image(self, k: int) -> np.ndarray:
+    def _image(self, k: int) -> np.ndarray | None:
         if self._cache is None or self._cache[0] != k:
-            img = cv2.imread(str(self.files[k]), cv2.IMREAD_COLOR)
-            if img is None:
-                raise UserError(f"cannot read image {self.files[k]}")
+            img = _imread(self.files[k])
+            if img is None:  # its header looked like an image (see image_files), its data did not
+                log.warning("skipping %s: cannot decode it", self.files[k])
+                del self.files[k]
+                self._cache = None
+                if not self.files:
+                    raise UserError("none of the images could be decoded")
+                return None
             self._cache = (k, img)
         return self._cache[1]
 
     def read(self, index: int) -> np.ndarray:
-        k = (index // self.per_slide) % len(self.files)
-        return self.motion.view(self._image(k), (index % self.per_slide) / self.fps)
+        while True:
+            k = (index // self.per_slide) % len(self.files)
+            img = self._image(k)
+            if img is not None:
+                return self.motion.view(img, (index % self.per_slide) / self.fps)
 
     def close(self) -> None:
         pass
@@ -147,8 +161,11 @@ class CaptureSource:
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
         self.width, self.height = width, height
+        self.target = target
         self.is_file = not isinstance(target, int)
         self._next = 0  # a file's index of the frame the next cap.read() returns
+        self._failures = 0  # a webcam's failed reads in a row
+        self._last: np.ndarray | None = None  # a webcam's last frame
 
     def read(self, index: int) -> np.ndarray | None:
         """The frame of capture tick ``index``.  A file plays in real time like a camera: frame
@@ -164,15 +181,49 @@ class CaptureSource:
         ok, frame = self.cap.read()
         self._next += 1
         if not ok or frame is None:
-            return None
+            return None if self.is_file else self._missed()
         if self.is_file:
             return fit_frame(frame, self.width, self.height)
         if frame.shape[1] != self.width or frame.shape[0] != self.height:
             frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        self._failures, self._last = 0, frame
         return frame
+
+    def _missed(self) -> np.ndarray | None:
+        """A webcam read failed: its last frame again for a glitch; once it stays gone (unplugged),
+        one warning and None, which ends the stream (a frozen picture sent on would look live)."""
+        self._failures += 1
+        if self._last is not None and self._failures < WEBCAM_MISSES:
+            return self._last
+        if self._failures == WEBCAM_MISSES or self._last is None and self._failures == 1:
+            log.warning("webcam %s stopped delivering frames: ending the stream", self.target)
+        self._last = None
+        return None
 
     def close(self) -> None:
         self.cap.release()
+
+
+def image_files(paths: Iterable[Path]) -> list[Path]:
+    """The paths, sorted, that name an image OpenCV reads (by suffix and header); the others are
+    skipped with one warning (a folder of photos often holds a note, a thumbnail database)."""
+    keep, skipped = [], []
+    for p in sorted(paths):
+        ok = p.suffix.lower() in IMAGE_SUFFIXES and cv2.haveImageReader(str(p))
+        (keep if ok else skipped).append(p)
+    if skipped:
+        names = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        log.warning("skipping %d file(s) that are not images: %s", len(skipped), names)
+    return keep
+
+
+def _imread(path: Path) -> np.ndarray | None:
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a warning of ours says it
+    try:
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
 
 
 def open_source(spec: str, width: int, height: int, fps: float, seed: int = 0) -> Source:
@@ -191,17 +242,19 @@ def open_source(spec: str, width: int, height: int, fps: float, seed: int = 0) -
         return CaptureSource(index, width, height)
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(p for p in path.rglob("*") if p.is_file())
         if not files:
             raise UserError(f"no images in folder {spec}")
         return SlideshowSource(files, width, height, fps, seed=seed)
     if any(c in spec for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(f"no images match {spec}")
         return SlideshowSource(files, width, height, fps, seed=seed)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
+            if not image_files([path]):
+                raise UserError(f"cannot read image {spec}")
             return SlideshowSource([path], width, height, fps, seed=seed)
         return CaptureSource(str(path), width, height)
     raise UserError(f"source {spec!r} is not synthetic, webcam[:N], a video file, an image folder or a glob")

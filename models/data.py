@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from jscc_stream.sources import IMAGE_SUFFIXES, fit_frame
+from jscc_stream.sources import IMAGE_SUFFIXES, fit_frame, image_files
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -29,7 +29,7 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return files

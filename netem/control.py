@@ -142,8 +142,13 @@ class ControlServer:
             rate = None
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (str, int, float))):
             raise _bad("'rate' must be e.g. \"2mbit\", a number of bit/s, or null")
-        if isinstance(rate, (int, float)) and not rate > 0:
-            raise _bad("'rate' must be positive (null removes the bottleneck)")
+        if isinstance(rate, (int, float)):
+            try:
+                rate = _number(rate)  # finite: an infinite or huge one broke the link (500s after)
+            except TypeError:
+                raise _bad("'rate' must be a finite number of bit/s") from None
+            if not rate > 0:
+                raise _bad("'rate' must be positive (null removes the bottleneck)")
         return self._apply(lambda d: self.shim.set_rate(rate, d), body)
 
     async def _delay(self, request: web.Request) -> web.Response:
@@ -151,7 +156,7 @@ class ControlServer:
         try:
             delay = float(body.get("delay_ms", 0.0))
             jitter = float(body.get("jitter_ms", 0.0))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _bad("'delay_ms' and 'jitter_ms' must be numbers") from None
         if not (0 <= delay <= 10_000 and 0 <= jitter <= 10_000):
             raise _bad("'delay_ms' and 'jitter_ms' must be in [0, 10000]")
@@ -204,9 +209,15 @@ class ControlServer:
 
 def _number(v: Any) -> float:
     """A JSON number (not a bool), finite."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"not a number: {v!r}")
-    return float(v)
+    try:
+        f = float(v)  # a JSON integer may be too large for a float
+    except OverflowError:
+        raise TypeError(f"not a finite number: {v!r}") from None
+    if not math.isfinite(f):
+        raise TypeError(f"not a finite number: {v!r}")
+    return f
 
 
 def _probability(body: dict[str, Any]) -> float:

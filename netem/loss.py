@@ -135,9 +135,11 @@ class ErasureVector:
         return float(np.mean(self.eps))
 
     def __str__(self) -> str:
-        if len(set(self.eps)) == 1:
-            return f"uniform:{self.eps[0]:g}"
-        return "eps:" + ",".join(f"{e:g}" for e in self.eps)
+        """The spec that parses back to this vector (a codec's card records it): every digit
+        kept (``repr``), and ``uniform:`` only for one entry, not for K equal ones."""
+        if len(self.eps) == 1:
+            return f"uniform:{self.eps[0]!r}"
+        return "eps:" + ",".join(repr(e) for e in self.eps)
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,7 @@ class GilbertElliott:
         return ["loss", "gemodel", pct(self.p), pct(self.r), pct(1 - self.h), pct(1 - self.k)]
 
     def __str__(self) -> str:
-        return f"ge:{self.p:g},{self.r:g},{self.h:g},{self.k:g}"
+        return f"ge:{self.p!r},{self.r!r},{self.h!r},{self.k!r}"
 
 
 class _GeDropper:
@@ -338,6 +340,8 @@ def parse_loss_spec(spec: str) -> LossProcess:
     if kind == "steep" and not arg:
         return STEEP_LADDER
     if kind == "taildrop":
+        if arg and not arg.strip().isdecimal():
+            raise LossSpecError(f"taildrop takes a whole number of blocks to keep, e.g. taildrop:2, got {arg!r}")
         return TailDrop(int(arg) if arg else 1)
     if kind == "trace":
         if not arg:

@@ -33,8 +33,8 @@ def parse_rate(text: str) -> float:
     if not m or m.group(2) not in _RATE_UNITS:
         raise ValueError(f"cannot read rate {text!r}; write e.g. 2mbit, 500kbit or 250kbps (bytes/s)")
     value = float(m.group(1)) * _RATE_UNITS[m.group(2)]
-    if not value > 0:
-        raise ValueError(f"rate must be positive, got {text!r}")
+    if not 0 < value < math.inf:
+        raise ValueError(f"rate must be positive and finite, got {text!r}")
     return value
 
 
@@ -43,7 +43,10 @@ def parse_size(text: str) -> int:
     m = _NUM.match(str(text).lower())
     if not m or m.group(2) not in _SIZE_UNITS:
         raise ValueError(f"cannot read size {text!r}; write e.g. 1500, 64kb or 1mb")
-    value = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    raw = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+    if not raw < math.inf:
+        raise ValueError(f"size must be finite, got {text!r}")
+    value = int(raw)
     if value <= 0:
         raise ValueError(f"size must be positive, got {text!r}")
     return value

@@ -163,9 +163,9 @@ def _main(argv: Sequence[str] | None) -> int:
     torch.set_num_threads(args.threads)
     codecs = CodecCache(args.codec, args.device, args.precision)
     if args.codec:
-        from jscc_stream.models.zoo import resolve_weights
+        from jscc_stream.models.zoo import load_codec
 
-        resolve_weights(args.codec)  # fail early, one line, on a wrong name/path
+        load_codec(args.codec)  # fail early, one line, on a wrong name/path or a file that is not weights
     running: dict = {}  # the event loop, once it runs: the window's q/Esc/close stops the receiver
 
     def window_closed() -> None:

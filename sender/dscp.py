@@ -52,7 +52,7 @@ def _code(text: str) -> int:
 
 def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
     """``"0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE"`` -> ``{level: dscp}``; every level must be covered."""
-    out = _parse_ranges(spec, "level")
+    out = _parse_ranges(spec, "level", levels)
     missing = [lv for lv in range(levels) if lv not in out]
     if missing:
         raise DscpMapError(f"DSCP map does not cover importance levels {missing}")
@@ -61,15 +61,15 @@ def parse_dscp_map(spec: str, levels: int) -> dict[int, int]:
 
 def parse_layer_dscp(spec: str, layers: int) -> dict[int, int]:
     """``"1:BE,2-3:LE"`` -> ``{refinement layer: dscp}``; every layer 1..layers-1 must be covered."""
-    out = _parse_ranges(spec, "layer")
+    out = _parse_ranges(spec, "layer", layers)
     missing = [j for j in range(1, layers) if j not in out]
     if missing:
         raise DscpMapError(f"layer DSCP map does not cover bit layers {missing}")
     return {j: out[j] for j in range(1, layers)}
 
 
-def _parse_ranges(spec: str, what: str) -> dict[int, int]:
-    """``"A-B:CODE,..."`` -> ``{n: dscp}`` for every n in each range."""
+def _parse_ranges(spec: str, what: str, limit: int) -> dict[int, int]:
+    """``"A-B:CODE,..."`` -> ``{n: dscp}`` for every n < ``limit`` in each range."""
     out: dict[int, int] = {}
     for part in spec.split(","):
         part = part.strip()
@@ -85,6 +85,7 @@ def _parse_ranges(spec: str, what: str) -> dict[int, int]:
             raise DscpMapError(f"bad {what} range {rng!r} in DSCP map") from None
         if first < 0 or last < first:
             raise DscpMapError(f"bad {what} range {rng!r} in DSCP map")
-        for lv in range(first, last + 1):
-            out[lv] = _code(code)
+        dscp = _code(code)
+        for lv in range(first, min(last, limit - 1) + 1):  # past the codec's are not kept (nor looped over)
+            out[lv] = dscp
     return out

@@ -42,6 +42,7 @@ from jscc_stream.proto.receipts import unpack_bitmap
 from jscc_stream.proto.references import Receipt, ReferenceState
 from jscc_stream.proto.rtcp import build_bye, build_dlrr, build_sender_report, compact, ntp_now, parse_rtcp, rtt_from
 from jscc_stream.regions import RegionSource
+from jscc_stream.errors import UserError
 from jscc_stream.sources import Source
 from jscc_stream.udp import TosSetter, parse_hostport, resolve, udp_socket
 
@@ -485,8 +486,8 @@ class Sender:
         if fut.cancelled():
             return
         exc = fut.exception()
-        if exc is not None:
-            log.error("encoding failed: %s", exc, exc_info=exc)
+        if exc is not None:  # a source's UserError (no image left to show) is one line, not a bug
+            log.error("encoding failed: %s", exc, exc_info=None if isinstance(exc, UserError) else exc)
             self.stats.encode_error = f"{type(exc).__name__}: {exc}"
             ended.set()
             return
