@@ -40,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also cap each receiver's levels by the loss it reports on them: one level fewer when a "
                         "report shows more than 10%% loss, one more after 3 s below 2%% (never above its "
                         "subscription)")
+    p.add_argument("--reference", choices=["least", "most"], default="least",
+                   help="predicted frames (video codec): the sender's references follow the receiver with the least "
+                        "levels, which every receiver then keeps its references from (no drift anywhere), or the one "
+                        "with the most (the best picture there; receivers with fewer levels drift until an intra "
+                        "frame, which the relay asks for at most every --intra-interval)")
+    p.add_argument("--intra-interval", type=float, default=1.0,
+                   help="at most one intra frame asked of the sender this often (s): after a change of the "
+                        "reference receiver, or when another receiver lacks a reference payload")
     p.add_argument("--arrival-ms", type=float, default=50.0,
                    help="interval of the relay's own per-packet arrival reports to the sender's congestion "
                         "control (0: none)")
@@ -67,6 +75,8 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--max-receivers must be >= 1")
     if not 0 <= args.arrival_ms <= 10000:
         raise UserError("--arrival-ms must be in [0, 10000] (0: no arrival reports)")
+    if not 0 <= args.intra_interval <= 3600:
+        raise UserError("--intra-interval must be in [0, 3600] seconds")
     if args.duration is not None and args.duration <= 0:
         raise UserError("--duration must be positive")
     from .relay import Relay, RelayConfig
@@ -74,7 +84,8 @@ def _main(argv: Sequence[str] | None) -> int:
     up = _socket(args.listen, "--listen")
     down = _socket(args.listen_receivers, "--listen-receivers")
     cfg = RelayConfig(timeout=args.timeout, max_receivers=args.max_receivers, adapt=args.adapt,
-                      arrival_interval=args.arrival_ms / 1000, duration=args.duration)
+                      arrival_interval=args.arrival_ms / 1000, duration=args.duration,
+                      reference=args.reference, intra_interval=args.intra_interval)
     relay = Relay(up, down, cfg)
     log.info("listening on %s for the sender and on %s for receivers", args.listen, args.listen_receivers)
 

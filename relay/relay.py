@@ -19,7 +19,10 @@ Upstream the sender sees one receiver, the relay:
   better picture without drifting.  When the reference levels change (a join, a leave, a new
   subscription), or another receiver's receipt says it lacks a reference level's payload, the
   relay sends up a "not decoded" receipt, which makes the sender code its next frame intra (at
-  most once per ``intra_interval``).
+  most once per ``intra_interval``).  ``reference="most"`` follows the receiver with the most
+  levels instead: it gets the better prediction, and receivers with fewer levels drift until
+  the intra frame their receipts ask for, one per ``intra_interval`` at most
+  (``docs/papers-003-relay.md`` has both measured).
 * NACKs: forwarded, less the payloads of levels the receiver did not subscribe to; the resend
   reaches every receiver of that level.
 * RRTR: answered by the relay (receivers learn their round trip to it).  Other feedback
@@ -58,6 +61,7 @@ class RelayConfig:
     report_interval: float = 1.0  # the relay's receiver reports to the sender (s)
     arrival_interval: float = 0.05  # its per-packet arrival reports (s; 0: none)
     intra_interval: float = 1.0  # at most one intra request to the sender this often (s)
+    reference: str = "least"  # whose receipts the sender's references follow: least | most levels
     duration: float | None = None
 
 
@@ -165,6 +169,7 @@ class Relay:
         if self.table.stream_levels != info.layout.blocks:
             self.table.set_stream_levels(info.layout.blocks)
             log.info("stream %08x: %d importance levels", pkt.ssrc, info.layout.blocks)
+            self._check_reference(time.monotonic())
         self._describe()
 
     def _describe(self) -> None:
@@ -172,7 +177,7 @@ class Relay:
         if self._description is None:
             return
         head = self._description[:12]
-        body = with_reference_levels(self._description[12:], self.table.reference_levels())
+        body = with_reference_levels(self._description[12:], self._ref[1])
         self._forward(head + body, 0, None)
 
     def _forward(self, data: bytes, tos: int, level: int | None) -> None:
@@ -319,8 +324,9 @@ class Relay:
 
     def _check_reference(self, now: float) -> None:
         """A new reference receiver or reference levels: tell the receivers, restart references."""
-        ref = self.table.reference()
-        current = (ref.addr if ref else None, self.table.reference_levels())
+        most = self.cfg.reference == "most"
+        ref = self.table.reference(most)
+        current = (ref.addr if ref else None, self.table.reference_levels(most))
         if current == self._ref:
             return
         self._ref = current

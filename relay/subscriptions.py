@@ -122,14 +122,16 @@ class SubscriptionTable:
                 sub.levels = 0
                 self.counters.clamped += 1
 
-    def reference(self) -> Subscriber | None:
-        """The receiver with the fewest levels (the earliest joined of those): the sender's
-        references follow what it decodes (see ``relay.relay``)."""
-        return min(self.receivers.values(), key=lambda s: (self.effective(s), s.joined_at), default=None)
+    def reference(self, most: bool = False) -> Subscriber | None:
+        """The receiver with the fewest levels (``most``: the most), the earliest joined of
+        those: the sender's references follow what it decodes (see ``relay.relay``)."""
+        sign = -1 if most else 1
+        return min(self.receivers.values(), key=lambda s: (sign * self.effective(s), s.joined_at), default=None)
 
-    def reference_levels(self) -> int:
-        """Levels every receiver gets (0: all, or no receiver)."""
-        ref = self.reference()
+    def reference_levels(self, most: bool = False) -> int:
+        """The reference receiver's levels (0: all, or no receiver): with the fewest, the
+        levels every receiver gets."""
+        ref = self.reference(most)
         if ref is None or self.stream_levels is None:
             return 0
         n = self.effective(ref)

@@ -101,10 +101,11 @@ class Sender(Endpoint):
 
 
 @pytest.fixture
-async def relay():
+async def relay(request):
     up = udp_socket(socket.AF_INET, ("127.0.0.1", free_port()), recv_tos=True)
     down = udp_socket(socket.AF_INET, ("127.0.0.1", free_port()), recv_tos=True)
-    r = Relay(up, down, RelayConfig(timeout=0.3, intra_interval=0.0))
+    reference = getattr(request, "param", "least")
+    r = Relay(up, down, RelayConfig(timeout=0.3, intra_interval=0.0, reference=reference))
     task = asyncio.create_task(r.run())
     sender = Sender(up.getsockname())
     yield r, sender, down.getsockname()
@@ -243,11 +244,32 @@ async def test_upstream_feedback_nacks_receipts_intra_and_own_reports(relay):
     assert any(fb.HasField("arrivals") for fb in up)  # the relay's own congestion feedback
 
 
+@pytest.mark.parametrize("relay", ["most"], indirect=True)
+async def test_references_may_follow_the_receiver_with_the_most_levels(relay):
+    r, sender, down = relay
+    low, full = Receiver(), Receiver()
+    low.subscribe(down, 2)
+    full.subscribe(down, 0)
+    await asyncio.sleep(0.05)
+    await stream(sender, 2)
+    desc = [d for _, d in low.drain() if d[1] & 0x7F == 97]
+    assert parse_description(desc[-1][12:]).reference_levels == 0  # references from every level
+    sender.drain()
+    for rcv, crc, used in ((full, 9, [True] * 14), (low, 7, [True] * 4 + [False] * 10)):
+        rcv.feedback(down, ssrc=Sender.SSRC, receipts=[FrameReceipt(frame_id=1, payloads=14,
+                                                                    received=pack_bitmap(used), decoded=True, crc32=crc)])
+    await asyncio.sleep(0.1)
+    receipts = [(x.crc32, x.decoded) for fb in sender.feedback() for x in fb.receipts]
+    assert (9, True) in receipts and (7, True) not in receipts  # the all-levels receiver's only
+    assert (0, False) in receipts  # the 2-level receiver lacks the reference's levels: an intra frame
+
+
 def test_subscription_table_reference_and_adaptation():
     t = SubscriptionTable(timeout=1.0, adapt=True, stream_levels=7)
     a = t.subscribe(("a", 1), 4, 0, now=0.0)
     b = t.subscribe(("b", 1), 0, 0, now=0.1)
     assert t.reference() is a and t.reference_levels() == 4
+    assert t.reference(most=True) is b and t.reference_levels(most=True) == 0
     t.on_loss(a, [0.0, 0.0, 0.0, 0.3, 1.0, 1.0, 1.0], now=1.0)  # 30 % of level 3 lost
     assert t.effective(a) == 3 and t.counters.adapted_down == 1
     t.on_loss(a, [0.0] * 7, now=2.0)
