@@ -291,7 +291,9 @@ class Relay:
             except ValueError:
                 self.stats.malformed_feedback += 1
                 continue
-            missing = [i for i, ok in enumerate(used) if not ok and (self.frames.level(r.frame_id, i) or 0) < levels]
+            if self.frames.count(r.frame_id) != len(used):
+                continue  # a frame the relay no longer knows (or a wrong count): nothing to check
+            missing = [i for i, ok in enumerate(used) if not ok and self.frames.level(r.frame_id, i) < levels]
             if not r.decoded or missing:
                 self._request_intra(time.monotonic())
 

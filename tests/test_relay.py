@@ -105,7 +105,7 @@ async def relay(request):
     up = udp_socket(socket.AF_INET, ("127.0.0.1", free_port()), recv_tos=True)
     down = udp_socket(socket.AF_INET, ("127.0.0.1", free_port()), recv_tos=True)
     reference = getattr(request, "param", "least")
-    r = Relay(up, down, RelayConfig(timeout=0.3, intra_interval=0.0, reference=reference))
+    r = Relay(up, down, RelayConfig(timeout=0.3, intra_interval=0.0, reference=reference, adapt=True))
     task = asyncio.create_task(r.run())
     sender = Sender(up.getsockname())
     yield r, sender, down.getsockname()
@@ -262,6 +262,19 @@ async def test_references_may_follow_the_receiver_with_the_most_levels(relay):
     receipts = [(x.crc32, x.decoded) for fb in sender.feedback() for x in fb.receipts]
     assert (9, True) in receipts and (7, True) not in receipts  # the all-levels receiver's only
     assert (0, False) in receipts  # the 2-level receiver lacks the reference's levels: an intra frame
+
+
+async def test_adapt_drops_a_level_on_reported_loss(relay):
+    r, sender, down = relay
+    rcv = Receiver()
+    rcv.subscribe(down, 4)
+    await asyncio.sleep(0.05)
+    await stream(sender, 1)
+    assert rcv.levels() == {0, 1, 2, 3}
+    rcv.feedback(down, ssrc=Sender.SSRC, block_loss=[0.0, 0.0, 0.0, 0.4, 1.0, 1.0, 1.0])  # level 3: 40 % lost
+    await asyncio.sleep(0.05)
+    await stream(sender, 2)
+    assert rcv.levels() == {0, 1, 2} and r.table.counters.adapted_down == 1
 
 
 def test_subscription_table_reference_and_adaptation():
