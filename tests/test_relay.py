@@ -124,13 +124,19 @@ async def stream(sender: Sender, frames: int = 3) -> None:
     await asyncio.sleep(0.05)
 
 
-async def test_each_receiver_gets_only_its_levels_and_changes_take_effect_mid_stream(relay):
-    r, sender, down = relay
-    rx = {n: Receiver() for n in (2, 4, 0)}
-    for n, rcv in rx.items():
+async def joined(sender: Sender, down, *levels: int, frames: int = 2) -> list[Receiver]:
+    """Receivers subscribed to ``levels`` each, once ``frames`` frames went through the relay."""
+    rx = [Receiver() for _ in levels]
+    for rcv, n in zip(rx, levels):
         rcv.subscribe(down, n)
     await asyncio.sleep(0.05)
-    await stream(sender)
+    await stream(sender, frames)
+    return rx
+
+
+async def test_each_receiver_gets_only_its_levels_and_changes_take_effect_mid_stream(relay):
+    r, sender, down = relay
+    rx = dict(zip((2, 4, 0), await joined(sender, down, 2, 4, 0, frames=3)))
     assert rx[2].levels() == {0, 1}
     assert rx[4].levels() == {0, 1, 2, 3}
     assert rx[0].levels() == set(range(LEVELS))
@@ -146,11 +152,7 @@ async def test_each_receiver_gets_only_its_levels_and_changes_take_effect_mid_st
 
 async def test_parity_goes_only_to_receivers_of_every_level_it_covers(relay):
     r, sender, down = relay
-    one, two = Receiver(), Receiver()
-    one.subscribe(down, 1)
-    two.subscribe(down, 2)
-    await asyncio.sleep(0.05)
-    await stream(sender, 2)
+    one, two = await joined(sender, down, 1, 2)
     pts = {n: [d[1] & 0x7F for _, d in rcv.drain()] for n, rcv in ((1, one), (2, two))}
     assert 99 not in pts[1] and pts[2].count(99) == 2  # parity over payloads of levels 0 and 1
     assert pts[1].count(98) == 2 * PER_LEVEL and pts[2].count(98) == 2 * 2 * PER_LEVEL
@@ -218,10 +220,8 @@ async def test_join_leave_by_bye_and_timeout(relay):
 
 async def test_upstream_feedback_nacks_receipts_intra_and_own_reports(relay):
     r, sender, down = relay
-    low, full = Receiver(), Receiver()
-    low.subscribe(down, 2)
-    await asyncio.sleep(0.05)
-    await stream(sender, 2)
+    low, = await joined(sender, down, 2)
+    full = Receiver()
     desc = [d for _, d in low.drain() if d[1] & 0x7F == 97]
     assert parse_description(desc[-1][12:]).reference_levels == 2  # keep references from levels 0-1
     full.subscribe(down, 0)
@@ -247,11 +247,7 @@ async def test_upstream_feedback_nacks_receipts_intra_and_own_reports(relay):
 @pytest.mark.parametrize("relay", ["most"], indirect=True)
 async def test_references_may_follow_the_receiver_with_the_most_levels(relay):
     r, sender, down = relay
-    low, full = Receiver(), Receiver()
-    low.subscribe(down, 2)
-    full.subscribe(down, 0)
-    await asyncio.sleep(0.05)
-    await stream(sender, 2)
+    low, full = await joined(sender, down, 2, 0)
     desc = [d for _, d in low.drain() if d[1] & 0x7F == 97]
     assert parse_description(desc[-1][12:]).reference_levels == 0  # references from every level
     sender.drain()
@@ -266,10 +262,7 @@ async def test_references_may_follow_the_receiver_with_the_most_levels(relay):
 
 async def test_adapt_drops_a_level_on_reported_loss(relay):
     r, sender, down = relay
-    rcv = Receiver()
-    rcv.subscribe(down, 4)
-    await asyncio.sleep(0.05)
-    await stream(sender, 1)
+    rcv, = await joined(sender, down, 4, frames=1)
     assert rcv.levels() == {0, 1, 2, 3}
     rcv.feedback(down, ssrc=Sender.SSRC, block_loss=[0.0, 0.0, 0.0, 0.4, 1.0, 1.0, 1.0])  # level 3: 40 % lost
     await asyncio.sleep(0.05)
