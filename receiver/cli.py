@@ -168,6 +168,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--arrival-ms must be in [0, 10000] (0: no arrival reports)")
     if not 0 <= args.levels <= 255:
         raise UserError("--levels must be in [0, 255] (0: every level)")
+    join = _join(args.join)
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
 
@@ -201,7 +202,7 @@ def _main(argv: Sequence[str] | None) -> int:
                          gap=None if args.gap_ms is None else args.gap_ms / 1000, nack=not args.no_nack,
                          max_size=_max_size(args.max_size),
                          arrival_interval=args.arrival_ms / 1000, levels=args.levels,
-                         join=_join(args.join))
+                         join=join)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)

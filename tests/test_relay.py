@@ -286,3 +286,20 @@ def test_subscription_table_reference_and_adaptation():
     assert t.effective(b) == 6
     assert [s.addr for s in t.expire(now=5.5)] == [("a", 1), ("b", 1)]
     assert t.reference() is None and t.reference_levels() == 0
+
+
+@pytest.mark.parametrize("command, argv, msg", [
+    ("relay", ["--timeout", "0"], "--timeout must be in"),
+    ("relay", ["--max-receivers", "0"], "--max-receivers must be >= 1"),
+    ("relay", ["--listen", "nope"], "--listen: bad address"),
+    ("relay", ["--intra-interval", "-1"], "--intra-interval must be in"),
+    ("relay", ["--arrival-ms", "-5"], "--arrival-ms must be in"),
+    ("receiver", ["--levels", "-1"], "--levels must be in [0, 255]"),
+    ("receiver", ["--levels", "256"], "--levels must be in [0, 255]"),
+    ("receiver", ["--join", "relay-without-port"], "--join: bad address")])
+def test_cli_user_errors(command, argv, msg, capsys):
+    import importlib
+
+    assert importlib.import_module(f"jscc_stream.{command}.cli").main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
