@@ -34,6 +34,7 @@ COPY netem ./netem
 COPY proto ./proto
 COPY sender ./sender
 COPY receiver ./receiver
+COPY relay ./relay
 RUN pip install . && jscc-send --help >/dev/null && jscc-recv --help >/dev/null && jscc-netem --help >/dev/null
 
 # One torch thread per daemon: sender and receiver share the cores.

@@ -8,7 +8,8 @@ from google.protobuf.message import DecodeError
 
 from .packet import WIRE_VERSION, WireError
 
-__all__ = ["LatentLayout", "StreamInfo", "make_description", "parse_description", "MAX_FRAME_BYTES"]
+__all__ = ["LatentLayout", "StreamInfo", "make_description", "parse_description", "MAX_FRAME_BYTES",
+           "with_reference_levels"]
 
 #: Reject descriptions whose frames would need more memory than this (bounded receivers).
 MAX_FRAME_BYTES = 16 << 20
@@ -53,6 +54,9 @@ class StreamInfo:
     mtu: int
     entropy_coded: bool = False  # media are whole codec payloads (PT 98), one level each
     max_frame_payloads: int = 0
+    #: predicted frames keep as reference the picture decoded from levels below this (0: all);
+    #: a relay sets it to its least-subscribed receiver's levels
+    reference_levels: int = 0
 
 
 def make_description(*, ssrc: int, revision: int, codec_name: str, codec_sha256: str, layout: LatentLayout,
@@ -101,4 +105,19 @@ def parse_description(body: bytes) -> StreamInfo:
                             w=msg.latent_w, bits=msg.quant_bits, scr=msg.scr), fps=msg.fps,
         block_levels=tuple(msg.block_level), dscp_map={r.level: r.dscp for r in msg.dscp_map},
         clock_epoch_unix_us=msg.clock_epoch_unix_us, mtu=msg.mtu, entropy_coded=msg.entropy_coded,
-        max_frame_payloads=msg.max_frame_payloads if msg.entropy_coded else 0)
+        max_frame_payloads=msg.max_frame_payloads if msg.entropy_coded else 0,
+        reference_levels=min(msg.reference_levels, msg.blocks))
+
+
+def with_reference_levels(body: bytes, levels: int) -> bytes:
+    """A description (PT 97 payload) with ``reference_levels`` set, as a relay forwards it;
+    :class:`WireError` when ``body`` is not one."""
+    from .stream_pb2 import StreamDescription
+
+    msg = StreamDescription()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise WireError(f"bad stream description: {exc}") from None
+    msg.reference_levels = max(0, levels)
+    return msg.SerializeToString()

@@ -124,12 +124,13 @@ class FrameSlot:
         ts = self.timestamp if ts_unwrapped is None else ts_unwrapped
         return self.info.clock_epoch_unix_us / 1e6 + ts / CLOCK_RATE
 
-    def max_missing_level(self) -> int:
-        """Least important level (largest number) among blocks not yet complete; -1 if none."""
+    def max_missing_level(self, below: int = 0) -> int:
+        """Least important level (largest number) among blocks not yet complete; -1 if none.
+        ``below`` > 0 (a subscription to fewer levels): only levels below it count as missing."""
         if self.payloads is not None:
-            return self._max_missing_payload_level()
-        missing = [_level(self.info, b) for b in range(self.received.shape[0])
-                   if not self.received[b].all()]
+            return self._max_missing_payload_level(below)
+        levels = [_level(self.info, b) for b in range(self.received.shape[0]) if not self.received[b].all()]
+        missing = [lv for lv in levels if below <= 0 or lv < below]
         return max(missing, default=-1)
 
     def payload_levels_filled(self) -> np.ndarray:
@@ -153,9 +154,11 @@ class FrameSlot:
         return (np.bincount(levels, minlength=n)[:n],
                 np.bincount(levels[self.received[:, 0]], minlength=n)[:n])
 
-    def _max_missing_payload_level(self) -> int:
-        missing = ~self.received[:, 0]
-        return int(self.payload_levels_filled()[missing].max()) if missing.any() else -1
+    def _max_missing_payload_level(self, below: int = 0) -> int:
+        levels = self.payload_levels_filled()[~self.received[:, 0]]
+        if below > 0:
+            levels = levels[levels < below]
+        return int(levels.max()) if levels.size else -1
 
     def missing_ranges(self) -> list[tuple[int, int, int]]:
         """``(block, offset, length)`` runs of bytes that did not arrive."""
@@ -190,17 +193,21 @@ class Reassembler:
     """Collects packets of every stream it hears; see the module docstring for release rules."""
 
     def __init__(self, latency: float = 0.05, reorder_grace: float = 0.01, max_frames: int = 32,
-                 max_streams: int = 4, gap: float | None = None, max_size: tuple[int, int] | None = None) -> None:
+                 max_streams: int = 4, gap: float | None = None, max_size: tuple[int, int] | None = None,
+                 levels: int = 0) -> None:
         """``gap``: release an entropy-coded frame once none of its packets arrived for this
         long (its sender sends a frame's packets together: a silence means the rest is lost,
         most often its last, marker packet); None: only the rules above.  ``max_size``: the
         largest frame (width, height, either orientation) a description may announce; a larger
-        one is refused (decoding it would cost CPU and memory out of proportion)."""
+        one is refused (decoding it would cost CPU and memory out of proportion).  ``levels`` > 0:
+        the receiver subscribed (through a relay) to the levels below it only, so the others
+        never come and do not hold a frame back when a newer frame's packet arrives."""
         if latency <= 0:
             raise ValueError("latency must be positive")
         if gap is not None and gap <= 0:
             raise ValueError("gap must be positive")
         self.gap = gap
+        self.levels = levels
         self.max_size = max_size
         self.latency = latency
         self.reorder_grace = reorder_grace
@@ -312,7 +319,7 @@ class Reassembler:
         # blocks may still sit behind this packet in a priority queue, so they keep the deadline.
         for (sc, fid), other in self.slots.items():
             if (sc == ssrc and frame_diff(fid, frame_id) < 0 and other.deadline > now + self.reorder_grace
-                    and other.max_missing_level() <= level):
+                    and other.max_missing_level(self.levels) <= level):
                 self._shorten(other, now + self.reorder_grace)
 
     def _shorten(self, slot: FrameSlot, t: float) -> None:

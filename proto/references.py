@@ -303,17 +303,32 @@ class ReferenceStore:
             return self._pictures.get(frame_id)
 
     def decode(self, codec, frame_id: int, payloads: Sequence[bytes | None], width: int,
-               height: int) -> tuple[np.ndarray | None, Receipt, object]:
+               height: int, reference_levels: int = 0) -> tuple[np.ndarray | None, Receipt, object]:
         """The receiver's step for one frame of a video codec: damaged payloads count as lost,
         a predicted frame decodes from the picture it names (not at all when that is not
         held), the picture is kept for later frames.  Returns (picture or None, the receipt
-        for the sender, the codec's frame info)."""
+        for the sender, the codec's frame info).
+
+        ``reference_levels`` > 0 (a relay's receivers, see ``StreamInfo.reference_levels``):
+        the picture kept, and the receipt, are those of the payloads below that level only, the
+        picture every receiver of the relay can hold; the picture shown uses every payload
+        (a second decode when there are more)."""
         used = tuple(p is not None and codec.payload_ok(p) for p in payloads)
         payloads = [p if ok else None for p, ok in zip(payloads, used)]
         info = codec.frame_info(payloads)
         ref = self.get((frame_id - info.ref_back) & 0xFFFFFFFF) if info.predicted else None
         if info.predicted and ref is None:
             return None, Receipt(frame_id, used, False, 0), info
-        picture = codec.decode(payloads, width, height, ref)
-        self.put(frame_id, picture)
-        return picture, Receipt(frame_id, used, True, picture_crc(picture)), info
+        base = _below(codec, payloads, reference_levels)
+        kept = codec.decode(base, width, height, ref)
+        self.put(frame_id, kept)
+        shown = kept if base == payloads else codec.decode(payloads, width, height, ref)
+        used = tuple(p is not None for p in base)
+        return shown, Receipt(frame_id, used, True, picture_crc(kept)), info
+
+
+def _below(codec, payloads: list[bytes | None], levels: int) -> list[bytes | None]:
+    """``payloads`` with those of level ``levels`` and above left out (``levels`` 0: all kept)."""
+    if levels <= 0:
+        return payloads
+    return [p if p is not None and codec.payload_levels([p])[0] < levels else None for p in payloads]

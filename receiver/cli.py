@@ -80,6 +80,18 @@ def _max_size(text: str) -> tuple[int, int]:
         raise UserError(f"--max-size: {exc}") from None
 
 
+def _join(text: str | None) -> tuple | None:
+    """--join HOST:PORT -> the relay's socket address (None: no relay to join)."""
+    if text is None:
+        return None
+    from jscc_stream.udp import parse_hostport, resolve
+
+    try:
+        return resolve(*parse_hostport(text, default_host=None))[1]
+    except ValueError as exc:
+        raise UserError(f"--join: {exc}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jscc-recv", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -118,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never ask for missing payloads of the protected (top) levels; by default the receiver "
                         "asks once it knows the round trip (from the sender's XR DLRR) and only while the answer "
                         "can arrive before the frame's playout deadline (--latency-ms)")
+    p.add_argument("--levels", type=int, default=0, metavar="N",
+                   help="subscribe to importance levels 0..N-1 only (0: all): a relay (jscc-relay) forwards "
+                        "this receiver only those, and every frame is decoded from them (the rest left out)")
+    p.add_argument("--join", metavar="HOST:PORT",
+                   help="a relay's receiver port (jscc-relay --listen-receivers): subscribe there (with --levels) "
+                        "every 0.5 s; leaving (exit) sends RTCP BYE, and a relay forgets a silent receiver")
     p.add_argument("--arrival-ms", type=float, default=50.0,
                    help="interval of the per-packet arrival reports the sender's congestion control uses (0: none)")
     p.add_argument("--display", action="store_true",
@@ -148,6 +166,9 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--gap-ms must be positive")
     if not 0 <= args.arrival_ms <= 10000:
         raise UserError("--arrival-ms must be in [0, 10000] (0: no arrival reports)")
+    if not 0 <= args.levels <= 255:
+        raise UserError("--levels must be in [0, 255] (0: every level)")
+    join = _join(args.join)
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
 
@@ -180,7 +201,8 @@ def _main(argv: Sequence[str] | None) -> int:
                          max_decode_queue=args.decode_queue,
                          gap=None if args.gap_ms is None else args.gap_ms / 1000, nack=not args.no_nack,
                          max_size=_max_size(args.max_size),
-                         arrival_interval=args.arrival_ms / 1000)
+                         arrival_interval=args.arrival_ms / 1000, levels=args.levels,
+                         join=join)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)

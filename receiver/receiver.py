@@ -68,6 +68,9 @@ class ReceiverConfig:
     arrival_interval: float = 0.05  # per-packet arrival reports for congestion control (s; 0: none)
     nack: bool = True  # ask for missing protected payloads while the round trip fits the deadline
     max_size: tuple[int, int] | None = (1920, 1080)  # largest frame a stream description may announce
+    levels: int = 0  # subscription through a relay: importance levels 0..levels-1 (0: all)
+    join: tuple | None = None  # a relay's address (sockaddr) to subscribe at, every join_interval
+    join_interval: float = 0.5  # s; a relay drops a receiver silent for longer than its timeout
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Receiver:
         self.cfg = cfg
         self.on_frame = on_frame
         self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace, gap=cfg.gap,
-                                 max_size=cfg.max_size)
+                                 max_size=cfg.max_size, levels=cfg.levels)
         self.stats = ReceiverStats()
         self.stop_event = asyncio.Event()
         self.ssrc = int.from_bytes(os.urandom(4), "big")
@@ -264,7 +267,8 @@ class Receiver:
         goes back to the sender.  Frames must decode in order (one decode worker) for a
         reference to be there when needed."""
         frame, receipt, kind = self.refs.decode(codec, slot.frame_id, slot.payload_list(),
-                                                slot.info.layout.width, slot.info.layout.height)
+                                                slot.info.layout.width, slot.info.layout.height,
+                                                slot.info.reference_levels)
         self._kinds[slot.frame_id] = ({"frame_type": "P", "ref_back": kind.ref_back} if kind.predicted
                                       else {"frame_type": "I"})
         if kind.predicted:
@@ -298,6 +302,12 @@ class Receiver:
             log.debug("RTCP to %s failed: %s", addr, exc)
             return False
         return True
+
+    def _send_to(self, addr, data: bytes) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            log.debug("RTCP to %s failed: %s", addr, exc)
 
     def _present(self, slot: FrameSlot, frame: np.ndarray | None, decode_ms: float,
                  units: tuple[np.ndarray, np.ndarray]) -> FrameRecord:
@@ -379,6 +389,8 @@ class Receiver:
             if lat:
                 fb.latency_p50_ms = percentile(lat, 50)
                 fb.latency_p95_ms = percentile(lat, 95)
+            if self.cfg.join is not None or self.cfg.levels:
+                fb.subscription.levels = self.cfg.levels
             if self._block_missing is not None:
                 fb.block_loss.extend((self._block_missing[:, 0] / np.maximum(1, self._block_missing[:, 1])).tolist())
             report = build_report(self.ssrc, [rx.report(self._loop.time())], fb.SerializeToString(), ntp_now())
@@ -397,6 +409,16 @@ class Receiver:
                 if msg is not None and self._send_feedback(Feedback(ssrc=ssrc, arrivals=msg)):
                     self.stats.arrival_reports += 1
 
+    async def _subscriber(self) -> None:
+        """Joins a relay and stays joined: a Feedback with this receiver's subscription every
+        ``join_interval`` (the relay learns the address from it; silence makes it forget)."""
+        from jscc_stream.proto.stream_pb2 import Feedback, Subscription
+
+        while True:
+            fb = Feedback(ssrc=next(reversed(self._rx), 0), subscription=Subscription(levels=self.cfg.levels))
+            self._send_to(self.cfg.join, build_report(self.ssrc, [], fb.SerializeToString()))
+            await asyncio.sleep(self.cfg.join_interval)
+
     async def _reporter(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.report_interval)
@@ -414,12 +436,16 @@ class Receiver:
                  asyncio.create_task(self._reporter())]
         if self.cfg.arrival_interval > 0:
             tasks.append(asyncio.create_task(self._arrival_reporter()))
+        if self.cfg.join is not None:
+            tasks.append(asyncio.create_task(self._subscriber()))
         waiters = [asyncio.create_task(self.stop_event.wait()), asyncio.create_task(done.wait())]
         try:
             await asyncio.wait(waiters, timeout=self.cfg.duration, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for ssrc in list(self._addr):
                 self._send_rtcp(ssrc, build_bye(self.ssrc))
+            if self.cfg.join is not None and self.cfg.join not in self._addr.values():
+                self._send_to(self.cfg.join, build_bye(self.ssrc))
             loop.remove_reader(self.sock.fileno())
             if self._timer is not None:
                 self._timer.cancel()

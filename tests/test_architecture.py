@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # folder -> import prefix (pyproject's package-dir: the top-level folders live under jscc_stream)
 PACKAGES = {"jscc_stream": "jscc_stream", "models": "jscc_stream.models", "netem": "jscc_stream.netem",
-            "proto": "jscc_stream.proto", "sender": "jscc_stream.sender", "receiver": "jscc_stream.receiver"}
+            "proto": "jscc_stream.proto", "sender": "jscc_stream.sender", "receiver": "jscc_stream.receiver",
+            "relay": "jscc_stream.relay"}
 MAX_FUNCTION_LINES = 80
 
 
@@ -79,7 +80,7 @@ def test_the_graph_sees_the_whole_project():
     assert "jscc_stream.proto.packet" in GRAPH["jscc_stream.proto.packetizer"]
 
 
-@pytest.mark.parametrize("package", ["jscc_stream.sender", "jscc_stream.receiver"])
+@pytest.mark.parametrize("package", ["jscc_stream.sender", "jscc_stream.receiver", "jscc_stream.relay"])
 def test_nothing_imports_sender_or_receiver(package):
     offenders = [f"{m} -> {t}" for m, deps in GRAPH.items() if not _in(m, package) for t in deps if _in(t, package)]
     assert not offenders, offenders
@@ -96,7 +97,7 @@ def test_shared_modules_import_no_daemon_package():
     shared = [m for m in MODULES if m.count(".") == 1 and m.startswith("jscc_stream.")
               and m not in ("jscc_stream.demo", "jscc_stream.pipeline")]
     offenders = [f"{m} -> {t}" for m in shared for t in GRAPH[m]
-                 if any(_in(t, f"jscc_stream.{p}") for p in ("models", "netem", "proto", "sender", "receiver"))]
+                 if any(_in(t, f"jscc_stream.{p}") for p in ("models", "netem", "proto", "sender", "receiver", "relay"))]
     assert not offenders, offenders
 
 
@@ -164,3 +165,10 @@ def test_every_receiver_plays_out_by_the_one_rule():
     callers = {name for name, path in MODULES.items() for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "playout_count"}
     assert {"jscc_stream.proto.reassembly", "jscc_stream.bench.compare.stream"} <= callers, callers
+
+
+def test_the_relay_forwards_without_the_codecs():
+    """The relay reads headers only: it imports neither the codecs nor the network emulator."""
+    offenders = [f"{m} -> {t}" for m, deps in GRAPH.items() if _in(m, "jscc_stream.relay") for t in deps
+                 if _in(t, "jscc_stream.models") or _in(t, "jscc_stream.netem")]
+    assert not offenders, offenders

@@ -1,0 +1,1 @@
+"""jscc-relay: one stream in, many receivers out, each with only the importance levels it asked for."""
