@@ -7,6 +7,8 @@ import pytest
 
 from jscc_stream.netem.control import ControlConfig, ControlError, ControlServer, is_loopback
 
+JSON = {"Content-Type": "application/json"}
+
 
 async def _serve(shim, token=None) -> tuple[ControlServer, str]:
     server = ControlServer(ControlConfig(host="127.0.0.1", port=0, token=token), shim)
@@ -60,7 +62,7 @@ async def test_bad_requests_get_400_and_change_nothing(shim, path, body, fragmen
             async with http.post(url + path, json=body) as r:
                 assert r.status == 400
                 assert fragment in (await r.json())["error"]
-            async with http.post(url + path, data=b"not json{") as r:
+            async with http.post(url + path, data=b"not json{", headers=JSON) as r:
                 assert r.status == 400
             async with http.post(url + path, json=[1, 2]) as r:
                 assert r.status == 400

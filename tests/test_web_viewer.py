@@ -137,7 +137,7 @@ async def test_shim_proxy_with_token():
             async with http.post(base + "/api/shim/loss", json={"spec": "nope"}) as r:
                 assert r.status == 400  # the shim's own message comes through
                 assert "unknown loss" in (await r.json())["error"]
-            async with http.post(base + "/api/shim/loss", data=b"{") as r:
+            async with http.post(base + "/api/shim/loss", data=b"{", headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
             async with http.post(base + "/api/shim/shutdown", json={}) as r:
                 assert r.status in (404, 405)

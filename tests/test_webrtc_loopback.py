@@ -47,15 +47,19 @@ class PhotoTrack(VideoStreamTrack):
         return frame
 
 
+VIEWER = "http://127.0.0.1:8080"  # the default viewer origin, allowed by default
+
+
 async def _connect(url: str, track: PhotoTrack) -> RTCPeerConnection:
     pc = RTCPeerConnection()
     pc.addTrack(track)
     await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers before returning
     async with aiohttp.ClientSession() as http:
         async with http.post(url + "/offer", json={"sdp": pc.localDescription.sdp,
-                                                   "type": pc.localDescription.type}) as r:
+                                                   "type": pc.localDescription.type},
+                             headers={"Origin": VIEWER}) as r:
             assert r.status == 200, await r.text()
-            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.headers["Access-Control-Allow-Origin"] == VIEWER
             answer = await r.json()
     await pc.setRemoteDescription(RTCSessionDescription(**answer))
     return pc
@@ -110,13 +114,14 @@ def test_port_in_use_is_a_user_error(source):
 async def test_bad_offers_and_cors_preflight(source):
     url = f"http://127.0.0.1:{source.address[1]}"
     async with aiohttp.ClientSession() as http:
-        async with http.options(url + "/offer", headers={"Origin": "http://127.0.0.1:8080",
+        async with http.options(url + "/offer", headers={"Origin": VIEWER,
                                                          "Access-Control-Request-Method": "POST"}) as r:
-            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == VIEWER
         for body in (b"{", b'{"sdp": "x"}', b'{"sdp": "v=0", "type": "answer"}', b"[]"):
-            async with http.post(url + "/offer", data=body) as r:
+            async with http.post(url + "/offer", data=body,
+                                 headers={"Origin": VIEWER, "Content-Type": "application/json"}) as r:
                 assert r.status == 400
-                assert r.headers["Access-Control-Allow-Origin"] == "*"
+                assert r.headers["Access-Control-Allow-Origin"] == VIEWER
         async with http.post(url + "/offer", json={"sdp": "garbage", "type": "offer"}) as r:
             assert r.status == 400
         async with http.get(url + "/status") as r:
