@@ -44,7 +44,7 @@ DEFAULT_SIGNAL = ("127.0.0.1", 8081)  # loopback: anyone who reaches it can feed
 _MAX_OFFER = 64 << 10
 #: the viewer's page at its default address (jscc-recv --web 127.0.0.1:8080), by either name
 DEFAULT_ORIGINS = ("http://127.0.0.1:8080", "http://localhost:8080")
-_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", re.IGNORECASE)
 
 
 def parse_origin(text: str) -> str:
@@ -53,8 +53,7 @@ def parse_origin(text: str) -> str:
     if not _ORIGIN.fullmatch(origin):
         raise UserError(f"--webrtc-origin must be http[s]://HOST[:PORT], the viewer page's address as the "
                         f"browser shows it (e.g. http://127.0.0.1:8080), got {text!r}")
-    scheme, rest = origin.split("://", 1)
-    return f"{scheme}://{rest.lower()}"
+    return origin.lower()
 
 
 def parse_webrtc_spec(spec: str) -> tuple[str, int]:

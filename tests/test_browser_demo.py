@@ -81,6 +81,7 @@ class Services:
                      "--forward", f"127.0.0.1:{p['recv']}", "--loss", "none", "--seed", "3",
                      "--control", f"127.0.0.1:{p['control']}", "--stats-interval", "0"],
             "sender": [_script("jscc-send"), "--source", f"webrtc:127.0.0.1:{p['signal']}",
+                       "--webrtc-origin", f"http://127.0.0.1:{p['web']}",
                        "--dest", f"127.0.0.1:{p['shim']}", "--codec", codec, "--size", f"{W}x{H}",
                        "--fps", "30"],
         }
