@@ -4,7 +4,8 @@ Senders talk to ``listen``; each sender (client address) gets its own upstream s
 ``forward``, so whatever the receiver sends back to that socket (RTCP) is relayed to that
 sender.  A sender silent for ``client_timeout`` is forgotten; while ``max_clients`` are active
 a new source is refused (counted), never one of them evicted: any host can send from made-up
-addresses, and must not be able to push a real sender out.  The impairments live in two pure :class:`~jscc_stream.netem.link.Link` objects, one
+addresses, and must not be able to push a real sender out.  An upstream socket relays back only
+what comes from the receiver, so nobody else can feed a sender forged RTCP through the shim.  The impairments live in two pure :class:`~jscc_stream.netem.link.Link` objects, one
 per direction; this module only moves bytes between sockets and the links and keeps the DSCP:
 it reads each datagram's TOS/traffic class (``IP_RECVTOS``/``IPV6_RECVTCLASS`` + ``recvmsg``)
 and sets it on the outgoing socket before sending that datagram on.
@@ -78,8 +79,10 @@ class Shim:
         self._stats_task: asyncio.Task | None = None
         # recv/send: socket errors; clients_expired: senders forgotten after client_timeout of
         # silence; clients_refused: datagrams of new sources dropped while the table was full;
-        # orphaned: queued packets whose sender was forgotten meanwhile
-        self.errors = {"recv": 0, "send": 0, "clients_expired": 0, "clients_refused": 0, "orphaned": 0}
+        # orphaned: queued packets whose sender was forgotten meanwhile; foreign: datagrams at an
+        # upstream socket from anyone but the receiver (dropped)
+        self.errors = {"recv": 0, "send": 0, "clients_expired": 0, "clients_refused": 0, "orphaned": 0,
+                       "foreign": 0}
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.started_at = 0.0
         self.closed = asyncio.Event()
@@ -285,8 +288,12 @@ class Shim:
         overhead = link.config.overhead
 
         def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
+            if tuple(addr[:2]) != receiver:  # the upstream port is open to anyone: only the receiver's
+                self.errors["foreign"] += 1  # datagrams go back to the sender (it trusts what we relay)
+                return
             link.arrive(Packet.make(data, tos, client.addr, overhead), now)
 
+        receiver = tuple(self._fwd_addr[:2])
         if client.sock.fileno() >= 0:
             self._drain(client.sock, on_packet)
 

@@ -249,12 +249,14 @@ async def test_garbage_and_odd_datagrams_never_stop_it():
         for s in sizes:
             send.send(rng.bytes(int(s)), shim.listen_address, int(rng.integers(0, 256)) & 0xFC)
         await until(lambda: shim.stats()["forward"]["total"]["in"] == len(sizes))
-        # datagrams from strangers straight at the upstream socket: relayed back, harmless
+        # datagrams from strangers straight at the upstream socket: dropped, counted, never relayed
+        # to the sender as if the receiver had sent them (forged RTCP)
         stranger = Endpoint()
         up = ("127.0.0.1", shim.upstream_addresses()[0][1])
         for s in rng.integers(0, 1500, 50):
             stranger.send(rng.bytes(int(s)), up)
-        await until(lambda: shim.stats()["reverse"]["total"]["in"] == 50)
+        await until(lambda: shim.stats()["errors"]["foreign"] == 50)
+        assert shim.stats()["reverse"]["total"]["in"] == 0 and send.queue.empty()
         with pytest.raises(LossSpecError):
             shim.set_loss("not-a-loss")
         shim.set_loss("none")
