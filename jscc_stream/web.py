@@ -121,7 +121,7 @@ class RequestGuard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self.cookie and request.method == "GET" and "token" in request.query:
+        if self.cookie and self.token is not None and request.method == "GET" and "token" in request.query:
             return self.login(request)
         return self.refusal(request) or await handler(request)
 
