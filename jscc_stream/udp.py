@@ -12,7 +12,7 @@ import ipaddress
 import socket
 import sys
 
-__all__ = ["parse_hostport", "resolve", "udp_socket", "enable_tos_reception", "read_tos", "set_tos",
+__all__ = ["parse_hostport", "is_loopback", "resolve", "udp_socket", "enable_tos_reception", "read_tos", "set_tos",
            "TosSetter", "ANCILLARY_SIZE", "MAX_DATAGRAM"]
 
 _IP_RECVTOS = getattr(socket, "IP_RECVTOS", 13)
@@ -48,6 +48,21 @@ def parse_hostport(text: str, default_host: str | None = "0.0.0.0") -> tuple[str
     if not host and default_host is None:
         raise ValueError(f"bad address {text!r}: write HOST:PORT or [IPV6]:PORT")
     return (host or default_host), port
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``; a name is resolved."""
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
 def resolve(host: str, port: int, passive: bool = False) -> tuple[int, tuple]:

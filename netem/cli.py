@@ -89,6 +89,17 @@ def _shim_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-token", default=None, metavar="TOKEN",
                    help="token the control API requires (Authorization: Bearer TOKEN); needed when "
                         "--control is not on loopback (default: $JSCC_CONTROL_TOKEN)")
+    p.add_argument("--trace-dir", type=Path, default=None, metavar="DIR",
+                   help="the control API's POST /loss may name loss traces in this directory "
+                        "(\"trace:NAME\", a plain file name); without it only uploaded traces "
+                        "({\"trace\": \"0 1 0 ...\"}). A path from the network is never opened; "
+                        "--loss trace:FILE on this command line may name any file")
+    p.add_argument("--client-timeout", type=float, default=10.0, metavar="S",
+                   help="forget a sender silent for this long (its upstream socket closes; packets "
+                        "still queued for it are counted as orphaned) (default 10)")
+    p.add_argument("--max-clients", type=int, default=16, metavar="N",
+                   help="senders relayed at once; a new source arriving when N are active is refused "
+                        "(counted as clients_refused), never one of them evicted (default 16)")
     add_common_args(p)
     return p
 
@@ -200,12 +211,17 @@ def _shim_main(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     if args.reverse_delay_ms < 0:
         raise UserError("--reverse-delay-ms must be >= 0")
+    if not args.client_timeout > 0 or args.max_clients < 1:
+        raise UserError("--client-timeout must be > 0 and --max-clients >= 1")
+    if args.trace_dir is not None and not args.control:
+        raise UserError("--trace-dir names the traces of the control API: it needs --control")
     if args.both_ways and args.reverse_delay_ms:
         raise UserError("--reverse-delay-ms and --both-ways both set the return path: choose one")
     rev = (LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways
            else LinkConfig(delay_s=args.reverse_delay_ms / 1e3))
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
                      seed=args.seed, stats_interval=args.stats_interval,
+                     client_timeout=args.client_timeout, max_clients=args.max_clients,
                      series_interval=args.series_interval if args.stats_json else 0.0)
     from jscc_stream.cli import event_loop_factory
 
@@ -220,7 +236,7 @@ def _shim_main(args: argparse.Namespace) -> int:
 
             chost, cport = parse_hostport(args.control, default_host="127.0.0.1")
             token = args.control_token or os.environ.get("JSCC_CONTROL_TOKEN") or None
-            ctl = ControlConfig(host=chost, port=cport, token=token)
+            ctl = ControlConfig(host=chost, port=cport, token=token, trace_dir=args.trace_dir)
             ctl.check()
             runner(run_shim_with_control(cfg, ctl, args.stats_json))
         else:

@@ -3,12 +3,16 @@
 The demo page's controls go through it (proxied by ``jscc-recv --web``), so the network can be
 made worse while a stream plays.  It listens on 127.0.0.1 by default; bound anywhere else it
 refuses to start without a token, and then every request must carry ``Authorization: Bearer
-TOKEN`` (or ``X-Jscc-Token``): anyone who can reach it could otherwise reshape the link.
+TOKEN`` (or ``X-Jscc-Token``): anyone who can reach it could otherwise reshape the link.  Every
+POST must be ``Content-Type: application/json`` and come from no other web origin
+(``jscc_stream.web.RequestGuard``; docs/security.md).  A loss trace is named only from the
+directory of ``--trace-dir`` or sent as content: never a path (``netem/traces.py``).
 
 Routes (JSON in, JSON out)::
 
     GET  /stats                      the shim's per-class counters and current settings
-    POST /loss   {"spec": "uniform:0.2", "direction": "forward"}
+    POST /loss   {"spec": "uniform:0.2", "direction": "forward"}   or "trace:NAME" (in --trace-dir)
+    POST /loss   {"trace": "0 0 1 0 ..." | [0, 0, 1, 0, ...]}       a trace uploaded as content
     POST /rate   {"rate": "2mbit" | bits/s | null, "direction": "forward"}
     POST /delay  {"delay_ms": 40, "jitter_ms": 5, "direction": "forward"}
     POST /rate-schedule  {"schedule": "0:2mbit,20:500kbit" | [[0, "2mbit"], [20, 500000]],
@@ -20,45 +24,30 @@ Routes (JSON in, JSON out)::
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 import math
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from jscc_stream.netem.loss import parse_loss_spec
 from jscc_stream.netem.rates import parse_rate
 from jscc_stream.netem.shim import Shim, ShimConfig, run_shim
-from jscc_stream.web import serve_app
+from jscc_stream.netem.traces import TraceDir, trace_from_upload
+from jscc_stream.udp import is_loopback
+from jscc_stream.web import RequestGuard, json_error, serve_app
 
 __all__ = ["ControlConfig", "ControlServer", "ControlError", "is_loopback", "run_shim_with_control"]
 
 log = logging.getLogger("jscc_stream.netem.control")
 
-_MAX_BODY = 4096
+_MAX_BODY = 512 << 10  # room for an uploaded trace
 
 
 class ControlError(ValueError):
     """A control-API setup mistake (bad address, missing token)."""
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``; a name is resolved."""
-    if host in ("localhost", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
 @dataclass
@@ -66,6 +55,7 @@ class ControlConfig:
     host: str = "127.0.0.1"
     port: int = 8090
     token: str | None = None
+    trace_dir: Path | None = None  # where POST /loss may name traces from (trace:NAME)
 
     def check(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -75,6 +65,8 @@ class ControlConfig:
         if self.token is None and not is_loopback(self.host):
             raise ControlError(f"--control on {self.host} (not loopback) needs --control-token or "
                                "JSCC_CONTROL_TOKEN: anyone reaching it could reshape the link")
+        if self.trace_dir is not None and not self.trace_dir.is_dir():
+            raise ControlError(f"--trace-dir {self.trace_dir} is not a directory")
 
 
 class ControlServer:
@@ -84,9 +76,10 @@ class ControlServer:
         config.check()
         self.config = config
         self.shim = shim
+        self.traces = TraceDir(config.trace_dir)
         self._runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
-        self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[self._auth])
+        self.app = web.Application(client_max_size=_MAX_BODY, middlewares=[RequestGuard(token=config.token).middleware, self._ready])
         self.app.add_routes([web.get("/stats", self._stats), web.post("/loss", self._loss),
                              web.post("/rate", self._rate), web.post("/delay", self._delay),
                              web.post("/rate-schedule", self._rate_schedule),
@@ -112,16 +105,9 @@ class ControlServer:
 
     # --- middleware and handlers ------------------------------------------------------------------
     @web.middleware
-    async def _auth(self, request: web.Request, handler):
-        if self.config.token is not None:
-            given = request.headers.get("X-Jscc-Token", "")
-            auth = request.headers.get("Authorization", "")
-            if auth.lower().startswith("bearer "):
-                given = auth[7:].strip()
-            if not hmac.compare_digest(given.encode(), self.config.token.encode()):
-                return _error(401, "missing or wrong token")
+    async def _ready(self, request: web.Request, handler):
         if self.shim is None or self.shim.forward_link is None:
-            return _error(503, "the shim is not running yet")
+            return json_error(503, "the shim is not running yet")
         return await handler(request)
 
     async def _stats(self, request: web.Request) -> web.Response:
@@ -130,10 +116,16 @@ class ControlServer:
 
     async def _loss(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
-        spec = body.get("spec")
+        spec, upload = body.get("spec"), body.get("trace")
+        if upload is not None:
+            if spec is not None:
+                raise _bad("send either 'spec' or 'trace', not both")
+            return self._apply(lambda d: self.shim.set_loss(trace_from_upload(upload), d), body)
         if not isinstance(spec, str) or not spec.strip():
-            raise _bad("'spec' must be a loss spec string, e.g. \"uniform:0.2\" or \"ge10\"")
-        return self._apply(lambda d: self.shim.set_loss(spec.strip(), d), body)
+            raise _bad("'spec' must be a loss spec string, e.g. \"uniform:0.2\" or \"ge10\" (or send 'trace')")
+        # trace:NAME only from --trace-dir: a path from the network is never opened
+        return self._apply(lambda d: self.shim.set_loss(parse_loss_spec(spec, open_trace=self.traces.open), d),
+                           body)
 
     async def _rate(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
@@ -229,10 +221,6 @@ def _probability(body: dict[str, Any]) -> float:
     if not 0 <= p <= 1:
         raise _bad("'probability' must be in [0, 1]")
     return p
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def _bad(message: str) -> web.HTTPBadRequest:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -252,17 +252,26 @@ class TraceReplay:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TraceReplay":
+        """A trace file named on the command line (the control API names traces only from
+        ``jscc-netem --trace-dir``: see netem/traces.py)."""
         path = Path(path)
         try:
             text = path.read_text()
-        except OSError as exc:
-            raise LossSpecError(f"cannot read loss trace {path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LossSpecError(f"cannot read loss trace {path}: {getattr(exc, 'strerror', None) or 'not text'}"
+                                ) from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def from_text(cls, text: str, name: str) -> "TraceReplay":
+        """0/1 separated by blanks or commas.  A bad entry is named by its position, never by its
+        text, so an error cannot show what a file holds."""
         bits: list[bool] = []
-        for tok in text.replace(",", " ").split():
+        for i, tok in enumerate(text.replace(",", " ").split()):
             if tok not in ("0", "1"):
-                raise LossSpecError(f"loss trace {path} must hold only 0 and 1, found {tok!r}")
+                raise LossSpecError(f"loss trace {name} must hold only 0 and 1 (entry {i + 1} is neither)")
             bits.append(tok == "1")
-        return cls(tuple(bits), name=str(path))
+        return cls(tuple(bits), name=name)
 
     def sample(self, n_seqs: int, length: int, rng: np.random.Generator) -> np.ndarray:
         arr = np.asarray(self.trace, dtype=bool)
@@ -310,9 +319,12 @@ def _floats(text: str, n: int | None, what: str) -> list[float]:
     return vals
 
 
-def parse_loss_spec(spec: str) -> LossProcess:
+def parse_loss_spec(spec: str, open_trace: Callable[[str], "TraceReplay"] | None = None) -> LossProcess:
     """Parse ``none | uniform:P | ge:p,r,h,k | ge10 | ge15 | eps:e1,..,eK | ladder | steep |
-    taildrop | trace:FILE``.  P may be a fraction (0.1) or a percentage (10%)."""
+    taildrop | trace:FILE``.  P may be a fraction (0.1) or a percentage (10%).
+
+    ``open_trace`` turns the name after ``trace:`` into a trace; by default it is a file path
+    (the command line's case); the control API passes its trace directory's lookup instead."""
     spec = spec.strip()
     kind, _, arg = spec.partition(":")
     kind = kind.lower()
@@ -346,7 +358,7 @@ def parse_loss_spec(spec: str) -> LossProcess:
     if kind == "trace":
         if not arg:
             raise LossSpecError("trace loss needs a file, e.g. trace:losses.txt")
-        return TraceReplay.from_file(arg)
+        return (open_trace or TraceReplay.from_file)(arg)
     raise LossSpecError(
         f"unknown loss {spec!r}; use none, uniform:P, ge:p,r,h,k, ge10, ge15, eps:e1,...,eK, "
         "ladder, steep, taildrop or trace:FILE"

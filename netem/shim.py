@@ -2,7 +2,10 @@
 
 Senders talk to ``listen``; each sender (client address) gets its own upstream socket towards
 ``forward``, so whatever the receiver sends back to that socket (RTCP) is relayed to that
-sender.  The impairments live in two pure :class:`~jscc_stream.netem.link.Link` objects, one
+sender.  A sender silent for ``client_timeout`` is forgotten; while ``max_clients`` are active
+a new source is refused (counted), never one of them evicted: any host can send from made-up
+addresses, and must not be able to push a real sender out.  An upstream socket relays back only
+what comes from the receiver, so nobody else can feed a sender forged RTCP through the shim.  The impairments live in two pure :class:`~jscc_stream.netem.link.Link` objects, one
 per direction; this module only moves bytes between sockets and the links and keeps the DSCP:
 it reads each datagram's TOS/traffic class (``IP_RECVTOS``/``IPV6_RECVTCLASS`` + ``recvmsg``)
 and sets it on the outgoing socket before sending that datagram on.
@@ -41,6 +44,7 @@ class ShimConfig:
     stats_interval: float = 5.0
     series_interval: float = 0.0  # seconds between time-series records of the forward link; 0: off
     max_clients: int = 16
+    client_timeout: float = 10.0  # seconds a sender may stay silent before it is forgotten
     recv_batch: int = 256
     rcvbuf: int = 4 << 20
 
@@ -73,8 +77,13 @@ class Shim:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._stats_task: asyncio.Task | None = None
-        # recv/send: socket errors; orphaned: queued packets whose sender was evicted meanwhile
-        self.errors = {"recv": 0, "send": 0, "clients_evicted": 0, "orphaned": 0}
+        # recv/send: socket errors; clients_expired: senders forgotten after client_timeout of
+        # silence; clients_refused: datagrams of new sources dropped while the table was full;
+        # orphaned: queued packets whose sender was forgotten meanwhile; foreign: datagrams at an
+        # upstream socket from anyone but the receiver (dropped)
+        self.errors = {"recv": 0, "send": 0, "clients_expired": 0, "clients_refused": 0, "orphaned": 0,
+                       "foreign": 0}
+        self._expiry_timer: asyncio.TimerHandle | None = None
         self.started_at = 0.0
         self.closed = asyncio.Event()
         #: forward-link records, one per ``series_interval`` (see Link.sample)
@@ -103,6 +112,7 @@ class Shim:
             self._stats_task = loop.create_task(self._log_stats_forever())
         if self.config.series_interval > 0:
             self._schedule_sample(now, 1)
+        self._expiry_timer = loop.call_later(self.config.client_timeout, self._on_expiry_timer)
         log.info("listening on %s, forwarding to %s; forward: %s", self.listen_address,
                  self._fwd_addr[:2], _describe(self.config.forward_link))
         return self.listen_address
@@ -125,6 +135,8 @@ class Shim:
             self._stats_task.cancel()
         if self._series_timer:
             self._series_timer.cancel()
+        if self._expiry_timer:
+            self._expiry_timer.cancel()
         for c in list(self._clients.values()):
             self._drop_client(c)
         if self._listen is not None:
@@ -196,16 +208,23 @@ class Shim:
         self._pump()
 
     # --- socket side ----------------------------------------------------------------------------
-    def _client_for(self, addr: tuple, now: float) -> _Client:
+    def _client_for(self, addr: tuple, now: float) -> _Client | None:
+        """The sender at ``addr``, new if there is room; None (refused, counted) when the table
+        is full of senders heard from within ``client_timeout``."""
         c = self._clients.get(addr)
         if c is not None:
             c.last_seen = now
             self._clients.move_to_end(addr)
             return c
         if len(self._clients) >= self.config.max_clients:
-            _, oldest = self._clients.popitem(last=False)
-            self._drop_client(oldest)
-            self.errors["clients_evicted"] += 1
+            self.expire_clients(now)
+        if len(self._clients) >= self.config.max_clients:
+            self.errors["clients_refused"] += 1
+            n = self.errors["clients_refused"]
+            if n <= 3 or n % 1000 == 0:
+                log.warning("refused new source %s: %d senders active (--max-clients); %d refused so far",
+                            addr[:2], len(self._clients), n)
+            return None
         sock = udp_socket(self._fwd_family, rcvbuf=self.config.rcvbuf, recv_tos=True)
         c = _Client(addr, sock, TosSetter(sock), now)
         self._clients[addr] = c
@@ -213,6 +232,21 @@ class Shim:
         self._loop.add_reader(sock.fileno(), self._on_upstream_readable, c)
         log.info("new sender %s -> upstream port %d", addr[:2], sock.getsockname()[1])
         return c
+
+    def expire_clients(self, now: float) -> int:
+        """Forget the senders silent for longer than ``client_timeout``; how many were."""
+        stale = [c for c in self._clients.values() if now - c.last_seen > self.config.client_timeout]
+        for c in stale:  # in order of last activity, oldest first
+            self._drop_client(c)
+            log.info("sender %s silent for %.1f s: forgotten", c.addr[:2], now - c.last_seen)
+        self.errors["clients_expired"] += len(stale)
+        return len(stale)
+
+    def _on_expiry_timer(self) -> None:
+        assert self._loop is not None
+        self.expire_clients(self._loop.time())
+        self._expiry_timer = self._loop.call_later(max(0.05, self.config.client_timeout / 2),
+                                                   self._on_expiry_timer)
 
     def _drop_client(self, c: _Client) -> None:
         self._clients.pop(c.addr, None)
@@ -242,6 +276,8 @@ class Shim:
 
         def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
             client = self._client_for(addr, now)
+            if client is None:
+                return
             link.arrive(Packet.make(data, tos, client.addr, overhead), now)
 
         self._drain(self._listen, on_packet)
@@ -252,8 +288,12 @@ class Shim:
         overhead = link.config.overhead
 
         def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
+            if tuple(addr[:2]) != receiver:  # the upstream port is open to anyone: only the receiver's
+                self.errors["foreign"] += 1  # datagrams go back to the sender (it trusts what we relay)
+                return
             link.arrive(Packet.make(data, tos, client.addr, overhead), now)
 
+        receiver = tuple(self._fwd_addr[:2])
         if client.sock.fileno() >= 0:
             self._drain(client.sock, on_packet)
 

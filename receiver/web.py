@@ -17,7 +17,12 @@ The original beside the received video comes from one of two places:
 
 The page's loss and rate controls go to the shim's control API (``--web-shim URL``, with the
 token from ``--web-shim-token`` or ``JSCC_CONTROL_TOKEN``) through this server, so the shim stays
-on localhost (or behind its token) and the browser never holds the token.
+on localhost (or behind its token) and the browser never holds the shim's token.
+
+Who may use the viewer (docs/security.md): bound to loopback, the browsers of this machine, with
+every POST JSON and from the page's own origin; bound anywhere else, only with the viewer's own
+token (``--web-token``, ``$JSCC_WEB_TOKEN``, or one generated and printed at start): the printed
+URL carries it once, the server turns it into a cookie the page's requests then carry.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import struct
 import time
 from collections import deque
@@ -42,8 +48,8 @@ from jscc_stream.errors import UserError
 from jscc_stream.metrics import psnr
 from jscc_stream.proto.seq import frame_diff
 from jscc_stream.sources import open_source
-from jscc_stream.udp import parse_hostport
-from jscc_stream.web import serve_app
+from jscc_stream.udp import is_loopback, parse_hostport
+from jscc_stream.web import RequestGuard, serve_app
 
 from .outputs import FrameRecord
 
@@ -61,15 +67,21 @@ def _hostport(text: str) -> tuple[str, int]:
     try:
         return parse_hostport(text, default_host="127.0.0.1")
     except ValueError:
-        raise UserError(f"--web must be HOST:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {text!r}") from None
+        raise UserError(f"--web must be HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}") from None
 
 
 def add_web_args(parser: argparse.ArgumentParser) -> None:
     """The viewer's options, in their own group of ``jscc-recv --help``."""
     g = parser.add_argument_group("web viewer")
     g.add_argument("--web", metavar="HOST:PORT",
-                   help="serve the live viewer page here (video, original, charts, loss/rate controls); "
-                        "0.0.0.0:8080 to reach it from other machines")
+                   help="serve the live viewer page here (video, original, charts, loss/rate controls), e.g. "
+                        "127.0.0.1:8080. Any address but loopback (e.g. 0.0.0.0:8080, reachable from other "
+                        "machines) requires a token: --web-token, or one generated and printed at start in "
+                        "the page's URL (?token=...); see docs/security.md")
+    g.add_argument("--web-token", metavar="TOKEN", default=None,
+                   help="token the viewer requires (open the page as /?token=TOKEN once; the page then "
+                        "keeps it in a cookie; scripts send Authorization: Bearer TOKEN); default "
+                        "$JSCC_WEB_TOKEN, else none on loopback and a random one elsewhere")
     g.add_argument("--web-original", metavar="SPEC",
                    help="regenerate the sender's deterministic source (synthetic[:SEED], image folder or glob) "
                         "to show the original beside the received video and chart PSNR")
@@ -94,6 +106,7 @@ class WebConfig:
     seed: int = 0
     shim_url: str | None = None
     shim_token: str | None = None
+    token: str | None = None  # the viewer's own (None: loopback, no token)
     sender_url: str | None = None
     jpeg_quality: int = 80
 
@@ -114,9 +127,19 @@ def viewer_from_args(args: argparse.Namespace) -> "WebViewer | None":
     token = args.web_shim_token if args.web_shim_token is not None else os.environ.get("JSCC_CONTROL_TOKEN")
     return WebViewer(WebConfig(host=host, port=port, original=args.web_original, seed=args.web_seed,
                                shim_url=args.web_shim.rstrip("/") if args.web_shim else None,
-                               shim_token=token or None,
+                               shim_token=token or None, token=_viewer_token(args.web_token, host),
                                sender_url=args.web_sender.rstrip("/") if args.web_sender else None,
                                jpeg_quality=args.web_jpeg_quality))
+
+
+def _viewer_token(given: str | None, host: str) -> str | None:
+    """--web-token, else $JSCC_WEB_TOKEN, else a random one off loopback (None on loopback)."""
+    token = given if given is not None else os.environ.get("JSCC_WEB_TOKEN")
+    if token is not None:
+        if not token.strip() or any(c.isspace() or c in ";,\"" for c in token):
+            raise UserError("--web-token must be non-empty, without spaces, ';', ',' or quotes")
+        return token
+    return None if is_loopback(host) else secrets.token_urlsafe(18)
 
 
 def _check_original(spec: str) -> None:
@@ -169,7 +192,8 @@ class WebViewer:
         self.frames_seen = 0
         self._newest: dict[int, int] = {}  # ssrc -> newest frame id pictured
         self.address: tuple[str, int] | None = None
-        self.app = web.Application(client_max_size=16 << 10)
+        self.guard = RequestGuard(token=config.token, cookie=True)
+        self.app = web.Application(client_max_size=16 << 10, middlewares=[self.guard.middleware])
         self.app.add_routes([
             web.get("/", self._index), web.get("/ws", self._ws), web.get("/api/config", self._api_config),
             web.get("/api/stats", self._api_stats), web.get("/api/shim/stats", self._shim_stats),
@@ -186,7 +210,10 @@ class WebViewer:
         except OSError as exc:
             raise UserError(f"cannot serve the viewer on {self.config.host}:{self.config.port}: "
                             f"{exc.strerror or exc}") from None
-        log.info("viewer page on http://%s:%d/", *self.address)
+        if self.config.token is None:
+            log.info("viewer page on http://%s:%d/", *self.address)
+        else:  # the one place the token is shown: whoever opens this URL can use the viewer
+            log.info("viewer page on http://%s:%d/?token=%s (token required)", *self.address, self.config.token)
         return self.address
 
     async def close(self) -> None:

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic[:SEED] | webcam[:INDEX] | VIDEO_FILE | IMAGE_FOLDER | 'GLOB' (slideshow) | "
                         "webrtc[:[HOST:]PORT] (a browser's camera over WebRTC; offers to http://HOST:PORT/offer, "
                         "default 127.0.0.1:8081)")
+    p.add_argument("--webrtc-origin", action="append", metavar="URL",
+                   help="--source webrtc: the viewer page's origin as the browser shows it (scheme://host:port, "
+                        "e.g. http://127.0.0.1:8080), the only web page allowed to offer its camera; repeat for "
+                        "several (default: http://127.0.0.1:8080 and http://localhost:8080, the viewer's default)")
     p.add_argument("--dest", action="append", metavar="HOST:PORT",
                    help="receiver (or shim) address; repeat to fan out; IPv6 as [ADDR]:PORT (default 127.0.0.1:5004)")
     p.add_argument("--size", default="320x240", help="frame size WxH (multiples of 16)")
@@ -217,9 +221,10 @@ def _main(argv: Sequence[str] | None) -> int:
     except DscpMapError as exc:
         raise UserError(str(exc)) from None
     if args.source == "webrtc" or args.source.startswith("webrtc:"):
-        from .webrtc import open_webrtc_source
+        from .webrtc import DEFAULT_ORIGINS, open_webrtc_source, parse_origin
 
-        source = open_webrtc_source(args.source, width, height)
+        origins = tuple(parse_origin(o) for o in args.webrtc_origin) if args.webrtc_origin else DEFAULT_ORIGINS
+        source = open_webrtc_source(args.source, width, height, origins)
     else:
         source = open_source(args.source, width, height, args.fps, seed=args.seed)
     cfg = SenderConfig(width=width, height=height, fps=args.fps, mtu=args.mtu, dests=dests, dscp_map=dscp_map,

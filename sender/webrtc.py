@@ -9,12 +9,19 @@ The signalling server and the peer connections run on their own thread and event
 send loop (and its encoder thread) never waits on WebRTC.  One browser at a time: a new offer
 closes the previous peer.  Until the first picture arrives (and after the browser leaves) the
 source shows a grey "waiting for camera" frame, so the stream, and the viewer, keep running.
+
+Only the viewer's page may offer (``jscc-send --webrtc-origin``, default the viewer's default
+address ``http://127.0.0.1:8080`` and ``http://localhost:8080``): an offer must be JSON and its
+Origin one of those, or it is refused (403) and answered without CORS permission, so no other web
+page in the user's browser can replace the camera.  A request without Origin comes from no
+browser (a local tool); bound off loopback, the network can send those: docs/security.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -25,16 +32,28 @@ from aiohttp import web
 
 from jscc_stream.errors import UserError
 from jscc_stream.sources import fit_frame
-from jscc_stream.udp import parse_hostport
-from jscc_stream.web import serve_app
+from jscc_stream.udp import is_loopback, parse_hostport
+from jscc_stream.web import RequestGuard, json_error, serve_app
 
-__all__ = ["WebRtcSourceConfig", "WebRtcSource", "parse_webrtc_spec", "waiting_frame",
-           "open_webrtc_source"]
+__all__ = ["WebRtcSourceConfig", "WebRtcSource", "parse_webrtc_spec", "parse_origin", "waiting_frame",
+           "open_webrtc_source", "DEFAULT_ORIGINS"]
 
 log = logging.getLogger("jscc.send.webrtc")
 
 DEFAULT_SIGNAL = ("127.0.0.1", 8081)  # loopback: anyone who reaches it can feed the stream
 _MAX_OFFER = 64 << 10
+#: the viewer's page at its default address (jscc-recv --web 127.0.0.1:8080), by either name
+DEFAULT_ORIGINS = ("http://127.0.0.1:8080", "http://localhost:8080")
+_ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?", re.IGNORECASE)
+
+
+def parse_origin(text: str) -> str:
+    """``http[s]://HOST[:PORT]`` as a browser writes it in Origin (no path, no trailing slash)."""
+    origin = text.strip().rstrip("/")
+    if not _ORIGIN.fullmatch(origin):
+        raise UserError(f"--webrtc-origin must be http[s]://HOST[:PORT], the viewer page's address as the "
+                        f"browser shows it (e.g. http://127.0.0.1:8080), got {text!r}")
+    return origin.lower()
 
 
 def parse_webrtc_spec(spec: str) -> tuple[str, int]:
@@ -66,6 +85,7 @@ class WebRtcSourceConfig:
     width: int = 320
     height: int = 240
     start_timeout: float = 10.0
+    origins: tuple[str, ...] = DEFAULT_ORIGINS  # the viewer page's origins: the only ones that may offer
 
 
 class WebRtcSource:
@@ -121,7 +141,9 @@ class WebRtcSource:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        app = web.Application(client_max_size=_MAX_OFFER, middlewares=[_cors])
+        origins = frozenset(self.config.origins)
+        guard = RequestGuard(origins=origins, check_host=is_loopback(self.config.host))
+        app = web.Application(client_max_size=_MAX_OFFER, middlewares=[_cors(origins), guard.middleware])
         app.add_routes([web.post("/offer", self._on_offer), web.get("/status", self._on_status),
                         web.get("/", self._on_index)])
         try:
@@ -129,7 +151,8 @@ class WebRtcSource:
         except OSError as exc:
             raise OSError(f"cannot serve WebRTC signalling on {self.config.host}:{self.config.port}: "
                           f"{exc.strerror or exc}") from None
-        log.info("WebRTC source: browsers post offers to http://%s:%d/offer", *self.address)
+        log.info("WebRTC source: browsers post offers to http://%s:%d/offer (pages from %s only)", *self.address,
+                 ", ".join(self.config.origins))
         self._ready.set()
         try:
             await self._stop.wait()
@@ -207,28 +230,39 @@ class WebRtcSource:
             self._latest = None
 
 
-def _cors_headers() -> dict[str, str]:
-    # The viewer page is served by jscc-recv (another origin); an offer carries no credentials.
-    return {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+def _cors_headers(origin: str) -> dict[str, str]:
+    # The viewer page is served by jscc-recv (another origin): it alone is let in, never "*".
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
             "Access-Control-Allow-Headers": "Content-Type", "Access-Control-Max-Age": "600",
             # Chrome's Private Network Access preflight (a public page calling localhost)
             "Access-Control-Allow-Private-Network": "true"}
 
 
-@web.middleware
-async def _cors(request: web.Request, handler) -> web.StreamResponse:
-    if request.method == "OPTIONS":
-        return web.Response(status=204, headers=_cors_headers())
-    try:
-        resp = await handler(request)
-    except web.HTTPException as exc:
-        exc.headers.update(_cors_headers())
-        raise
-    resp.headers.update(_cors_headers())
-    return resp
+def _cors(origins: frozenset[str]):
+    """CORS for the allowed origins only; a preflight from any other origin is refused."""
+
+    @web.middleware
+    async def cors(request: web.Request, handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        headers = _cors_headers(origin) if origin in origins else {"Vary": "Origin"}
+        if request.method == "OPTIONS":
+            if origin not in origins:
+                return json_error(403, "this page's origin may not use the WebRTC source (jscc-send --webrtc-origin)")
+            return web.Response(status=204, headers=headers)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(headers)
+            raise
+        resp.headers.update(headers)
+        return resp
+
+    return cors
 
 
-def open_webrtc_source(spec: str, width: int, height: int) -> WebRtcSource:
+def open_webrtc_source(spec: str, width: int, height: int,
+                       origins: tuple[str, ...] = DEFAULT_ORIGINS) -> WebRtcSource:
     host, port = parse_webrtc_spec(spec)
-    return WebRtcSource(WebRtcSourceConfig(host=host, port=port, width=width, height=height))
+    return WebRtcSource(WebRtcSourceConfig(host=host, port=port, width=width, height=height, origins=origins))
 

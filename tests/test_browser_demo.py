@@ -81,6 +81,7 @@ class Services:
                      "--forward", f"127.0.0.1:{p['recv']}", "--loss", "none", "--seed", "3",
                      "--control", f"127.0.0.1:{p['control']}", "--stats-interval", "0"],
             "sender": [_script("jscc-send"), "--source", f"webrtc:127.0.0.1:{p['signal']}",
+                       "--webrtc-origin", f"http://127.0.0.1:{p['web']}",
                        "--dest", f"127.0.0.1:{p['shim']}", "--codec", codec, "--size", f"{W}x{H}",
                        "--fps", "30"],
         }
@@ -204,3 +205,27 @@ async def test_page_shows_live_video_charts_and_loss_control(tmp_path):
         if browser is not None:
             await browser.close()
         svc.stop()
+
+
+async def test_page_works_with_the_viewer_token(tmp_path):
+    """A viewer with a token (as off loopback): the printed URL opens the page, which then talks to
+    its server (WebSocket, API) with the cookie its script cannot read; without the token, nothing."""
+    from jscc_stream.receiver.web import WebConfig, WebViewer
+
+    viewer = WebViewer(WebConfig(host="127.0.0.1", port=0, token="page-token"))
+    host, port = await viewer.start()
+    browser = None
+    try:
+        browser = await Browser.launch(tmp_path / "profile")
+        await browser.navigate(f"http://{host}:{port}/")
+        await asyncio.sleep(1.0)
+        assert await browser.evaluate("typeof window.jscc") == "undefined"  # refused: no page, no script
+        await browser.navigate(f"http://{host}:{port}/?token=page-token")
+        await browser.wait_for("window.jscc && jscc.ws === true", 30)
+        assert await browser.evaluate("location.search") == ""  # the token left the address bar
+        assert await browser.evaluate("document.cookie") == ""  # HttpOnly: not for scripts
+        await browser.wait_for("document.getElementById('shim-state').textContent.includes('controls off')", 10)
+    finally:
+        if browser is not None:
+            await browser.close()
+        await viewer.close()

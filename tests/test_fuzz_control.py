@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzzing import FUZZ
-from jscc_stream.netem.control import ControlConfig, ControlServer
+from jscc_stream.netem.control import _MAX_BODY, ControlConfig, ControlServer
 from jscc_stream.netem.loss import ErasureVector, GilbertElliott
 
 TOKEN = "fuzz-token"
@@ -109,7 +109,7 @@ def test_any_bytes_are_a_one_line_400_or_applied(api, route, raw):
 
 
 def test_a_body_over_the_size_limit_is_refused(api):
-    status, raw = api.post("/loss", json.dumps({"spec": "uniform:0.1", "pad": "x" * 10_000}).encode())
+    status, raw = api.post("/loss", json.dumps({"spec": "uniform:0.1", "pad": "x" * (_MAX_BODY + 1)}).encode())
     assert status == 413
 
 

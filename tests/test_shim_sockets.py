@@ -89,10 +89,10 @@ async def until(cond, timeout: float = 10.0) -> None:
 
 
 async def make_shim(receiver: Endpoint, link: LinkConfig | None = None, seed: int = 1,
-                    host: str = "127.0.0.1") -> Shim:
+                    host: str = "127.0.0.1", **config) -> Shim:
     fwd_host = receiver.addr[0]
     shim = Shim(ShimConfig(listen=(host, 0), forward=(fwd_host, receiver.addr[1]),
-                           forward_link=link or LinkConfig(), seed=seed, stats_interval=0))
+                           forward_link=link or LinkConfig(), seed=seed, stats_interval=0, **config))
     await shim.start()
     return shim
 
@@ -137,6 +137,46 @@ async def test_each_sender_gets_its_own_return_path():
         recv.send(b"to-a", got[b"from-a"])
         assert (await b.get())[0] == b"to-b"
         assert (await a.get())[0] == b"to-a"
+    finally:
+        shim.close(), recv.close(), a.close(), b.close()
+
+
+async def test_a_full_table_refuses_new_sources_and_keeps_the_active_ones():
+    """Issue 16: spoofed sources used to evict real senders (and orphan their queued packets)."""
+    recv, a, b = Endpoint(), Endpoint(), Endpoint()
+    spoofers = [Endpoint() for _ in range(3)]
+    shim = await make_shim(recv, max_clients=2)
+    try:
+        a.send(b"a0", shim.listen_address)
+        b.send(b"b0", shim.listen_address)
+        first = {d: src for d, _, src in [await recv.get(), await recv.get()]}
+        for i, s in enumerate(spoofers):
+            s.send(b"spoof%d" % i, shim.listen_address)
+        a.send(b"a1", shim.listen_address)
+        b.send(b"b1", shim.listen_address)
+        later: dict[bytes, tuple] = {}
+        while not {b"a1", b"b1"} <= set(later):
+            data, _, src = await recv.get()
+            later[data] = src
+        assert set(later) == {b"a1", b"b1"}  # no spoofed datagram got through
+        assert later[b"a1"] == first[b"a0"] and later[b"b1"] == first[b"b0"]  # same upstream sockets
+        assert shim.stats()["clients"] == 2 and shim.stats()["errors"]["clients_refused"] == 3
+    finally:
+        shim.close(), recv.close(), a.close(), b.close(), [s.close() for s in spoofers]
+
+
+async def test_silent_senders_expire_and_their_queued_packets_are_counted():
+    recv, a, b = Endpoint(), Endpoint(), Endpoint()
+    shim = await make_shim(recv, LinkConfig(delay_s=0.6), max_clients=1, client_timeout=0.15)
+    try:
+        a.send(b"held", shim.listen_address)  # still in the delay line when a expires
+        await until(lambda: shim.stats()["errors"]["clients_expired"] == 1, timeout=5)
+        assert shim.stats()["clients"] == 0 and shim.upstream_addresses() == []
+        await until(lambda: shim.stats()["errors"]["orphaned"] == 1, timeout=5)
+        shim.set_delay(0)  # b's datagram must arrive before b, silent after it, expires too
+        b.send(b"from-b", shim.listen_address)  # the freed place goes to a new sender
+        assert (await recv.get())[0] == b"from-b"
+        assert shim.stats()["errors"]["clients_refused"] == 0
     finally:
         shim.close(), recv.close(), a.close(), b.close()
 
@@ -209,12 +249,14 @@ async def test_garbage_and_odd_datagrams_never_stop_it():
         for s in sizes:
             send.send(rng.bytes(int(s)), shim.listen_address, int(rng.integers(0, 256)) & 0xFC)
         await until(lambda: shim.stats()["forward"]["total"]["in"] == len(sizes))
-        # datagrams from strangers straight at the upstream socket: relayed back, harmless
+        # datagrams from strangers straight at the upstream socket: dropped, counted, never relayed
+        # to the sender as if the receiver had sent them (forged RTCP)
         stranger = Endpoint()
         up = ("127.0.0.1", shim.upstream_addresses()[0][1])
         for s in rng.integers(0, 1500, 50):
             stranger.send(rng.bytes(int(s)), up)
-        await until(lambda: shim.stats()["reverse"]["total"]["in"] == 50)
+        await until(lambda: shim.stats()["errors"]["foreign"] == 50)
+        assert shim.stats()["reverse"]["total"]["in"] == 0 and send.queue.empty()
         with pytest.raises(LossSpecError):
             shim.set_loss("not-a-loss")
         shim.set_loss("none")
@@ -279,6 +321,8 @@ def test_cli_runs_and_stops_cleanly_on_sigterm(tmp_path: Path):
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--rate", "fast"],
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--queue-packets", "0"],
     ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--rate", "1mbit", "--max-queue-delay-ms", "-5"],
+    ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--client-timeout", "0"],
+    ["--listen", "127.0.0.1:0", "--forward", "127.0.0.1:1", "--max-clients", "0"],
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, capsys):
     from jscc_stream.netem.cli import main

@@ -137,7 +137,7 @@ async def test_shim_proxy_with_token():
             async with http.post(base + "/api/shim/loss", json={"spec": "nope"}) as r:
                 assert r.status == 400  # the shim's own message comes through
                 assert "unknown loss" in (await r.json())["error"]
-            async with http.post(base + "/api/shim/loss", data=b"{") as r:
+            async with http.post(base + "/api/shim/loss", data=b"{", headers={"Content-Type": "application/json"}) as r:
                 assert r.status == 400
             async with http.post(base + "/api/shim/shutdown", json={}) as r:
                 assert r.status in (404, 405)
@@ -167,12 +167,111 @@ async def test_shim_proxy_without_shim_or_unreachable():
         await dead.close()
 
 
+@pytest.fixture
+async def shim_behind_viewer(request):
+    """A shim with its control API (token "tok") and a viewer proxying it with ``WebConfig(**param)``."""
+    shim = Shim(ShimConfig(listen=("127.0.0.1", 0), forward=("127.0.0.1", 9), stats_interval=0))
+    await shim.start()
+    ctl = ControlServer(ControlConfig(host="127.0.0.1", port=0, token="tok"), shim)
+    chost, cport = await ctl.start()
+    v = WebViewer(WebConfig(port=0, shim_url=f"http://{chost}:{cport}", shim_token="tok", **request.param))
+    host, port = await v.start()
+    v.url = f"http://{host}:{port}"
+    yield shim, v
+    await v.close()
+    await ctl.close()
+    shim.close()
+
+
+JSON = {"Content-Type": "application/json"}
+LOSS = b'{"spec": "uniform:0.5"}'
+
+
+@pytest.mark.parametrize("shim_behind_viewer", [{}], indirect=True)
+async def test_viewer_refuses_cross_site_changes_and_websockets(shim_behind_viewer):
+    """Issue 16: any web page could POST text/plain to the viewer and reshape the link through it."""
+    shim, v = shim_behind_viewer
+    port = v.url.rsplit(":", 1)[1]
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (({"Content-Type": "text/plain"}, 415),
+                                ({**JSON, "Origin": "http://evil.example"}, 403),
+                                ({**JSON, "Host": f"rebound.example:{port}"}, 403)):
+            async with http.post(v.url + "/api/shim/loss", data=LOSS, headers=headers) as r:
+                assert r.status == status and "error" in await r.json()
+        assert shim.forward_link.config.loss.mean_loss == 0
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:  # another site reading the video
+            await http.ws_connect(v.url + "/ws", headers={"Origin": "http://evil.example"})
+        assert exc.value.status == 403
+        async with http.ws_connect(v.url + "/ws", headers={"Origin": v.url}):
+            pass
+        async with http.post(v.url + "/api/shim/loss", data=LOSS, headers={**JSON, "Origin": v.url}) as r:
+            assert r.status == 200  # the page itself
+        async with http.get(v.url + "/?token=whatever") as r:
+            assert r.status == 200  # no token on loopback: a token in the URL is ignored
+    assert shim.forward_link.config.loss.mean_loss == 0.5
+
+
+@pytest.mark.parametrize("shim_behind_viewer", [{"token": "vt0k"}], indirect=True)
+async def test_viewer_token_protects_page_api_and_shim_proxy(shim_behind_viewer):
+    """Issue 16: the viewer proxied the shim (with the shim's token) to anyone who reached it."""
+    shim, v = shim_behind_viewer
+    async with aiohttp.ClientSession() as http:
+        for path in ("/", "/api/config", "/api/shim/stats", "/static/app.js"):
+            async with http.get(v.url + path) as r:
+                assert r.status == 401, path
+        async with http.post(v.url + "/api/shim/loss", data=LOSS, headers={**JSON, "Origin": v.url}) as r:
+            assert r.status == 401
+        async with http.get(v.url + "/?token=wrong") as r:
+            assert r.status == 401
+        assert shim.forward_link.config.loss.mean_loss == 0
+        async with http.get(v.url + "/api/shim/stats", headers={"Authorization": "Bearer vt0k"}) as r:
+            assert r.status == 200  # scripts send the header
+    # a browser: the printed URL once, then the cookie (aiohttp keeps cookies of IP hosts only when unsafe)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as page:
+        async with page.get(v.url + "/?camera=1&token=vt0k", allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/?camera=1"
+            assert "httponly" in r.headers["Set-Cookie"].lower() and "samesite=strict" in r.headers["Set-Cookie"].lower()
+        async with page.get(v.url + "/") as r:
+            assert r.status == 200 and "app.js" in await r.text()
+        async with page.ws_connect(v.url + "/ws", headers={"Origin": v.url}):
+            pass
+        async with page.post(v.url + "/api/shim/loss", data=LOSS, headers={**JSON, "Origin": "http://evil.example"}) as r:
+            assert r.status == 403  # the cookie alone does not let another site in
+        async with page.post(v.url + "/api/shim/loss", data=LOSS, headers={**JSON, "Origin": v.url}) as r:
+            assert r.status == 200
+    assert shim.forward_link.config.loss.mean_loss == 0.5
+
+
+def test_viewer_token_from_the_command_line(monkeypatch):
+    from jscc_stream.receiver.cli import build_parser
+    from jscc_stream.receiver.web import viewer_from_args
+
+    monkeypatch.delenv("JSCC_WEB_TOKEN", raising=False)
+    parse = build_parser().parse_args
+    assert viewer_from_args(parse(["--web", "127.0.0.1:0"])).config.token is None
+    generated = viewer_from_args(parse(["--web", "0.0.0.0:0"])).config.token
+    assert generated and len(generated) >= 20 and generated != viewer_from_args(parse(["--web", "0.0.0.0:0"])).config.token
+    assert viewer_from_args(parse(["--web", "0.0.0.0:0", "--web-token", "mine"])).config.token == "mine"
+    assert viewer_from_args(parse(["--web", "127.0.0.1:0", "--web-token", "mine"])).config.token == "mine"
+    monkeypatch.setenv("JSCC_WEB_TOKEN", "env")
+    assert viewer_from_args(parse(["--web", "0.0.0.0:0"])).config.token == "env"
+
+
+async def test_the_token_url_is_printed_at_start(caplog):
+    v = WebViewer(WebConfig(host="127.0.0.1", port=0, token="printed-token"))
+    with caplog.at_level("INFO", logger="jscc.recv.web"):
+        host, port = await v.start()
+    await v.close()
+    assert f"http://{host}:{port}/?token=printed-token" in caplog.text
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["--web", "nonsense"], "--web must be HOST:PORT"),
     (["--web", "127.0.0.1:0", "--web-original", "webcam:0"], "deterministic"),
     (["--web", "127.0.0.1:0", "--web-original", "/no/such/folder"], "not synthetic"),
     (["--web", "127.0.0.1:0", "--web-shim", "127.0.0.1:8090"], "URL"),
     (["--web", "127.0.0.1:0", "--web-jpeg-quality", "0"], "quality"),
+    (["--web", "0.0.0.0:0", "--web-token", " "], "--web-token"),
 ])
 def test_cli_web_errors_are_one_line(capsys, argv, fragment):
     from jscc_stream.receiver.cli import main
@@ -189,5 +288,7 @@ def test_cli_help_lists_the_web_options(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--web ", "--web-original", "--web-shim", "--web-sender"):
+    for opt in ("--web ", "--web-original", "--web-shim", "--web-sender", "--web-token"):
         assert opt in out
+    web_help = " ".join(out.split("--web HOST:PORT", 1)[1].split("--web-original")[0].split())
+    assert "0.0.0.0" not in web_help or "requires a token" in web_help

@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack  #
 from jscc_stream.errors import UserError  # noqa: E402
 from jscc_stream.metrics import psnr  # noqa: E402
 from jscc_stream.sender.webrtc import (WebRtcSource, WebRtcSourceConfig,  # noqa: E402
-                                       parse_webrtc_spec, waiting_frame)
+                                       parse_origin, parse_webrtc_spec, waiting_frame)
 from jscc_stream.sources import SyntheticSource, fit_frame  # noqa: E402
 
 W, H = 320, 240
@@ -47,15 +47,19 @@ class PhotoTrack(VideoStreamTrack):
         return frame
 
 
+VIEWER = "http://127.0.0.1:8080"  # the default viewer origin, allowed by default
+
+
 async def _connect(url: str, track: PhotoTrack) -> RTCPeerConnection:
     pc = RTCPeerConnection()
     pc.addTrack(track)
     await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers before returning
     async with aiohttp.ClientSession() as http:
         async with http.post(url + "/offer", json={"sdp": pc.localDescription.sdp,
-                                                   "type": pc.localDescription.type}) as r:
+                                                   "type": pc.localDescription.type},
+                             headers={"Origin": VIEWER}) as r:
             assert r.status == 200, await r.text()
-            assert r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.headers["Access-Control-Allow-Origin"] == VIEWER
             answer = await r.json()
     await pc.setRemoteDescription(RTCSessionDescription(**answer))
     return pc
@@ -110,17 +114,54 @@ def test_port_in_use_is_a_user_error(source):
 async def test_bad_offers_and_cors_preflight(source):
     url = f"http://127.0.0.1:{source.address[1]}"
     async with aiohttp.ClientSession() as http:
-        async with http.options(url + "/offer", headers={"Origin": "http://127.0.0.1:8080",
+        async with http.options(url + "/offer", headers={"Origin": VIEWER,
                                                          "Access-Control-Request-Method": "POST"}) as r:
-            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == VIEWER
         for body in (b"{", b'{"sdp": "x"}', b'{"sdp": "v=0", "type": "answer"}', b"[]"):
-            async with http.post(url + "/offer", data=body) as r:
+            async with http.post(url + "/offer", data=body,
+                                 headers={"Origin": VIEWER, "Content-Type": "application/json"}) as r:
                 assert r.status == 400
-                assert r.headers["Access-Control-Allow-Origin"] == "*"
+                assert r.headers["Access-Control-Allow-Origin"] == VIEWER
         async with http.post(url + "/offer", json={"sdp": "garbage", "type": "offer"}) as r:
             assert r.status == 400
         async with http.get(url + "/status") as r:
             assert (await r.json())["frames_received"] == 0
+
+
+async def test_only_the_viewer_origin_may_offer(source):
+    """Issue 16: the signalling answered Access-Control-Allow-Origin: *, so any web page could
+    replace the camera feed."""
+    url = f"http://127.0.0.1:{source.address[1]}"
+    offer = b'{"sdp": "v=0", "type": "offer"}'
+    async with aiohttp.ClientSession() as http:
+        async with http.options(url + "/offer", headers={"Origin": "http://evil.example",
+                                                         "Access-Control-Request-Method": "POST"}) as r:
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+        for headers, status in (({"Origin": "http://evil.example", "Content-Type": "application/json"}, 403),
+                                ({"Origin": VIEWER, "Content-Type": "text/plain"}, 415)):
+            async with http.post(url + "/offer", data=offer, headers=headers) as r:
+                assert r.status == status and "error" in await r.json()
+                assert r.headers.get("Access-Control-Allow-Origin") in (None, VIEWER)
+        async with http.get(url + "/status", headers={"Origin": "http://evil.example"}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers  # another page cannot read it
+    assert source.peers_connected == 0 and not source._pcs
+
+
+async def test_the_allowed_origins_are_configured():
+    src = WebRtcSource(WebRtcSourceConfig(host="127.0.0.1", port=0, width=W, height=H,
+                                          origins=(parse_origin("HTTP://Viewer.Example:9000/"),)))
+    url = f"http://127.0.0.1:{src.address[1]}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            for origin, status in ((VIEWER, 403), ("http://viewer.example:9000", 204)):
+                async with http.options(url + "/offer", headers={"Origin": origin,
+                                                                 "Access-Control-Request-Method": "POST"}) as r:
+                    assert r.status == status, origin
+    finally:
+        src.close()
+    for bad in ("viewer.example", "http://a/b", "ftp://x", "http://", "*"):
+        with pytest.raises(UserError, match="--webrtc-origin"):
+            parse_origin(bad)
 
 
 async def test_aiortc_peer_feeds_the_source(source):
