@@ -124,6 +124,7 @@ class SenderStats:
     parity_bytes: int = 0
     byes: int = 0  # receivers that said goodbye
     rtcp_foreign: int = 0  # RTCP from an address this sender does not send to: ignored
+    new_receivers: int = 0  # receiver SSRCs first heard at an address (a receiver started or restarted)
     rate_log: list = field(default_factory=list)  # every 0.5 s: t, target/sent kbit/s, loss, rtt
     encode_ms: list[float] = field(default_factory=list)
     references: object | None = None  # ReferenceStats of a predicted-frame stream
@@ -178,6 +179,7 @@ class Sender:
         self._desc_key: bytes | None = None
         self._mono0 = time.monotonic()
         self._fb: dict[tuple, _ReceiverFeedback] = {}  # receiver address -> its last feedback
+        self._receivers: dict[tuple, int] = {}  # receiver address -> its RTCP SSRC
         self.stats.target_fps = cfg.fps
         self._epoch_us = time.time_ns() // 1000
         self.send_log = SendLog()
@@ -253,6 +255,7 @@ class Sender:
             if msgs.rrtr:  # a receiver's clock: answer at once, so its round trip is exact
                 self._reply(sock, build_dlrr(self.ssrc, [(ssrc, compact(ntp), 0) for ssrc, ntp in msgs.rrtr]), addr)
             for rr in msgs.rrs:
+                self._on_receiver(rr.ssrc, addr)
                 for rep in rr.reports:
                     if rep.ssrc == self.ssrc:
                         self._on_report_block(rep, addr, now)
@@ -262,6 +265,20 @@ class Sender:
                 self.stats.byes += 1
                 self._fb.pop(addr, None)
                 log.info("receiver %s (ssrc %08x) said goodbye", addr[0], ssrc)
+
+    def _on_receiver(self, ssrc: int, addr) -> None:
+        """A receiver not heard before at this address (it started, or restarted) holds neither
+        the stream's description nor any picture to predict from: describe the stream now, not
+        at the next interval, and predict the next frame from nothing it would lack."""
+        key = tuple(addr[:2])
+        if self._receivers.get(key) == ssrc:
+            return
+        self._receivers[key] = ssrc
+        self.stats.new_receivers += 1
+        self._send(self._description())
+        self.stats.descriptions_sent += 1
+        if self.refs is not None:
+            self.refs.forget()
 
     def _on_report_block(self, rep, addr, now: float) -> None:
         self.stats.reports += 1
