@@ -318,7 +318,6 @@ async def test_a_flood_of_partial_frames_stays_under_the_memory_bound(tiny_codec
     layout it announced pending (~1 GiB at 1920x1080).  Pending bytes stay under the bound
     derived from --max-size and the playout window; the frames that had to go early are counted."""
     from jscc_stream.proto.description import LatentLayout
-    from jscc_stream.receiver.receiver import pending_bound
 
     lay = LatentLayout(320, 240, 8, 16, 25, 50, 8, True)  # 20000 bytes a block: 320 kB a frame with its mask
     body = make_description(ssrc=9, revision=0, codec_name="tiny", codec_sha256="", layout=lay, fps=30,
@@ -347,7 +346,9 @@ async def test_a_flood_of_partial_frames_stays_under_the_memory_bound(tiny_codec
         receiver.reasm.push = counted
 
     receiver, _ = await _run_receiver(tiny_codec, cfg, send, timeout=0.5, setup=watch)
-    bound = pending_bound((320, 240), 0.5, cfg.reorder_grace)
-    assert bound == 33 * 320 * 240 and receiver.reasm.max_bytes == bound
+    bound = 33 * 320 * 240  # 60 fps x (0.5 s + 10 ms), + 2, frames of 320x240 bytes
     assert 0 < peak[0] <= bound
+    from jscc_stream.receiver.receiver import pending_bound
+
+    assert receiver.reasm.max_bytes == bound == pending_bound((320, 240), 0.5, cfg.reorder_grace)
     assert receiver.reasm.counters.frames_evicted > 50

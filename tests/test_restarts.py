@@ -86,6 +86,17 @@ class Pipeline:
             time.sleep(0.05)
         raise AssertionError(f"no picture {timeout} s after the restart; receiver: {self.log('receiver')}")
 
+    def streamed(self, ssrc: int, frames: int, timeout: float = 60) -> None:
+        """Wait until the receiver decoded frame id ``frames`` or later of ``ssrc``: the sender
+        has streamed for a while (frames / 30 fps s) before it is killed."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            recs = [json.loads(x) for x in self.stats.read_text().splitlines() if x.endswith("}")]
+            if any(r["decoded"] and r["ssrc"] == ssrc and r["frame_id"] >= frames for r in recs):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"frame {frames} of {ssrc:08x} never decoded; receiver: {self.log('receiver')}")
+
     def log(self, name: str) -> str:
         return (self.work / f"{name}{self.runs[name]}.log").read_text(errors="replace")[-2000:]
 
@@ -116,7 +127,9 @@ def test_sender_killed_and_restarted_with_a_new_ssrc(pipeline):
 
 
 def test_sender_killed_and_restarted_with_the_same_ssrc(pipeline):
-    """Its frame ids start from 0 again: without a new session every frame was late."""
+    """Its frame ids start from 0 again: without a new session every frame was late until the
+    ids passed the old ones (here 3 s)."""
+    pipeline.streamed(SSRC_B, 90)
     pipeline.kill("sender")
     since = pipeline.ready("sender", pipeline.sender(SSRC_B), "sending ")
     back = pipeline.picture_back(since, SSRC_B)
