@@ -239,7 +239,7 @@ class Reassembler:
         self.locked: int | None = ssrc
         self.session = 0
         self.pending_bytes = 0  # sum of the pending slots' nbytes
-        self._heard = -math.inf  # when the locked stream was last heard (a fresh packet or its description)
+        self._heard = -math.inf  # when the locked stream was last heard (a packet stored, or its session began)
         self._evicted: list[FrameSlot] = []  # released to make room while handling one packet
         #: (ssrc, seq, timestamp) of the last datagram of the locked stream, for RTCP statistics.
         self.last_rtp: tuple[int, int, int] | None = None

@@ -10,7 +10,8 @@ import threading
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async, write_json
+from jscc_stream.cli import (add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async,
+                             write_json)
 
 __all__ = ["main", "build_parser", "CodecCache"]
 
@@ -219,10 +220,11 @@ def _main(argv: Sequence[str] | None) -> int:
     stats = run_async(go())
     sock.close()
     summary = stats.summary(receiver.reasm.counters)
+    c = receiver.reasm.counters
     log.info("frames out %d (decoded %d, undecodable %d, skipped %d); latency p50 %s p95 %s ms; late packets %d, "
-             "invalid %d", stats.frames_out, stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped,
-             summary["latency_p50_ms"], summary["latency_p95_ms"], receiver.reasm.counters.late,
-             receiver.reasm.counters.invalid)
+             "invalid %d, of other streams %d; frames played early for memory %d", stats.frames_out,
+             stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped, summary["latency_p50_ms"],
+             summary["latency_p95_ms"], c.late, c.invalid, c.foreign, c.frames_evicted)
     write_json(args.summary_json, summary)
     return 0
 

@@ -9,7 +9,8 @@ import signal
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async, write_json
+from jscc_stream.cli import (add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async,
+                             write_json)
 
 __all__ = ["main", "build_parser", "parse_size"]
 

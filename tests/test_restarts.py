@@ -114,42 +114,32 @@ def pipeline(tmp_path_factory):
         stop_processes(list(p.procs.values()))
 
 
-def _report(what: str, seconds: float) -> None:
-    print(f"\n{what}: picture back {seconds * 1000:.0f} ms after the restarted process was ready")
+def _restart(pipeline: Pipeline, name: str, what: str, *args: str) -> None:
+    """Kill daemon ``name`` (SIGKILL), start it again and check how soon the picture is back."""
+    pipeline.kill(name)
+    start = {"sender": pipeline.sender, "netem": pipeline.shim, "receiver": pipeline.receiver}[name]
+    since = pipeline.ready(name, start(*args), "sending " if name == "sender" else "listening on")
+    back = pipeline.picture_back(since, SSRC_B)
+    print(f"\n{what}: picture back {back * 1000:.0f} ms after the restarted process was ready")
+    assert back < PICTURE_BACK_S
 
 
 def test_sender_killed_and_restarted_with_a_new_ssrc(pipeline):
-    pipeline.kill("sender")
-    since = pipeline.ready("sender", pipeline.sender(SSRC_B), "sending ")
-    back = pipeline.picture_back(since, SSRC_B)
-    _report("sender, new SSRC", back)
-    assert back < PICTURE_BACK_S
+    _restart(pipeline, "sender", "sender, new SSRC", SSRC_B)
 
 
 def test_sender_killed_and_restarted_with_the_same_ssrc(pipeline):
     """Its frame ids start from 0 again: without a new session every frame was late until the
     ids passed the old ones (here 3 s)."""
     pipeline.streamed(SSRC_B, 90)
-    pipeline.kill("sender")
-    since = pipeline.ready("sender", pipeline.sender(SSRC_B), "sending ")
-    back = pipeline.picture_back(since, SSRC_B)
-    _report("sender, same SSRC", back)
-    assert back < PICTURE_BACK_S
+    _restart(pipeline, "sender", "sender, same SSRC", SSRC_B)
 
 
 def test_shim_restarted(pipeline):
-    pipeline.kill("netem")
-    since = pipeline.ready("netem", pipeline.shim(), "listening on")
-    back = pipeline.picture_back(since, SSRC_B)
-    _report("shim", back)
-    assert back < PICTURE_BACK_S
+    _restart(pipeline, "netem", "shim")
 
 
 def test_receiver_restarted(pipeline):
     """It needs the stream's description (the sender sends it at once when the new receiver
     speaks up) and an intra frame (the sender learns the receiver is new from its reports)."""
-    pipeline.kill("receiver")
-    since = pipeline.ready("receiver", pipeline.receiver("--ssrc", str(SSRC_B)), "listening on")
-    back = pipeline.picture_back(since, SSRC_B)
-    _report("receiver", back)
-    assert back < PICTURE_BACK_S
+    _restart(pipeline, "receiver", "receiver", "--ssrc", str(SSRC_B))
