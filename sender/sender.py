@@ -267,17 +267,20 @@ class Sender:
                 log.info("receiver %s (ssrc %08x) said goodbye", addr[0], ssrc)
 
     def _on_receiver(self, ssrc: int, addr) -> None:
-        """A receiver not heard before at this address (it started, or restarted) holds neither
-        the stream's description nor any picture to predict from: describe the stream now, not
-        at the next interval, and predict the next frame from nothing it would lack."""
+        """A receiver not heard before at this address (it started, or restarted) lacks the
+        stream's description: describe the stream now, not at the next interval.  One that
+        replaced another there (a restart) holds no picture to predict from either: the next
+        frame is intra (a first receiver held the stream from its first frame, or its receipts
+        will say what it lacks)."""
         key = tuple(addr[:2])
-        if self._receivers.get(key) == ssrc:
+        known = self._receivers.get(key)
+        if known == ssrc:
             return
         self._receivers[key] = ssrc
         self.stats.new_receivers += 1
         self._send(self._description())
         self.stats.descriptions_sent += 1
-        if self.refs is not None:
+        if known is not None and self.refs is not None:
             self.refs.forget()
 
     def _on_report_block(self, rep, addr, now: float) -> None:
@@ -600,6 +603,8 @@ class Sender:
                 # of latency, not a frozen frame); a second is dropped, so latency cannot build up
                 if len(inflight) >= 2:
                     self.stats.frames_dropped += 1
+                elif self.cfg.frames is not None and self.stats.frames_sent + len(inflight) >= self.cfg.frames:
+                    pass  # the last of --frames is being encoded: never one more
                 elif now - last_encode < 1.0 / self.stats.target_fps - period / 2:
                     self.stats.frames_rate_limited += 1
                 else:
