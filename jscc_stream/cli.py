@@ -13,7 +13,7 @@ from typing import Any
 from .errors import UserError
 
 __all__ = ["add_common_args", "setup_logging", "parse_args", "run_cli", "run_async", "write_json",
-           "parse_frame_size", "event_loop_factory", "entry_point"]
+           "parse_frame_size", "parse_ssrc", "event_loop_factory", "entry_point"]
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,19 @@ def parse_frame_size(text: str, multiple_of: int = 1, minimum: int = 16) -> tupl
     if w % multiple_of or h % multiple_of:
         raise UserError(f"size must be multiples of {multiple_of} (the codec's stride), got {text!r}")
     return w, h
+
+
+def parse_ssrc(text: str | None) -> int | None:
+    """``--ssrc``: decimal or 0x-hexadecimal, a 32-bit RTP SSRC; a UserError otherwise."""
+    if text is None:
+        return None
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UserError(f"--ssrc must be a number (decimal or 0x hex), got {text!r}") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise UserError(f"--ssrc must be in [0, 0xffffffff], got {text}")
+    return value
 
 
 def event_loop_factory() -> Callable[[], "asyncio.AbstractEventLoop"]:

@@ -12,7 +12,16 @@ logic is tested without sleeping.  A frame is released when the first of these h
   ``now + reorder grace`` once the frame's last (marker) packet arrived, or a newer frame's
   packet at least as unimportant as every block still missing (the sender sends frames in
   order and blocks by importance; a priority network may hold back only less important ones);
-* too many frames are pending (memory bound, ``"evicted"``).
+* too many frames are pending, or their bytes would pass ``max_bytes`` (memory bound: the
+  frame with the earliest deadline goes first, ``"evicted"``).
+
+One stream at a time: the reassembler locks onto the SSRC it is given, or else the first one
+that sends a valid description; packets of any other SSRC are counted (``foreign``) and
+dropped, so injected streams can never evict it.  A new stream may take over only once the
+locked one has been silent for ``handover`` seconds: another SSRC (a restarted sender), or the
+same SSRC with a new clock epoch in its description or, after the silence, frame ids that jump
+back (a sender restarted with the same SSRC).  Each take-over starts a new ``session``, which
+the receiver uses to reset what it keeps per stream (the video codec's reference pictures).
 
 A frame held for a retransmission (:meth:`Reassembler.hold`, after a NACK) is released early by
 none of the shortening rules before its hold ends (never past its deadline), and newer frames
@@ -25,6 +34,7 @@ never raised.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +77,11 @@ class ReassemblyCounters:
     no_description: int = 0  # media packets before their stream description
     undecodable_frames: int = 0  # distinct frames seen without a description
     descriptions: int = 0
-    ssrc_changes: int = 0
+    ssrc_changes: int = 0  # another SSRC took over (after the locked one fell silent)
+    restarts: int = 0  # the locked SSRC's sender restarted (new clock epoch, or frame ids back)
+    foreign: int = 0  # packets of an SSRC other than the locked one (or of a restart too soon): dropped
+    frames_evicted: int = 0  # released early to bound memory (frame count or bytes)
+    memory_drops: int = 0  # packets dropped: their frame alone would pass the byte bound
     frames_released: int = 0
     frames_complete: int = 0
     parity: int = 0  # parity packets stored
@@ -106,6 +120,9 @@ class FrameSlot:
     parity_code: tuple[int, int, tuple[int, ...]] | None = None  # (k, n, levels of the k payloads)
     recovered: int = 0  # payloads recovered from parity
     hold_until: float = 0.0  # waiting for a retransmission until then (see Reassembler.hold)
+    session: int = 0  # the reassembler's session it belongs to (a new one after each take-over)
+    nbytes: int = 0  # memory it holds: wire and mask arrays, payloads, parity
+
 
     def payload_list(self) -> list[bytes | None]:
         """All payloads in frame order, ``None`` for each that did not arrive."""
@@ -179,6 +196,7 @@ class _Stream:
     released: deque = field(default_factory=lambda: deque(maxlen=512))
     released_set: set = field(default_factory=set)
     newest_released: int | None = None
+    adopt_description: bool = False  # restarted on frame ids alone: the next description is its own
 
     def mark_released(self, fid: int) -> None:
         if len(self.released) == self.released.maxlen:
@@ -193,32 +211,43 @@ class Reassembler:
     """Collects packets of every stream it hears; see the module docstring for release rules."""
 
     def __init__(self, latency: float = 0.05, reorder_grace: float = 0.01, max_frames: int = 32,
-                 max_streams: int = 4, gap: float | None = None, max_size: tuple[int, int] | None = None,
-                 levels: int = 0) -> None:
+                 gap: float | None = None, max_size: tuple[int, int] | None = None, ssrc: int | None = None,
+                 handover: float = 0.3, max_bytes: int | None = None, levels: int = 0) -> None:
         """``gap``: release an entropy-coded frame once none of its packets arrived for this
         long (its sender sends a frame's packets together: a silence means the rest is lost,
         most often its last, marker packet); None: only the rules above.  ``max_size``: the
         largest frame (width, height, either orientation) a description may announce; a larger
-        one is refused (decoding it would cost CPU and memory out of proportion).  ``levels`` > 0:
+        one is refused (decoding it would cost CPU and memory out of proportion).  ``ssrc``:
+        the only stream accepted (None: the first described one, see the module docstring);
+        ``handover``: the silence (s) after which another stream may take over.  ``max_bytes``:
+        bound on the memory pending frames hold (None: only ``max_frames``).  ``levels`` > 0:
         the receiver subscribed (through a relay) to the levels below it only, so the others
         never come and do not hold a frame back when a newer frame's packet arrives."""
         if latency <= 0:
             raise ValueError("latency must be positive")
         if gap is not None and gap <= 0:
             raise ValueError("gap must be positive")
+        if handover < 0 or (max_bytes is not None and max_bytes <= 0):
+            raise ValueError("handover must not be negative and max_bytes must be positive")
         self.gap = gap
         self.levels = levels
         self.max_size = max_size
         self.latency = latency
         self.reorder_grace = reorder_grace
         self.max_frames = max_frames
-        self.max_streams = max_streams
+        self.max_bytes = max_bytes
+        self.fixed_ssrc = ssrc
+        self.handover = handover
         self.counters = ReassemblyCounters()
-        self.streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.streams: dict[int, _Stream] = {}  # the locked stream's (at most one)
         self.slots: dict[tuple[int, int], FrameSlot] = {}
         self._undescribed: OrderedDict[tuple[int, int], None] = OrderedDict()
-        self.current_ssrc: int | None = None
-        #: (ssrc, seq, timestamp) of the last datagram that parsed as RTP, for RTCP statistics.
+        self.locked: int | None = ssrc
+        self.session = 0
+        self.pending_bytes = 0  # sum of the pending slots' nbytes
+        self._heard = -math.inf  # when the locked stream was last heard (a packet stored, or its session began)
+        self._evicted: list[FrameSlot] = []  # released to make room while handling one packet
+        #: (ssrc, seq, timestamp) of the last datagram of the locked stream, for RTCP statistics.
         self.last_rtp: tuple[int, int, int] | None = None
 
     # -- input ---------------------------------------------------------------------------
@@ -232,14 +261,22 @@ class Reassembler:
         except WireError:
             self.counters.invalid += 1
             return []
-        self.last_rtp = (pkt.ssrc, pkt.seq, pkt.timestamp)
         if isinstance(pkt, DescriptionPacket):
-            return self._on_description(pkt, now)
-        if isinstance(pkt, PayloadPacket):
-            return self._on_payload(pkt, now, dscp)
-        if isinstance(pkt, ParityPacket):
-            return self._on_parity(pkt, now)
-        return self._on_media(pkt, now, dscp)
+            out = self._on_description(pkt, now)
+        elif self.locked is not None and pkt.ssrc != self.locked:
+            self.counters.foreign += 1
+            return []
+        elif isinstance(pkt, PayloadPacket):
+            out = self._on_payload(pkt, now, dscp)
+        elif isinstance(pkt, ParityPacket):
+            out = self._on_parity(pkt, now)
+        else:
+            out = self._on_media(pkt, now, dscp)
+        if pkt.ssrc == self.locked:
+            self.last_rtp = (pkt.ssrc, pkt.seq, pkt.timestamp)
+        if self._evicted:
+            out, self._evicted = self._evicted + out, []
+        return out
 
     def _on_description(self, pkt: DescriptionPacket, now: float) -> list[FrameSlot]:
         try:
@@ -250,21 +287,38 @@ class Reassembler:
         if info.ssrc != pkt.ssrc or not self._size_allowed(info.layout.width, info.layout.height):
             self.counters.invalid += 1
             return []
-        self.counters.descriptions += 1
         stream = self.streams.get(pkt.ssrc)
-        if stream is None:
-            if self.current_ssrc is not None:
-                self.counters.ssrc_changes += 1
-            self.streams[pkt.ssrc] = _Stream(info)
-            while len(self.streams) > self.max_streams:
-                old, _ = self.streams.popitem(last=False)
-                for key in [k for k in self.slots if k[0] == old]:
-                    del self.slots[key]
+        if stream is not None and (stream.adopt_description
+                                   or stream.info.clock_epoch_unix_us == info.clock_epoch_unix_us):
+            stream.info, stream.adopt_description = info, False  # the locked stream's (a new revision, maybe)
+        elif self._may_take_over(pkt.ssrc, now):
+            self._new_session(pkt.ssrc, info)
+            self._heard = now  # (only media keeps a stream alive: a sender restarted with the same
+            # description, clock epoch included, is then still seen by its frame ids jumping back)
         else:
-            stream.info = info
-            self.streams.move_to_end(pkt.ssrc)
-        self.current_ssrc = pkt.ssrc
+            self.counters.foreign += 1
+            return []
+        self.counters.descriptions += 1
         return []
+
+    def _may_take_over(self, ssrc: int, now: float) -> bool:
+        """Whether a new stream (``ssrc``, or the locked SSRC restarted) may replace the locked one."""
+        if self.fixed_ssrc is not None and ssrc != self.fixed_ssrc:
+            return False
+        return not self.streams or now - self._heard >= self.handover
+
+    def _new_session(self, ssrc: int, info: StreamInfo) -> None:
+        """Lock onto ``ssrc`` afresh: what was pending of the old stream is dropped."""
+        if self.streams:
+            if ssrc in self.streams:
+                self.counters.restarts += 1
+            else:
+                self.counters.ssrc_changes += 1
+        self.slots.clear()
+        self.pending_bytes = 0
+        self.streams = {ssrc: _Stream(info)}
+        self.locked = ssrc
+        self.session += 1
 
     def _size_allowed(self, width: int, height: int) -> bool:
         if self.max_size is None:
@@ -293,23 +347,67 @@ class Reassembler:
     def _slot(self, stream: _Stream, pkt: MediaPacket | PayloadPacket | ParityPacket, now: float, units: int,
               unit_bytes: int) -> FrameSlot | None:
         """The frame's slot, made on its first packet; None if the frame was already released
-        (a late packet; parity after its frame went out complete is just not needed)."""
+        (a late packet; parity after its frame went out complete is just not needed) or its
+        arrays alone would pass the memory bound."""
         fid = pkt.header.frame_id
         slot = self.slots.get((pkt.ssrc, fid))
         if slot is None:
-            if fid in stream.released_set or (
-                    stream.newest_released is not None and frame_diff(fid, stream.newest_released) < 0):
+            if (fid in stream.released_set or (stream.newest_released is not None
+                                               and frame_diff(fid, stream.newest_released) < 0)) \
+                    and not self._jumped_back(stream, now):
                 if isinstance(pkt, ParityPacket):
                     self.counters.parity_unused += 1
                 else:
                     self.counters.late += 1
                 return None
             info = stream.info
-            slot = FrameSlot(info, fid, pkt.timestamp, now, now + self.latency,
-                             np.zeros((units, unit_bytes), np.uint8), np.zeros((units, max(unit_bytes, 1)), bool),
-                             [-1] * info.layout.blocks, payloads={} if info.entropy_coded else None)
+            wire, received = np.zeros((units, unit_bytes), np.uint8), np.zeros((units, max(unit_bytes, 1)), bool)
+            size = wire.nbytes + received.nbytes
+            if not self._reserve(size, None, now):
+                return None
+            slot = FrameSlot(info, fid, pkt.timestamp, now, now + self.latency, wire, received,
+                             [-1] * info.layout.blocks, payloads={} if info.entropy_coded else None,
+                             session=self.session, nbytes=size)
             self.slots[(pkt.ssrc, fid)] = slot
+            self.pending_bytes += size
         return slot
+
+    def _jumped_back(self, stream: _Stream, now: float) -> bool:
+        """A packet of a frame older than those released, after a silence of ``handover`` with
+        nothing pending: the sender restarted with the same SSRC (frame ids from 0 again)
+        and its new description has not arrived (yet).  Starts a new session."""
+        if now - self._heard < self.handover or self.slots:
+            return False
+        self.counters.restarts += 1
+        self.session += 1
+        stream.released.clear()
+        stream.released_set.clear()
+        stream.newest_released = None
+        stream.adopt_description = True
+        return True
+
+    def _reserve(self, nbytes: int, growing: FrameSlot | None, now: float) -> bool:
+        """Room for ``nbytes`` more pending bytes (for ``growing``, or a new frame): the frames
+        with the earliest deadline are released first (never ``growing``); False, counted, when
+        ``growing`` alone would pass the bound."""
+        if self.max_bytes is None:
+            return True
+        if nbytes + (growing.nbytes if growing is not None else 0) > self.max_bytes:
+            self.counters.memory_drops += 1
+            return False
+        while self.pending_bytes + nbytes > self.max_bytes:
+            oldest = min((s for s in self.slots.values() if s is not growing), key=lambda s: s.deadline)
+            self._evicted += self._release([oldest], now, "evicted")
+            self.counters.frames_evicted += 1
+        return True
+
+    def _add_bytes(self, slot: FrameSlot, nbytes: int, now: float) -> bool:
+        """Account a payload or parity symbol about to be stored in ``slot``; False: dropped."""
+        if not self._reserve(nbytes, slot, now):
+            return False
+        slot.nbytes += nbytes
+        self.pending_bytes += nbytes
+        return True
 
     def _shorten_older(self, ssrc: int, frame_id: int, level: int, now: float) -> None:
         # The sender sends frames in order and, inside a frame, the most important block first; a
@@ -343,6 +441,7 @@ class Reassembler:
     def _stored(self, slot: FrameSlot, pkt: MediaPacket | PayloadPacket | ParityPacket, now: float) -> list[FrameSlot]:
         """After a packet's bytes went into its slot: deadline, completion, memory bound."""
         slot.packets += 1
+        self._heard = now
         if self.gap is not None and slot.payloads is not None:
             slot.deadline = max(slot.deadline, min(slot.first_arrival + self.latency, now + self.gap))
             self._shorten(slot, now + self.gap)
@@ -354,6 +453,7 @@ class Reassembler:
         if len(self.slots) > self.max_frames:
             oldest = min(self.slots.values(), key=lambda s: s.deadline)
             out += self._release([oldest], now, "evicted")
+            self.counters.frames_evicted += 1
         return out
 
     def _on_media(self, pkt: MediaPacket, now: float, dscp: int | None) -> list[FrameSlot]:
@@ -401,6 +501,8 @@ class Reassembler:
         if slot.received[h.index, 0]:
             self.counters.duplicates += 1
             return []
+        if not self._add_bytes(slot, len(pkt.data), now):
+            return []
         slot.payloads[h.index] = pkt.data
         slot.payload_levels[h.index] = h.level
         slot.received[h.index, 0] = True
@@ -430,6 +532,8 @@ class Reassembler:
             return []
         if h.index in slot.parity:
             self.counters.duplicates += 1
+            return []
+        if not self._add_bytes(slot, len(pkt.symbol), now):
             return []
         slot.parity_code = code
         slot.parity[h.index] = pkt.symbol
@@ -466,6 +570,7 @@ class Reassembler:
     def _release(self, slots: list[FrameSlot], now: float, reason: str) -> list[FrameSlot]:
         for s in slots:
             del self.slots[(s.ssrc, s.frame_id)]
+            self.pending_bytes -= s.nbytes
             s.reason = "complete" if s.complete else "deadline" if s.deadline <= now else reason
             s.released_at = now
             self.counters.frames_released += 1

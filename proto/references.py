@@ -141,6 +141,14 @@ class ReferenceState:
                 return
             self._receipts[receipt.frame_id] = receipt
 
+    def forget(self) -> None:
+        """A new receiver (started or restarted) holds none of the pictures confirmed so far:
+        the next frame is intra (feedback: at the next :meth:`confirm`; oneway: at once)."""
+        with self._lock:
+            self._reset = True
+            self._receipts.clear()
+            self._last_intra = None
+
     # --- encoding (encoder thread) -------------------------------------------------------
     def effective_mode(self) -> str:
         """feedback falls back on oneway while the return path is silent."""
@@ -297,6 +305,11 @@ class ReferenceStore:
             self._pictures.move_to_end(frame_id)
             while len(self._pictures) > self.capacity:
                 self._pictures.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every picture (a new stream, or its sender restarted)."""
+        with self._lock:
+            self._pictures.clear()
 
     def get(self, frame_id: int) -> np.ndarray | None:
         with self._lock:

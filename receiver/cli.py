@@ -10,7 +10,8 @@ import threading
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, run_async, write_json
+from jscc_stream.cli import (add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async,
+                             write_json)
 
 __all__ = ["main", "build_parser", "CodecCache"]
 
@@ -126,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", default="1920x1080", metavar="WxH",
                    help="largest frame a stream may announce (either orientation); a larger one is refused, "
                         "since any UDP source can send a stream description")
+    p.add_argument("--max-pending-mb", type=float, metavar="MB",
+                   help="memory the frames not yet played out may hold (wire bytes, masks, payloads, parity); "
+                        "past it the frames with the earliest deadline are played out early (counted). Default: "
+                        "1 byte per pixel of --max-size for each frame of a 60 fps stream in the playout window, "
+                        "at least 8 (16.6 MB at 1920x1080, 50 ms)")
+    p.add_argument("--ssrc", metavar="N",
+                   help="accept only the stream with this RTP SSRC (decimal or 0x hex; see jscc-send --ssrc). "
+                        "Default: lock onto the first stream that sends a valid description. Packets of other "
+                        "SSRCs are counted and dropped")
+    p.add_argument("--handover-ms", type=float, default=300.0,
+                   help="once the locked stream has been silent this long, a new one may take over (another "
+                        "SSRC without --ssrc; or its sender restarted with the same SSRC)")
     p.add_argument("--no-nack", action="store_true",
                    help="never ask for missing payloads of the protected (top) levels; by default the receiver "
                         "asks once it knows the round trip (from the sender's XR DLRR) and only while the answer "
@@ -171,6 +184,9 @@ def _main(argv: Sequence[str] | None) -> int:
     join = _join(args.join)
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
+    if args.max_pending_mb is not None and args.max_pending_mb <= 0 or args.handover_ms < 0:
+        raise UserError("--max-pending-mb must be positive and --handover-ms not negative")
+    ssrc = parse_ssrc(args.ssrc)
 
     from .outputs import Outputs
     from .receiver import Receiver, ReceiverConfig, open_listen_socket
@@ -200,9 +216,9 @@ def _main(argv: Sequence[str] | None) -> int:
                          duration=args.duration, decode_workers=args.decode_workers,
                          max_decode_queue=args.decode_queue,
                          gap=None if args.gap_ms is None else args.gap_ms / 1000, nack=not args.no_nack,
-                         max_size=_max_size(args.max_size),
-                         arrival_interval=args.arrival_ms / 1000, levels=args.levels,
-                         join=join)
+                         max_size=_max_size(args.max_size), ssrc=ssrc, handover=args.handover_ms / 1000,
+                         max_pending_bytes=None if args.max_pending_mb is None else int(args.max_pending_mb * 1e6),
+                         arrival_interval=args.arrival_ms / 1000, levels=args.levels, join=join)
     from .web import viewer_from_args
 
     viewer = viewer_from_args(args)
@@ -225,10 +241,11 @@ def _main(argv: Sequence[str] | None) -> int:
     stats = run_async(go())
     sock.close()
     summary = stats.summary(receiver.reasm.counters)
+    c = receiver.reasm.counters
     log.info("frames out %d (decoded %d, undecodable %d, skipped %d); latency p50 %s p95 %s ms; late packets %d, "
-             "invalid %d", stats.frames_out, stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped,
-             summary["latency_p50_ms"], summary["latency_p95_ms"], receiver.reasm.counters.late,
-             receiver.reasm.counters.invalid)
+             "invalid %d, of other streams %d; frames played early for memory %d", stats.frames_out,
+             stats.frames_decoded, stats.frames_undecodable, stats.frames_skipped, summary["latency_p50_ms"],
+             summary["latency_p95_ms"], c.late, c.invalid, c.foreign, c.frames_evicted)
     write_json(args.summary_json, summary)
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import statistics
@@ -35,12 +36,23 @@ from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, parse_hostport, read_t
 
 from .outputs import FrameRecord, Outputs
 
-__all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket"]
+__all__ = ["ReceiverConfig", "ReceiverStats", "Receiver", "open_listen_socket", "pending_bound"]
 
 log = logging.getLogger("jscc.recv")
 
 CodecProvider = Callable[[StreamInfo], object | None]
 BATCH_LIMIT = 8  # frames released at once that all go to the decoder (see Receiver._enqueue)
+ASK_INTERVAL = 0.2  # s between requests for a stream description (media without one)
+
+
+def pending_bound(max_size: tuple[int, int] | None, latency: float, reorder_grace: float) -> int | None:
+    """Bytes pending frames may hold: one byte per pixel of the largest frame a description may
+    announce (16 times the default rate; 8 times what the fixed-rate codec's wire and mask
+    take), for every frame of a 60 fps stream inside the playout window, and at least 8."""
+    if max_size is None:
+        return None
+    frames = max(8, math.ceil(60 * (latency + reorder_grace)) + 2)
+    return frames * max_size[0] * max_size[1]
 
 
 def open_listen_socket(spec: str) -> socket.socket:
@@ -71,6 +83,9 @@ class ReceiverConfig:
     levels: int = 0  # subscription through a relay: importance levels 0..levels-1 (0: all)
     join: tuple | None = None  # a relay's address (sockaddr) to subscribe at, every join_interval
     join_interval: float = 0.5  # s; a relay drops a receiver silent for longer than its timeout
+    max_pending_bytes: int | None = None  # bound on pending frames' memory (None: pending_bound of the above)
+    ssrc: int | None = None  # the only stream accepted (None: the first one described)
+    handover: float = 0.3  # silence of the locked stream (s) after which another may take over
 
 
 @dataclass
@@ -108,8 +123,10 @@ class Receiver:
         self.outputs = outputs
         self.cfg = cfg
         self.on_frame = on_frame
+        max_bytes = cfg.max_pending_bytes or pending_bound(cfg.max_size, cfg.latency, cfg.reorder_grace)
         self.reasm = Reassembler(latency=cfg.latency, reorder_grace=cfg.reorder_grace, gap=cfg.gap,
-                                 max_size=cfg.max_size, levels=cfg.levels)
+                                 max_size=cfg.max_size, ssrc=cfg.ssrc, handover=cfg.handover, max_bytes=max_bytes,
+                                 levels=cfg.levels)
         self.stats = ReceiverStats()
         self.stop_event = asyncio.Event()
         self.ssrc = int.from_bytes(os.urandom(4), "big")
@@ -122,6 +139,9 @@ class Receiver:
         self._block_missing = None
         self._reported = 0
         self.refs = ReferenceStore()  # decoded pictures predicted frames refer to
+        self._refs_session = 0  # the reassembly session whose pictures refs holds (decode thread)
+        self._session = 0  # the reassembly session the per-stream state below belongs to
+        self._asked = -math.inf  # when a stream description was last asked for
         self._kinds: dict[int, dict] = {}  # frame id -> its type, for the record (decode -> output thread)
         self._arrivals: dict[int, ArrivalLog] = {}  # ssrc -> arrivals not yet reported
         self._rtt: dict[tuple, float] = {}  # sender address -> round trip (s)
@@ -144,14 +164,43 @@ class Receiver:
                 self._on_rtcp(data, addr, now)
                 continue
             tos = read_tos(anc)
+            undescribed = self.reasm.counters.no_description
             released += self.reasm.push(data, now, None if tos is None else tos >> 2)
+            if self.reasm.session != self._session:
+                self._on_session()
             rtp = self.reasm.last_rtp
             if rtp is not None:
                 self._on_rtp(*rtp, addr, now)
+            elif self.reasm.counters.no_description != undescribed:
+                self._ask_description(addr, now)
         if released:
             self._enqueue(released)
         self._ask_again(loop.time())
         self._arm_timer()
+
+    def _on_session(self) -> None:
+        """A new stream took over (or the locked one's sender restarted): its reception
+        statistics, arrivals and NACKs start afresh (the reference pictures are reset by the
+        decode worker, in frame order)."""
+        self._session = self.reasm.session
+        log.info("receiving stream %08x (session %d)", self.reasm.locked, self._session)
+        self._rx.clear()
+        self._arrivals.clear()
+        self._addr.clear()
+        self.nack_policy = NackPolicy()
+
+    def _ask_description(self, addr, now: float) -> None:
+        """Media without its description (this receiver just started, or the description was
+        lost): an empty receiver report tells the sender a new receiver listens, and it
+        describes its stream at once instead of at its next interval.  At most one each
+        ``ASK_INTERVAL``, and smaller than the datagram that caused it."""
+        if now - self._asked < ASK_INTERVAL:
+            return
+        self._asked = now
+        try:
+            self.sock.sendto(build_report(self.ssrc, []), addr)
+        except OSError as exc:
+            log.debug("asking %s for a description failed: %s", addr, exc)
 
     def _on_rtp(self, ssrc: int, seq: int, ts: int, addr, now: float) -> None:
         rx = self._rx.get(ssrc)
@@ -182,7 +231,8 @@ class Receiver:
             if sr.ssrc in self._rx:
                 self._rx[sr.ssrc].on_sender_report(sr.sender_info.ntp_timestamp, now)
         for ssrc, lrr, dlrr in msgs.dlrr:
-            rtt = rtt_from(compact(ntp_now()), lrr, dlrr) if ssrc == self.ssrc else None
+            known = ssrc == self.ssrc and addr in self._addr.values()  # only from the stream's source
+            rtt = rtt_from(compact(ntp_now()), lrr, dlrr) if known else None
             if rtt is not None:
                 self._rtt[addr] = rtt
                 self.stats.rtt_ms = round(rtt * 1000, 2)
@@ -265,7 +315,11 @@ class Receiver:
     def _decode_predicted(self, codec, slot: FrameSlot) -> np.ndarray | None:
         """A video codec's frame from its reference (:meth:`ReferenceStore.decode`); the receipt
         goes back to the sender.  Frames must decode in order (one decode worker) for a
-        reference to be there when needed."""
+        reference to be there when needed; a new session's first frame drops the old one's
+        pictures (a restarted sender numbers its frames from 0 again)."""
+        if slot.session != self._refs_session:
+            self.refs.clear()
+            self._refs_session = slot.session
         frame, receipt, kind = self.refs.decode(codec, slot.frame_id, slot.payload_list(),
                                                 slot.info.layout.width, slot.info.layout.height,
                                                 slot.info.reference_levels)

@@ -9,7 +9,8 @@ import signal
 from collections.abc import Sequence
 
 from jscc_stream.errors import UserError
-from jscc_stream.cli import add_common_args, entry_point, parse_args, parse_frame_size, run_async, write_json
+from jscc_stream.cli import (add_common_args, entry_point, parse_args, parse_frame_size, parse_ssrc, run_async,
+                             write_json)
 
 __all__ = ["main", "build_parser", "parse_size"]
 
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="stop after sending this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
+    p.add_argument("--ssrc", metavar="N",
+                   help="the stream's RTP SSRC (decimal or 0x hex; default random): a restarted sender keeps "
+                        "its receivers' jscc-recv --ssrc lock")
     p.add_argument("--stats-json", metavar="FILE", help="write the sender's counters as JSON at exit")
     add_common_args(p)
     return p
@@ -195,6 +199,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(build_parser, argv)
     width, height = parse_size(args.size)
     _check_numbers(args)
+    ssrc = parse_ssrc(args.ssrc)
 
     from .dscp import DscpMapError
     from jscc_stream.proto.packetizer import MIN_MTU
@@ -233,7 +238,7 @@ def _main(argv: Sequence[str] | None) -> int:
                        adapt=not args.no_adapt, kbps=kbps, references=args.references,
                        intra_period=args.intra_period, min_kbps=args.min_kbps, max_kbps=args.max_kbps,
                        congestion_control=not args.no_cc, protect_levels=args.protect_levels,
-                       fec=not args.no_fec, nack=not args.no_nack, roi_boost=args.roi_boost)
+                       fec=not args.no_fec, nack=not args.no_nack, roi_boost=args.roi_boost, ssrc=ssrc)
     try:
         sender = Sender(codec, source, cfg, regions)
     except ValueError as exc:

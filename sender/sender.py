@@ -132,6 +132,7 @@ class SenderStats:
     parity_bytes: int = 0
     byes: int = 0  # receivers that said goodbye
     rtcp_foreign: int = 0  # RTCP from an address this sender does not send to: ignored
+    new_receivers: int = 0  # receiver SSRCs first heard at an address (a receiver started or restarted)
     rate_log: list = field(default_factory=list)  # every 0.5 s: t, target/sent kbit/s, loss, rtt
     encode_ms: list[float] = field(default_factory=list)
     roi_frames: int = 0  # frames coded with a region map (--roi)
@@ -188,6 +189,7 @@ class Sender:
         self._desc_key: bytes | None = None
         self._mono0 = time.monotonic()
         self._fb: dict[tuple, _ReceiverFeedback] = {}  # receiver address -> its last feedback
+        self._receivers: dict[tuple, int] = {}  # receiver address -> its RTCP SSRC
         self.stats.target_fps = cfg.fps
         self._epoch_us = time.time_ns() // 1000
         self.send_log = SendLog()
@@ -265,6 +267,7 @@ class Sender:
             if msgs.rrtr:  # a receiver's clock: answer at once, so its round trip is exact
                 self._reply(sock, build_dlrr(self.ssrc, [(ssrc, compact(ntp), 0) for ssrc, ntp in msgs.rrtr]), addr)
             for rr in msgs.rrs:
+                self._on_receiver(rr.ssrc, addr)
                 for rep in rr.reports:
                     if rep.ssrc == self.ssrc:
                         self._on_report_block(rep, addr, now)
@@ -274,6 +277,23 @@ class Sender:
                 self.stats.byes += 1
                 self._fb.pop(addr, None)
                 log.info("receiver %s (ssrc %08x) said goodbye", addr[0], ssrc)
+
+    def _on_receiver(self, ssrc: int, addr) -> None:
+        """A receiver not heard before at this address (it started, or restarted) lacks the
+        stream's description: describe the stream now, not at the next interval.  One that
+        replaced another there (a restart) holds no picture to predict from either: the next
+        frame is intra (a first receiver held the stream from its first frame, or its receipts
+        will say what it lacks)."""
+        key = tuple(addr[:2])
+        known = self._receivers.get(key)
+        if known == ssrc:
+            return
+        self._receivers[key] = ssrc
+        self.stats.new_receivers += 1
+        self._send(self._description())
+        self.stats.descriptions_sent += 1
+        if known is not None and self.refs is not None:
+            self.refs.forget()
 
     def _on_report_block(self, rep, addr, now: float) -> None:
         self.stats.reports += 1
@@ -609,6 +629,8 @@ class Sender:
                 # of latency, not a frozen frame); a second is dropped, so latency cannot build up
                 if len(inflight) >= 2:
                     self.stats.frames_dropped += 1
+                elif self.cfg.frames is not None and self.stats.frames_sent + len(inflight) >= self.cfg.frames:
+                    pass  # the last of --frames is being encoded: never one more
                 elif now - last_encode < 1.0 / self.stats.target_fps - period / 2:
                     self.stats.frames_rate_limited += 1
                 else:

@@ -14,11 +14,11 @@ from jscc_stream.proto.packetizer import Packetizer
 from jscc_stream.proto.reassembly import Reassembler
 
 
-def _setup(ssrc=11, k=4, alpha=2, h=3, w=50, mtu=120, first_seq=0, revision=0):
-    lay = LatentLayout(64, 48, k, alpha, h, w, 8, True)
+def _setup(ssrc=11, k=4, alpha=2, h=3, w=50, mtu=120, first_seq=0, revision=0, epoch=0, size=(64, 48)):
+    lay = LatentLayout(*size, k, alpha, h, w, 8, True)
     pk = Packetizer(ssrc, list(range(k)), mtu=mtu, first_seq=first_seq)
     body = make_description(ssrc=ssrc, revision=revision, codec_name="t", codec_sha256="", layout=lay, fps=30,
-                            block_levels=list(range(k)), dscp_map=None, clock_epoch_unix_us=0, mtu=mtu)
+                            block_levels=list(range(k)), dscp_map=None, clock_epoch_unix_us=epoch, mtu=mtu)
     return lay, pk, Packetizer(ssrc, list(range(k))).description(0, body).data  # any MTU for control
 
 
@@ -201,7 +201,7 @@ def test_garbage_never_raises_and_memory_is_bounded():
             junk[0] = 0x80  # looks like RTP v2
             junk[1] = 96 if i % 4 == 1 else 97
         r.push(bytes(junk), 0.0)
-    assert r.counters.invalid + r.counters.no_description > 1900
+    assert r.counters.invalid + r.counters.no_description + r.counters.foreign > 1900
     for f in range(100):  # many partial frames: never more than max_frames pending
         _, gs = _frame(pk, lay, f)
         r.push(gs[0].data, 0.0)
@@ -222,3 +222,99 @@ def test_bad_descriptions_rejected():
                             block_levels=[0, 1], dscp_map=None, clock_epoch_unix_us=0, mtu=900)
     with pytest.raises(WireError):
         parse_description(body)
+
+
+def _send(r, pk, lay, fid, now, upto=None):
+    """Push frame ``fid``'s packets (the first ``upto`` of them) at ``now``; what was released."""
+    out = []
+    for g in _frame(pk, lay, fid)[1][:upto]:
+        out += r.push(g.data, now)
+    return out
+
+
+def test_injected_ssrcs_never_evict_the_locked_stream():
+    """Issue 16: four streams injected by anyone who can send UDP evicted the real one.  The
+    reassembler locks onto the first described stream; other SSRCs are counted and dropped."""
+    lay, pk, desc = _setup(ssrc=1)
+    r = Reassembler(latency=0.05)
+    r.push(desc, 0.0)
+    assert [s.frame_id for s in _send(r, pk, lay, 0, 0.0)] == [0]
+    for ssrc in (2, 3, 4, 5, 6):
+        lay2, pk2, desc2 = _setup(ssrc=ssrc)
+        r.push(desc2, 0.01)
+        _send(r, pk2, lay2, 1, 0.01)
+    assert [s.frame_id for s in _send(r, pk, lay, 1, 0.02)] == [1]
+    assert list(r.streams) == [1] and all(k[0] == 1 for k in r.slots)
+    assert r.counters.foreign == 5 * (1 + len(_frame(pk, lay, 1)[1])) and r.counters.ssrc_changes == 0
+
+
+def test_another_ssrc_takes_over_only_after_the_locked_one_is_silent():
+    lay, pk, desc = _setup(ssrc=1)
+    lay2, pk2, desc2 = _setup(ssrc=2, k=2, w=20)
+    r = Reassembler(latency=0.05, handover=0.3)
+    r.push(desc, 0.0)
+    _send(r, pk, lay, 0, 0.1)
+    r.push(desc2, 0.35)  # 0.25 s after the last packet: too soon
+    assert r.locked == 1 and r.counters.foreign == 1 and r.session == 1
+    r.push(desc2, 0.41)
+    assert r.locked == 2 and r.counters.ssrc_changes == 1 and r.session == 2
+    out = _send(r, pk2, lay2, 0, 0.42)
+    assert [(s.ssrc, s.frame_id, s.session) for s in out] == [(2, 0, 2)]
+    r.push(desc, 0.5)  # the old stream is now the foreign one while 2 is heard
+    assert r.locked == 2 and r.counters.foreign == 2
+
+
+def test_a_fixed_ssrc_never_hands_over():
+    lay, pk, desc = _setup(ssrc=7)
+    r = Reassembler(latency=0.05, ssrc=9)
+    r.push(desc, 0.0)
+    assert _send(r, pk, lay, 0, 10.0) == [] and r.locked == 9 and not r.streams
+    assert r.counters.foreign == 1 + len(_frame(pk, lay, 0)[1]) and r.counters.no_description == 0
+
+
+@pytest.mark.parametrize("epoch", [2000, 1000, None])
+def test_a_sender_restarted_with_the_same_ssrc_plays_again(epoch):
+    """Frame ids start from 0 again: without a new session they were all 'late' until they
+    passed the old ones.  A description with another clock epoch, or frame ids that jump back
+    after a silence (same epoch, or the new description lost), start a new session."""
+    lay, pk, desc = _setup(ssrc=1, epoch=1000)
+    r = Reassembler(latency=0.05, handover=0.3)
+    r.push(desc, 0.0)
+    for f in range(100, 105):
+        _send(r, pk, lay, f, 0.01 * f)
+    assert _send(r, pk, lay, 3, 1.06) == [] and r.counters.late > 0  # a stale packet soon after: late
+    late = r.counters.late
+    lay, pk2, desc2 = _setup(ssrc=1, epoch=epoch or 1000, first_seq=500)
+    if epoch is not None:
+        r.push(desc2, 1.5)
+    out = _send(r, pk2, lay, 0, 1.5) + _send(r, pk2, lay, 1, 1.52)
+    assert [(s.frame_id, s.session) for s in out] == [(0, 2), (1, 2)]
+    assert r.counters.restarts == 1 and r.counters.late == late and r.session == 2
+    r.push(_setup(ssrc=1, epoch=2000)[2], 1.6)  # its (new-epoch) description: still this session
+    assert r.session == 2 and r.counters.foreign == 0
+
+
+def _footprint(r) -> int:
+    """Memory the pending frames hold, counted independently of the reassembler's own sum."""
+    return sum(s.wire.nbytes + s.received.nbytes + sum(map(len, (s.payloads or {}).values()))
+               + sum(map(len, s.parity.values())) for s in r.slots.values())
+
+
+def test_pending_memory_is_bounded_oldest_frames_go_first():
+    """Issue 16: a described stream whose frames never complete held up to 32 frames of
+    whatever layout it announced (~1 GiB).  With ``max_bytes`` the frames with the earliest
+    deadline are played out early (counted) and a frame bigger than the bound is refused."""
+    lay, pk, desc = _setup(k=8, alpha=16, h=64, w=64, mtu=900, size=(1920, 1080))  # 512 KiB a frame
+    frame = lay.blocks * lay.block_bytes * 2  # wire and mask
+    r = Reassembler(latency=10.0, max_bytes=5 * frame)
+    r.push(desc, 0.0)
+    out = []
+    for f in range(40):
+        out += _send(r, pk, lay, f, 0.001 * f, upto=3)
+        assert _footprint(r) == r.pending_bytes <= 5 * frame
+    assert len(r.slots) == 5 and sorted(k[1] for k in r.slots) == list(range(35, 40))
+    assert [s.frame_id for s in out] == list(range(35)) and all(s.reason == "evicted" for s in out)
+    assert r.counters.frames_evicted == 35
+    tiny = Reassembler(latency=10.0, max_bytes=frame - 1)
+    tiny.push(desc, 0.0)
+    assert _send(tiny, pk, lay, 0, 0.0, upto=2) == [] and not tiny.slots and tiny.counters.memory_drops == 2

@@ -130,6 +130,9 @@ async def test_cli_receives_and_writes_stats(tiny_codec, tmp_path):
                                        (["--decode-queue", "0"], "--decode-queue must be >= 1"),
                                        (["--max-size", "big"], "--max-size: size must be WxH"),
                                        (["--arrival-ms", "-1"], "--arrival-ms must be in"),
+                                       (["--ssrc", "-5"], "--ssrc must be in"),
+                                       (["--max-pending-mb", "0"], "--max-pending-mb must be positive"),
+                                       (["--handover-ms", "-1"], "--handover-ms not negative"),
                                        (["--display", "--listen", "127.0.0.1:0"], "no display here")])
 @pytest.mark.parametrize("display", [None, ":4242"])  # not set; set but nothing listens there
 def test_cli_user_errors(argv, msg, display, capsys, monkeypatch):
@@ -259,3 +262,93 @@ def test_a_description_can_name_only_shipped_codecs(monkeypatch):
     forced = CodecCache("/tmp/my-own.safetensors", "cpu")
     forced(info("/etc/passwd"))
     assert loaded == ["uniform", "/tmp/my-own.safetensors"]
+
+
+async def _run_receiver(codec, cfg: ReceiverConfig, send, until=lambda got: False, timeout: float = 10.0,
+                        setup=lambda receiver: None):
+    """A Receiver on loopback (``setup`` sees it first); ``send(tx, addr)`` is awaited with a
+    UDP socket; returns (receiver, frames got) once ``until(got)`` or after ``timeout``."""
+    sock = open_listen_socket("127.0.0.1:0")
+    got = []
+    receiver = Receiver(sock, lambda info: codec, Outputs(), cfg, on_frame=lambda r, f: got.append(r))
+    setup(receiver)
+    task = asyncio.create_task(receiver.run())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
+    try:
+        await send(tx, sock.getsockname())
+        try:
+            await asyncio.wait_for(_until(lambda: until(got)), timeout)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        receiver.stop_event.set()
+        await task
+        sock.close()
+        tx.close()
+    return receiver, got
+
+
+async def test_injected_streams_are_dropped_and_never_evict_the_real_one(tiny_codec):
+    """Issue 16: four SSRCs injected by anyone who can send UDP evicted the real stream (and
+    its reception statistics).  The receiver locks onto the first described stream."""
+    lay, body = _desc(tiny_codec, 42)
+    pk = Packetizer(42, list(range(lay.blocks)))
+    wire = tiny_codec.encode(np.full((240, 320, 3), 128, np.uint8))
+
+    async def send(tx, addr):
+        tx.sendto(pk.description(0, body).data, addr)
+        for fid in range(6):
+            for ssrc in (1, 2, 3, 4):  # each frame, every intruder describes itself and sends a frame
+                pki = Packetizer(ssrc, list(range(lay.blocks)))
+                tx.sendto(pki.description(0, _desc(tiny_codec, ssrc)[1]).data, addr)
+                for g in pki.packetize(fid, 0, wire):
+                    tx.sendto(g.data, addr)
+            for g in pk.packetize(fid, fid * 3000, wire):
+                tx.sendto(g.data, addr)
+            await asyncio.sleep(0.02)
+
+    receiver, got = await _run_receiver(tiny_codec, ReceiverConfig(latency=0.05), send, lambda got: len(got) >= 6)
+    assert [(r.ssrc, r.frame_id, r.decoded) for r in got] == [(42, f, True) for f in range(6)]
+    assert list(receiver._rx) == [42] and receiver.reasm.counters.foreign >= 4 * 6 * 2
+
+
+async def test_a_flood_of_partial_frames_stays_under_the_memory_bound(tiny_codec):
+    """Issue 16: a stream (forged or real) whose frames never complete kept 32 frames of the
+    layout it announced pending (~1 GiB at 1920x1080).  Pending bytes stay under the bound
+    derived from --max-size and the playout window; the frames that had to go early are counted."""
+    from jscc_stream.proto.description import LatentLayout
+
+    lay = LatentLayout(320, 240, 8, 16, 25, 50, 8, True)  # 20000 bytes a block: 320 kB a frame with its mask
+    body = make_description(ssrc=9, revision=0, codec_name="tiny", codec_sha256="", layout=lay, fps=30,
+                            block_levels=list(range(8)), dscp_map=None, clock_epoch_unix_us=0, mtu=900)
+    pk = Packetizer(9, list(range(8)))
+    wire = np.zeros((lay.blocks, lay.block_bytes), np.uint8)
+    cfg = ReceiverConfig(latency=0.5, max_size=(320, 240))
+    peak = [0]
+
+    async def send(tx, addr):
+        tx.sendto(pk.description(0, body).data, addr)
+        for fid in range(100):  # one packet of each frame
+            tx.sendto(pk.packetize(fid, 0, wire)[0].data, addr)
+            if fid % 10 == 0:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+
+    def watch(receiver):  # the bytes pending frames hold after each datagram, counted here
+        push = receiver.reasm.push
+
+        def counted(*args):
+            out = push(*args)
+            slots = receiver.reasm.slots.values()
+            peak[0] = max(peak[0], sum(s.wire.nbytes + s.received.nbytes for s in slots))
+            return out
+        receiver.reasm.push = counted
+
+    receiver, _ = await _run_receiver(tiny_codec, cfg, send, timeout=0.5, setup=watch)
+    bound = 33 * 320 * 240  # 60 fps x (0.5 s + 10 ms), + 2, frames of 320x240 bytes
+    assert 0 < peak[0] <= bound
+    from jscc_stream.receiver.receiver import pending_bound
+
+    assert receiver.reasm.max_bytes == bound == pending_bound((320, 240), 0.5, cfg.reorder_grace)
+    assert receiver.reasm.counters.frames_evicted > 50

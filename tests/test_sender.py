@@ -126,6 +126,8 @@ async def test_busy_encoder_holds_one_frame_drops_the_rest_and_fans_out_v4_v6():
     (["--fps", "0"], "--fps"),
     (["--pace", "1.5"], "--pace must be in [0, 1]"),
     (["--codec", "video", "--kbps", "500", "--intra-period", "0"], "intra period"),
+    (["--ssrc", "0x1ffffffff"], "--ssrc must be in [0, 0xffffffff]"),
+    (["--ssrc", "twelve"], "--ssrc must be a number"),
 ])
 def test_cli_user_errors_are_one_line(argv, msg, capsys):
     assert send_main(argv) == 2
@@ -284,3 +286,71 @@ async def test_encoder_failure_ends_the_stream_and_is_reported():
     stats = await asyncio.wait_for(sender.run(), 10)
     sink.close()
     assert stats.frames_sent == 2 and stats.encode_error == "RuntimeError: device lost"
+
+
+def _pump(sender: Sender, sock: socket.socket) -> None:
+    """Let the sender read the RTCP waiting on its socket (up to 2 s for it to arrive)."""
+    import select
+
+    select.select([sock], [], [], 2.0)
+    sender._on_rtcp(sock)
+
+
+def test_forged_rate_feedback_from_another_address_changes_nothing(tiny_rd_codec, monkeypatch):
+    """Issue 16: anyone who knows the SSRC could forge reports of skipped frames that lower the
+    frame rate.  Only the addresses the sender sends to are heard; the same reports from the
+    receiver's address do lower it."""
+    import jscc_stream.sender.sender as mod
+    from jscc_stream.proto.rtcp import build_report
+    from jscc_stream.proto.stream_pb2 import Feedback
+
+    clock = [100.0]
+    monkeypatch.setattr(mod.time, "monotonic", lambda: clock[0])
+    receiver, stranger = _udp(socket.AF_INET, "127.0.0.1"), _udp(socket.AF_INET, "127.0.0.1")
+    cfg = SenderConfig(width=64, height=48, fps=30, kbps=800, dests=[f"127.0.0.1:{receiver.getsockname()[1]}"])
+    sender = Sender(tiny_rd_codec, SyntheticSource(64, 48, 30), cfg)
+    sender._open_sockets()
+    sock = sender._socks[socket.AF_INET]
+
+    def report(src: socket.socket, decoded: int, skipped: int) -> None:
+        fb = Feedback(ssrc=sender.ssrc, frames_decoded=decoded, frames_skipped=skipped)
+        src.sendto(build_report(4321, [], fb.SerializeToString()), sock.getsockname())
+        clock[0] += 1
+        _pump(sender, sock)
+
+    try:
+        for src in (stranger, receiver):
+            report(src, 0, 0)
+            report(src, 5, 20)  # decoded 5 frames a second, skipped 20
+        assert sender.stats.rtcp_foreign == 2
+        assert 1 <= sender.stats.target_fps < 10  # heard from the receiver only
+    finally:
+        for s in (sock, receiver, stranger):
+            s.close()
+
+
+def test_a_new_receiver_gets_the_description_at_once(tiny_rd_codec):
+    """A receiver that (re)started sends an empty report when media arrive without their
+    description; the sender describes the stream at once instead of at its next interval
+    (1 s), once per receiver SSRC at an address, and never for a stranger."""
+    from jscc_stream.proto.rtcp import build_report
+
+    receiver, stranger = _udp(socket.AF_INET, "127.0.0.1"), _udp(socket.AF_INET, "127.0.0.1")
+    cfg = SenderConfig(width=64, height=48, kbps=800, dests=[f"127.0.0.1:{receiver.getsockname()[1]}"])
+    sender = Sender(tiny_rd_codec, SyntheticSource(64, 48, 30), cfg)
+    sender._open_sockets()
+    sock = sender._socks[socket.AF_INET]
+    got = []
+    try:
+        for src, rssrc in ((receiver, 1), (receiver, 1), (stranger, 2), (receiver, 3)):
+            src.sendto(build_report(rssrc, []), sock.getsockname())
+            _pump(sender, sock)
+            try:
+                got.append(parse_datagram(receiver.recv(2048)))
+            except BlockingIOError:
+                got.append(None)
+        assert [type(p).__name__ for p in got] == ["DescriptionPacket", "NoneType", "NoneType", "DescriptionPacket"]
+        assert got[0].ssrc == sender.ssrc and sender.stats.new_receivers == 2
+    finally:
+        for s in (sock, receiver, stranger):
+            s.close()

@@ -216,6 +216,20 @@ def test_a_receiver_without_the_reference_gets_an_intra_frame(codec, frames):
     assert refs.choose(2) == (None, None)
 
 
+@pytest.mark.parametrize("mode", ["feedback", "oneway"])
+def test_a_new_receiver_gets_an_intra_frame_next(codec, frames, mode):
+    """The sender hears a receiver SSRC new at an address (it restarted): whatever was
+    confirmed, or predicted from in oneway mode, the new receiver lacks."""
+    refs = ReferenceState(codec, W, H, mode, intra_period=30, silence_s=60)
+    receiver = _Receiver(codec)
+    pl = codec.encode(frames[0], BUDGET)
+    refs.sent(0, pl, None, None)
+    refs.on_receipt(receiver.decode(0, list(pl)))
+    assert refs.choose(1)[0] == 0
+    refs.forget()
+    assert refs.choose(1) == (None, None)
+
+
 def _send_frames(refs: ReferenceState, codec: VideoCodec, frames: list[np.ndarray], n: int,
                  after_frame=lambda fid: None) -> str:
     """Frames 0..n-1 through the sender's reference state with no receipts: their kinds, I or P."""
