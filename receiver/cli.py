@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    args = parse_args(build_parser, argv)
+def _check_numbers(args) -> None:
+    """The numeric flags' ranges, before anything is opened or loaded."""
     if args.latency_ms <= 0 or args.reorder_ms < 0:
         raise UserError("--latency-ms must be positive and --reorder-ms not negative")
     if args.threads < 1 or args.decode_workers < 1:
@@ -181,11 +181,16 @@ def _main(argv: Sequence[str] | None) -> int:
         raise UserError("--arrival-ms must be in [0, 10000] (0: no arrival reports)")
     if not 0 <= args.levels <= 255:
         raise UserError("--levels must be in [0, 255] (0: every level)")
-    join = _join(args.join)
     if args.frames is not None and args.frames < 1 or args.duration is not None and args.duration <= 0:
         raise UserError("--frames and --duration must be positive")
     if args.max_pending_mb is not None and args.max_pending_mb <= 0 or args.handover_ms < 0:
         raise UserError("--max-pending-mb must be positive and --handover-ms not negative")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = parse_args(build_parser, argv)
+    _check_numbers(args)
+    join = _join(args.join)
     ssrc = parse_ssrc(args.ssrc)
 
     from .outputs import Outputs

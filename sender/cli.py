@@ -21,6 +21,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return parse_frame_size(text, multiple_of=16)
 
 
+def _add_importance_args(p: argparse.ArgumentParser) -> None:
+    """Paper 003's importance options: bit layers and regions of interest."""
+    g = p.add_argument_group("importance (paper 003)")
+    g.add_argument("--bit-layers", type=int, default=1, metavar="N",
+                   help="entropy-coded codecs: split each quantized coefficient into N layers by significance "
+                        "(a coarse index, then N-1 refinement bit-planes; paper 003), each in its own payloads "
+                        "and marked below every coarse index, so a congested priority queue drops refinements "
+                        "first; the receiver decodes whatever layers arrived (1: no split; at most 4)")
+    g.add_argument("--layer-dscp", metavar="SPEC",
+                   help="refinement bit layer -> DSCP, e.g. 1:BE,2-3:LE (implies --priority-dscp; default: LE for "
+                        "the refinement of 2 layers, BE then LE for more; the coarse indexes then go over "
+                        "AF41/AF42/AF43 unless --dscp-map says otherwise); 'level': refinements marked by their level")
+    g.add_argument("--roi", metavar="face|MASKS",
+                   help="regions that matter more get a finer quantizer step at the same frame budget (the rest "
+                        "a coarser one) and their payloads one importance level up (DSCP, parity, NACK): 'face' "
+                        "(a frontal-face detector, every 5th frame) or a folder of mask images / a video of masks, "
+                        "one per frame at --size, white = important; entropy-coded codecs only")
+    g.add_argument("--roi-boost", type=int, default=24, metavar="N",
+                   help="quantizer indexes finer inside the regions, 1..64 (16 = half the step, 24 = a 2.8x finer "
+                        "step)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jscc-send", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -68,15 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dscp-map", metavar="SPEC",
                    help="importance level -> DSCP, e.g. 0-1:AF41,2-3:AF42,4-5:AF43,6-7:LE (implies --priority-dscp; "
                         "default: RFC 8837 interactive video, AF41/AF42/AF43 then LE)")
-    p.add_argument("--bit-layers", type=int, default=1, metavar="N",
-                   help="entropy-coded codecs: split each quantized coefficient into N layers by significance "
-                        "(a coarse index, then N-1 refinement bit-planes; paper 003), each in its own payloads "
-                        "and marked below every coarse index, so a congested priority queue drops refinements "
-                        "first; the receiver decodes whatever layers arrived (1: no split; at most 4)")
-    p.add_argument("--layer-dscp", metavar="SPEC",
-                   help="refinement bit layer -> DSCP, e.g. 1:BE,2-3:LE (implies --priority-dscp; default: LE for "
-                        "the refinement of 2 layers, BE then LE for more; the coarse indexes then go over "
-                        "AF41/AF42/AF43 unless --dscp-map says otherwise); 'level': refinements marked by their level")
     p.add_argument("--pace", type=float, default=0.5, help="spread each frame's packets over this share of the frame interval (0: back to back)")
     p.add_argument("--no-adapt", action="store_true",
                    help="keep --fps even when receivers report that their decoder skips frames")
@@ -86,14 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "return path is silent), from the previous frame with an intra frame every "
                         "--intra-period frames (oneway: no return path, several receivers), or never (intra)")
     p.add_argument("--intra-period", type=int, default=30, help="oneway references: frames between intra frames")
-    p.add_argument("--roi", metavar="face|MASKS",
-                   help="regions that matter more get a finer quantizer step at the same frame budget (the rest "
-                        "a coarser one) and their payloads one importance level up (DSCP, parity, NACK): 'face' "
-                        "(a frontal-face detector, every 5th frame) or a folder of mask images / a video of masks, "
-                        "one per frame at --size, white = important; entropy-coded codecs only")
-    p.add_argument("--roi-boost", type=int, default=24, metavar="N",
-                   help="quantizer indexes finer inside the regions, 1..64 (16 = half the step, 24 = a 2.8x finer "
-                        "step)")
+    _add_importance_args(p)
     p.add_argument("--frames", type=int, help="stop after sending this many frames")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--seed", type=int, default=0, help="seed for the synthetic source and slideshow motion")
