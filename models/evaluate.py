@@ -12,6 +12,11 @@ The video codecs (``--video-models``, predicted frames):
 * ``video``    a stream simulated offline (receipts a round trip late, loss per payload):
                predicted frames against intra-only at the same bytes (:mod:`.video_eval`).
 
+The analog codecs of paper 002 (trained first when missing from ``--awgn-models``):
+
+* ``awgn``     AE / VAE / VSCC trained at -5, 5, 15 dB, PSNR and SSIM vs test SNR -10..25 dB, and
+               VSCC's channel matching constant sweep (paper 002, Fig. 8 and 9; :mod:`.awgn_eval`).
+
 The fixed-rate codecs of papers 000/001 (``--models`` and the other model lists):
 
 * ``blocks``   PSNR / MS-SSIM vs number of leading blocks received, and with a random E of K
@@ -58,7 +63,7 @@ from .zoo import available_codecs
 
 log = logging.getLogger("jscc.eval")
 
-RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video")
+RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video", "awgn")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codec arithmetic: auto = bf16 where the CPU is fast at it (what jscc-send/"
                         "jscc-recv run), fp32 for the reference")
     p.add_argument("--out", default="out/eval", help="output folder")
+    a = p.add_argument_group("awgn experiment (paper 002)")
+    a.add_argument("--awgn-models", default="runs/awgn", metavar="DIR",
+                   help="where the analog models are read from, and trained into when missing")
+    a.add_argument("--data", action="append", default=None, metavar="DIR",
+                   help="training photographs for missing analog models (default: data/train when it exists)")
+    a.add_argument("--train-steps", type=int, default=1500, help="optimiser steps per analog model trained")
+    a.add_argument("--awgn-trials", type=int, default=2, help="noise draws per image and test SNR")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="analog models' training and testing device (auto = CUDA when present)")
     add_common_args(p)
     return p
 
@@ -193,7 +207,9 @@ def run(args: argparse.Namespace) -> dict:
     if exps and not models:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
     video = "video" in rd_exps
-    rd_exps = [e for e in rd_exps if e != "video"]
+    if "awgn" in rd_exps:
+        _run_awgn(args, out / "awgn" if len(rd_exps) > 1 or exps else out)
+    rd_exps = [e for e in rd_exps if e not in ("video", "awgn")]
     rd_results = _run_rd(args, rd_exps, sizes, shipped, out) if rd_exps else None
     if video:
         rd_results = {**(rd_results or {}), "video": _run_video(args, sizes[0], out)}
@@ -256,6 +272,25 @@ def _run_video(args: argparse.Namespace, size: tuple[int, int], out: Path) -> di
     models = [m.strip() for m in args.video_models.split(",") if m.strip()]
     res = video_run(models, sources, out / "video", budget=w * h // 16, seed=args.seed, progress=log.info)
     print((out / "video" / "summary.md").read_text())
+    return res
+
+
+def _run_awgn(args: argparse.Namespace, out: Path) -> dict:
+    """The analog codecs' experiment into ``out`` (:func:`.awgn_eval.run_awgn`)."""
+    from .awgn_eval import AwgnPlan, run_awgn
+
+    if args.train_steps < 1 or args.awgn_trials < 1:
+        raise UserError("--train-steps and --awgn-trials must be >= 1")
+    data = args.data or (["data/train"] if Path("data/train").is_dir() else None)
+    for d in data or []:
+        list_images(d)  # a missing or empty folder is reported before any work starts
+    try:
+        res = run_awgn(AwgnPlan(steps=args.train_steps, trials=args.awgn_trials, seed=args.seed), out,
+                       Path(args.awgn_models), data, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"awgn: {len(res['models'])} models, best d by validation {res['best_cmc_by_validation']}, "
+          f"wrote {out}/awgn.json and {len(res['plots'])} plots in {res['wall_time_s']:.0f} s")
     return res
 
 
