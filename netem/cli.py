@@ -69,6 +69,10 @@ def _shim_parser() -> argparse.ArgumentParser:
                    help="probability that a datagram is delivered twice (default 0)")
     p.add_argument("--overhead", type=int, default=28,
                    help="bytes added to each datagram by the bottleneck accounting (IP+UDP: 28)")
+    p.add_argument("--awgn-snr-db", type=float, default=None, metavar="S",
+                   help="a noisy radio link for analog streams (jscc-send --codec analog): add Gaussian noise at "
+                        "S dB SNR to the float16 latent values of streams whose description says analog-f16; "
+                        "every other packet passes untouched (paper 002)")
     p.add_argument("--reverse-delay-ms", type=float, default=0.0,
                    help="one-way delay of the return path alone (RTCP, receipts), lossless: a round trip of "
                         "--delay-ms + this without impairing the feedback")
@@ -204,8 +208,12 @@ def _shim_main(args: argparse.Namespace) -> int:
         raise UserError("--reverse-delay-ms and --both-ways both set the return path: choose one")
     rev = (LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways
            else LinkConfig(delay_s=args.reverse_delay_ms / 1e3))
+    if args.awgn_snr_db is not None:
+        from jscc_stream.netem.awgn import AwgnChannel
+
+        AwgnChannel(args.awgn_snr_db)  # a one-line error for an SNR out of range
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
-                     seed=args.seed, stats_interval=args.stats_interval,
+                     seed=args.seed, stats_interval=args.stats_interval, awgn_snr_db=args.awgn_snr_db,
                      series_interval=args.series_interval if args.stats_json else 0.0)
     from jscc_stream.cli import event_loop_factory
 
