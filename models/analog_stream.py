@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from jscc_stream.proto.description import ANALOG_F16, LatentLayout
 
 from .analog import AnalogCodec, gaussian_like
+from .frame_codec import bgr_tensor, check_wire, to_bgr
 
 __all__ = ["AnalogFrameCodec", "ANALOG_KIND", "WIRE_DTYPE"]
 
@@ -49,11 +49,7 @@ class AnalogFrameCodec:
     @torch.inference_mode()
     def encode(self, frame_bgr: np.ndarray) -> np.ndarray:
         """BGR frame -> ``(K, L)`` uint8: channel k's unit-power means as little-endian float16."""
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
-        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
-        mu, _ = self.model.encode(x)
+        mu, _ = self.model.encode(bgr_tensor(frame_bgr, self.device))
         values = mu[0].float().cpu().numpy().astype(WIRE_DTYPE)
         return np.ascontiguousarray(values.reshape(values.shape[0], -1)).view(np.uint8)
 
@@ -61,9 +57,7 @@ class AnalogFrameCodec:
     def decode(self, wire: np.ndarray, received: np.ndarray | None, width: int, height: int) -> np.ndarray:
         """``(K, L)`` wire bytes (+ which arrived) -> BGR frame; VAE/VSCC models resample first."""
         lay = self.layout(width, height)
-        shape = (lay.blocks, lay.block_bytes)
-        if wire.shape != shape:
-            raise ValueError(f"wire array must be {shape} for {width}x{height}, got {wire.shape}")
+        check_wire(lay, wire)
         values = np.ascontiguousarray(wire, dtype=np.uint8).view(WIRE_DTYPE).astype(np.float32)
         values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)  # a corrupted value is no signal
         if received is not None:
@@ -72,6 +66,4 @@ class AnalogFrameCodec:
         z = torch.from_numpy(values.reshape(1, lay.blocks, lay.h, lay.w)).to(self.device)
         if self.model.variational:
             z = z + gaussian_like(z, self._gen) * self.model.kb_var.view(1, -1, 1, 1).sqrt()
-        out = self.model.decode(z, (height, width))[0].float()
-        rgb = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return to_bgr(self.model.decode(z, (height, width))[0])

@@ -19,7 +19,7 @@ from jscc_stream.netem.awgn import AwgnChannel, parse_channel_spec
 from .analog import AnalogCodec, AnalogConfig, kl_terms, objective_loss
 from .data import CropSampler
 from .frame_codec import pick_device
-from .training import split_images, validation_set
+from .training import TrainState, resume, split_images, validation_set
 from .zoo import save_codec
 
 __all__ = ["train_analog", "load_training_data", "knowledge_base_variance", "analog_psnr", "ANALOG_DEFAULTS"]
@@ -71,16 +71,6 @@ def _check(args: argparse.Namespace) -> tuple[AwgnChannel, AnalogConfig]:
     return channel, cfg
 
 
-def _resume(path: Path, model: AnalogCodec, opt, sched) -> tuple[int, float]:
-    if not path.exists():
-        raise UserError(f"--resume: no checkpoint at {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    sched.load_state_dict(ck["sched"])
-    return int(ck["step"]), float(ck["wall"])
-
-
 def _card(args: argparse.Namespace, model: AnalogCodec, channel: AwgnChannel, step: int, wall: float,
           device: torch.device, val_psnr: float, files: tuple[list[Path], list[Path]]) -> dict:
     """The JSON model card: objective, channel, budget, data and the validation PSNR."""
@@ -120,7 +110,8 @@ def train_analog(args: argparse.Namespace,
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"{args.name}.ckpt"
-    step, wall = _resume(ckpt, model, opt, sched) if args.resume else (0, 0.0)
+    state = resume(ckpt, model, opt, sched) if args.resume else TrainState()
+    step, wall = state.step, state.wall_before
     rng = np.random.default_rng([args.seed, step])
     t0 = time.time()
     step = _loop(args, model, opt, sched, sampler, channel, rng, device, step, ckpt, lambda: wall + time.time() - t0)
@@ -157,7 +148,7 @@ def _loop(args: argparse.Namespace, model: AnalogCodec, opt, sched, sampler: Cro
         if step % args.ckpt_every == 0 or step == args.steps:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "step": step, "wall": wall()}, tmp)
+                        "step": step, "wall": wall(), "history": "[]"}, tmp)
             tmp.replace(ckpt)
     bar.close()
     return step

@@ -117,17 +117,22 @@ def test_variational_codec_sends_unit_power_means_and_resamples_with_the_knowled
     assert model.resample(torch.zeros(1, 3, 64, 64), None).std().item() == pytest.approx(2.0, rel=0.05)
 
 
-def test_jscc_train_channel_writes_an_analog_card(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """Three noise 'photographs' of 320x240 (the crop sampler wants a short side of 240)."""
     import cv2
 
+    d = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(d / f"p{i}.png"), rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    return d
+
+
+def test_jscc_train_channel_writes_an_analog_card(photos: Path, tmp_path: Path) -> None:
     from jscc_stream.models.train import main as train_main
     from jscc_stream.models.zoo import load_codec
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        cv2.imwrite(str(photos / f"p{i}.png"), rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
     args = ["--data", str(photos), "--val-count", "1", "--out", str(tmp_path), "--name", "a", "--channel", "awgn:5",
             "--objective", "vscc", "--cmc", "2", "--steps", "2", "--crop", "16", "--batch", "2", "--threads", "1",
             "--analog-channels", "2"]
@@ -143,16 +148,9 @@ def test_jscc_train_channel_writes_an_analog_card(tmp_path: Path) -> None:
     assert train_main([*args[:8], "--channel", "awgn:x"]) == 2
 
 
-def test_awgn_experiment_trains_what_is_missing_then_reads_it_back(tmp_path: Path) -> None:
-    import cv2
-
+def test_awgn_experiment_trains_what_is_missing_then_reads_it_back(photos: Path, tmp_path: Path) -> None:
     from jscc_stream.models.awgn_eval import AwgnPlan, run_awgn
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        cv2.imwrite(str(photos / f"p{i}.png"), rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
     plan = AwgnPlan(train_snrs=(5.0,), cmcs=(1.0, 2.0), test_snrs=(0.0, 10.0), steps=2, batch=2, crop=16)
     res = run_awgn(plan, tmp_path / "out", tmp_path / "models", [str(photos)], "cpu", image_size=(32, 24))
     assert sorted(res["models"]) == ["awgn5-ae", "awgn5-vae", "awgn5-vscc-d1", "awgn5-vscc-d2"]
