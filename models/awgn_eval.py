@@ -43,7 +43,7 @@ class AwgnPlan:
     train_snrs: tuple[float, ...] = (-5.0, 5.0, 15.0)
     cmcs: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 15.0)
     test_snrs: tuple[float, ...] = TEST_SNRS
-    steps: int = 1500
+    steps: int = 1000
     batch: int = 16
     crop: int = 32
     lr: float = 1e-3

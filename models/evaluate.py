@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the analog models are read from, and trained into when missing")
     a.add_argument("--data", action="append", default=None, metavar="DIR",
                    help="training photographs for missing analog models (default: data/train when it exists)")
-    a.add_argument("--train-steps", type=int, default=1500, help="optimiser steps per analog model trained")
+    a.add_argument("--train-steps", type=int, default=1000, help="optimiser steps per analog model trained")
     a.add_argument("--awgn-trials", type=int, default=2, help="noise draws per image and test SNR")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="analog models' training and testing device (auto = CUDA when present)")
