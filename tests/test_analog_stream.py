@@ -150,3 +150,19 @@ async def _through_shim(codec, frames: int, shim_args: list[str]) -> list:
         shim.terminate()
         await shim.wait()
     return got
+
+
+def test_receiver_decodes_only_with_a_codec_of_the_described_kind(analog_codec, monkeypatch) -> None:
+    """A description saying quantized codes must not be decoded as float16 values, nor the reverse."""
+    from types import SimpleNamespace
+
+    import jscc_stream.models.stream_codec as stream_codec
+    from jscc_stream.receiver.cli import CodecCache
+
+    monkeypatch.setattr(stream_codec, "load_stream_codec", lambda key, **kw: analog_codec)
+    lay = analog_codec.layout(W, H)
+    info = lambda kind: SimpleNamespace(codec_name="t", ssrc=1, codec_sha256="", layout=lay,  # noqa: E731
+                                        entropy_coded=False, codec_kind=kind)
+    cache = CodecCache("forced.safetensors", "cpu")
+    assert cache(info(ANALOG_F16)) is analog_codec
+    assert cache(info("")) is None
