@@ -1,6 +1,6 @@
 """``jscc-eval``: the papers' image experiments on the shipped codecs.
 
-Experiments (``--experiments``, default all).  The entropy-coded codecs (``--rd-models``):
+Experiments (``--experiments``, default all but ``awgn``).  The entropy-coded codecs (``--rd-models``):
 
 * ``rd``       PSNR and MS-SSIM against bits per pixel (0.1-1.5) beside JPEG, JPEG 2000 and WebP
                at the same bytes, BD-rate against JPEG (:mod:`.rd_eval`);
@@ -64,6 +64,8 @@ from .zoo import available_codecs
 log = logging.getLogger("jscc.eval")
 
 RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video", "awgn")
+#: What runs without --experiments: all but awgn, which trains its models (opt-in: tens of CPU minutes).
+DEFAULT_EXPERIMENTS = EXPERIMENTS + RD_EXPERIMENTS[:-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of frame sources for the video experiment (synthetic[:SEED], a video file, "
                         "an image folder); frames at the first --sizes")
     p.add_argument("--video-frames", type=int, default=60, help="frames per video source")
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS + RD_EXPERIMENTS),
-                   help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)}")
+    p.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
+                   help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)} (awgn only when named: it trains "
+                        "its models first)")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
     p.add_argument("--bits", type=int, default=8, help="latent quantization bits (2..8)")
     p.add_argument("--no-baselines", action="store_true", help="skip JPEG / JPEG 2000")

@@ -159,3 +159,10 @@ def test_awgn_experiment_trains_what_is_missing_then_reads_it_back(photos: Path,
     assert all((tmp_path / "out" / p).is_file() for p in res["plots"]) and len(res["plots"]) == 4
     again = run_awgn(plan, tmp_path / "out2", tmp_path / "models", None, "cpu", image_size=(32, 24))
     assert again["rows"] == res["rows"]  # same weights read back, same seeded noise
+
+
+def test_jscc_eval_runs_awgn_only_when_named() -> None:
+    from jscc_stream.models.evaluate import build_parser
+
+    assert "awgn" not in build_parser().parse_args([]).experiments.split(",")
+    assert build_parser().parse_args(["--experiments", "awgn"]).experiments == "awgn"
