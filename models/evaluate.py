@@ -1,6 +1,6 @@
 """``jscc-eval``: the papers' image experiments on the shipped codecs.
 
-Experiments (``--experiments``, default all).  The entropy-coded codecs (``--rd-models``):
+Experiments (``--experiments``, default all but ``awgn``).  The entropy-coded codecs (``--rd-models``):
 
 * ``rd``       PSNR and MS-SSIM against bits per pixel (0.1-1.5) beside JPEG, JPEG 2000 and WebP
                at the same bytes, BD-rate against JPEG (:mod:`.rd_eval`);
@@ -15,6 +15,11 @@ The video codecs (``--video-models``, predicted frames):
 
 * ``video``    a stream simulated offline (receipts a round trip late, loss per payload):
                predicted frames against intra-only at the same bytes (:mod:`.video_eval`).
+
+The analog codecs of paper 002 (trained first when missing from ``--awgn-models``):
+
+* ``awgn``     AE / VAE / VSCC trained at -5, 5, 15 dB, PSNR and SSIM vs test SNR -10..25 dB, and
+               VSCC's channel matching constant sweep (paper 002, Fig. 8 and 9; :mod:`.awgn_eval`).
 
 The fixed-rate codecs of papers 000/001 (``--models`` and the other model lists):
 
@@ -62,7 +67,9 @@ from .zoo import available_codecs
 
 log = logging.getLogger("jscc.eval")
 
-RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video", "bitlayers")
+RD_EXPERIMENTS = ("rd", "rdloss", "rdlevels", "video", "bitlayers", "awgn")
+#: What runs without --experiments: all but awgn, which trains its models (opt-in: tens of CPU minutes).
+DEFAULT_EXPERIMENTS = EXPERIMENTS + RD_EXPERIMENTS[:-1]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of frame sources for the video experiment (synthetic[:SEED], a video file, "
                         "an image folder); frames at the first --sizes")
     p.add_argument("--video-frames", type=int, default=60, help="frames per video source")
-    p.add_argument("--experiments", default=",".join(EXPERIMENTS + RD_EXPERIMENTS),
-                   help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)}")
+    p.add_argument("--experiments", default=",".join(DEFAULT_EXPERIMENTS),
+                   help=f"any of {', '.join(EXPERIMENTS + RD_EXPERIMENTS)} (awgn only when named: it trains "
+                        "its models first)")
     p.add_argument("--trials", type=int, default=20, help="loss draws per image and condition")
     p.add_argument("--bits", type=int, default=8, help="latent quantization bits (2..8)")
     p.add_argument("--no-baselines", action="store_true", help="skip JPEG / JPEG 2000")
@@ -101,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codec arithmetic: auto = bf16 where the CPU is fast at it (what jscc-send/"
                         "jscc-recv run), fp32 for the reference")
     p.add_argument("--out", default="out/eval", help="output folder")
+    a = p.add_argument_group("awgn experiment (paper 002)")
+    a.add_argument("--awgn-models", default="runs/awgn", metavar="DIR",
+                   help="where the analog models are read from, and trained into when missing")
+    a.add_argument("--data", action="append", default=None, metavar="DIR",
+                   help="training photographs for missing analog models (default: data/train when it exists)")
+    a.add_argument("--train-steps", type=int, default=1000, help="optimiser steps per analog model trained")
+    a.add_argument("--awgn-trials", type=int, default=2, help="noise draws per image and test SNR")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="analog models' training and testing device (auto = CUDA when present)")
     add_common_args(p)
     return p
 
@@ -197,7 +214,9 @@ def run(args: argparse.Namespace) -> dict:
     if exps and not models:
         raise UserError(f"none of the codecs {args.models!r} is available (shipped: {sorted(shipped)})")
     video, layers = "video" in rd_exps, "bitlayers" in rd_exps
-    rd_exps = [e for e in rd_exps if e not in ("video", "bitlayers")]
+    if "awgn" in rd_exps:
+        _run_awgn(args, out / "awgn" if len(rd_exps) > 1 or exps else out)
+    rd_exps = [e for e in rd_exps if e not in ("video", "bitlayers", "awgn")]
     rd_results = _run_rd(args, rd_exps, sizes, shipped, out) if rd_exps else None
     if video:
         rd_results = {**(rd_results or {}), "video": _run_video(args, sizes[0], out)}
@@ -274,6 +293,25 @@ def _run_video(args: argparse.Namespace, size: tuple[int, int], out: Path) -> di
     models = [m.strip() for m in args.video_models.split(",") if m.strip()]
     res = video_run(models, sources, out / "video", budget=w * h // 16, seed=args.seed, progress=log.info)
     print((out / "video" / "summary.md").read_text())
+    return res
+
+
+def _run_awgn(args: argparse.Namespace, out: Path) -> dict:
+    """The analog codecs' experiment into ``out`` (:func:`.awgn_eval.run_awgn`)."""
+    from .awgn_eval import AwgnPlan, run_awgn
+
+    if args.train_steps < 1 or args.awgn_trials < 1:
+        raise UserError("--train-steps and --awgn-trials must be >= 1")
+    data = args.data or (["data/train"] if Path("data/train").is_dir() else None)
+    for d in data or []:
+        list_images(d)  # a missing or empty folder is reported before any work starts
+    try:
+        res = run_awgn(AwgnPlan(steps=args.train_steps, trials=args.awgn_trials, seed=args.seed), out,
+                       Path(args.awgn_models), data, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"awgn: {len(res['models'])} models, best d by validation {res['best_cmc_by_validation']}, "
+          f"wrote {out}/awgn.json and {len(res['plots'])} plots in {res['wall_time_s']:.0f} s")
     return res
 
 

@@ -22,7 +22,7 @@ from .precision import resolve_precision
 from .quant import check_bits, dequantize, quantize
 from .scr import from_wire, to_wire
 
-__all__ = ["FrameCodec", "pick_device"]
+__all__ = ["FrameCodec", "pick_device", "bgr_tensor", "to_bgr", "check_wire"]
 
 
 def pick_device(device: str = "auto", rank: int | None = None) -> torch.device:
@@ -37,6 +37,28 @@ def pick_device(device: str = "auto", rank: int | None = None) -> torch.device:
     if device == "cuda" and rank is not None:
         device = f"cuda:{rank}"
     return torch.device(device)
+
+
+def bgr_tensor(frame_bgr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A BGR uint8 frame -> RGB float ``(1, 3, H, W)`` in [0, 1] on ``device`` (checked)."""
+    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+        raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
+    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+    return torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div_(255)
+
+
+def to_bgr(image: torch.Tensor) -> np.ndarray:
+    """A decoded RGB ``(3, H, W)`` tensor in [0, 1] -> BGR uint8 frame."""
+    rgb = (image.float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def check_wire(lay: LatentLayout, wire: np.ndarray) -> tuple[int, int]:
+    """The ``(K, L)`` shape a frame of ``lay`` has on the wire; ValueError when ``wire`` differs."""
+    shape = (lay.blocks, lay.block_bytes)
+    if wire.shape != shape:
+        raise ValueError(f"wire array must be {shape} for {lay.width}x{lay.height}, got {wire.shape}")
+    return shape
 
 
 class FrameCodec:
@@ -74,10 +96,7 @@ class FrameCodec:
         return LatentLayout(width, height, cfg.blocks, cfg.alpha, h, w, self.bits, cfg.scr)
 
     def _frame_tensor(self, frame_bgr: np.ndarray) -> torch.Tensor:
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a BGR uint8 frame HxWx3, got {frame_bgr.shape} {frame_bgr.dtype}")
-        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-        return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+        return bgr_tensor(frame_bgr, self.device)
 
     @torch.inference_mode()
     def encode(self, frame_bgr: np.ndarray) -> np.ndarray:
@@ -93,9 +112,7 @@ class FrameCodec:
     def decode(self, wire: np.ndarray, received: np.ndarray | None, width: int, height: int) -> np.ndarray:
         """``(K, L)`` wire bytes + ``(K, L)`` bool received -> BGR uint8 frame."""
         lay = self.layout(width, height)
-        shape = (lay.blocks, lay.block_bytes)
-        if wire.shape != shape:
-            raise ValueError(f"wire array must be {shape} for {width}x{height}, got {wire.shape}")
+        shape = check_wire(lay, wire)
         if received is None:
             received = np.ones(shape, dtype=bool)
         if received.shape != shape:
@@ -108,5 +125,4 @@ class FrameCodec:
         m = torch.from_numpy(received_el.reshape(1, c, lay.h, lay.w)).to(self.device)
         with self._autocast():
             out = self.model.decode(latent, m, (height, width))[0].float()
-        rgb = (out.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-        return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return to_bgr(out)

@@ -1,12 +1,15 @@
 """The codec a stream runs, by shipped name or weights path, whatever its kind: a fixed-rate
 JSCC codec (:class:`.frame_codec.FrameCodec`), an entropy-coded still-image codec
 (:class:`.packet_codec.PacketCodec`) or a video codec with predicted frames
-(:class:`.video_codec.VideoCodec`: an inter model whose card names its intra codec)."""
+(:class:`.video_codec.VideoCodec`: an inter model whose card names its intra codec) or an analog
+codec sending float16 latent values (:class:`.analog_stream.AnalogFrameCodec`, paper 002)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from .analog import AnalogCodec
+from .analog_stream import AnalogFrameCodec
 from .frame_codec import FrameCodec, pick_device
 from .packet_codec import PacketCodec
 from .transform import RDCodec
@@ -28,4 +31,6 @@ def load_stream_codec(name_or_path: str | Path, device: str = "auto", precision:
         return VideoCodec(intra, PacketCodec(model, card, dev, precision), card)
     if isinstance(model, RDCodec):
         return PacketCodec(model, card, dev, precision)
+    if isinstance(model, AnalogCodec):
+        return AnalogFrameCodec(model, card, dev)
     return FrameCodec(model, card, dev, bits, precision)

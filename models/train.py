@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-block-share", type=float, default=0.0, metavar="F",
                    help="fraction of each batch decoded from its first block alone (the worst case "
                         "a priority-dropping network leaves a ladder codec; raises that floor)")
-    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default 20000; 3000 with --channel)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crop", type=int, default=None, help="training crop side (default 128; 64 with --channel)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--quant-noise", type=float, default=0.0,
                    help="uniform noise step added to the latent in training (0 = real-valued as "
@@ -75,6 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mca", action="store_true", help="ablation: decoder ignores the mask")
     p.add_argument("--scr", action="store_true",
                    help="train for the SCR byte order in packets (paper 001; off by default, see docs/codec.md)")
+    a = p.add_argument_group("analog codec over an AWGN channel (paper 002)")
+    a.add_argument("--channel", default=None, metavar="awgn:SNR_DB",
+                   help="train the analog codec instead: its power-normalised latent goes through AWGN at "
+                        "this SNR (values sent as float16; see docs/papers.md)")
+    a.add_argument("--objective", default="ae", choices=["ae", "vae", "vscc"],
+                   help="ae: MSE only; vae: + KL to N(0,1); vscc: + KL to N(0, sigma_noise^2 + CMC) (eq. 10)")
+    a.add_argument("--cmc", type=float, default=5.0, metavar="D", help="VSCC's channel matching constant d")
+    a.add_argument("--kl-weight", type=float, default=1e-3,
+                   help="weight of the mean KL per latent value against the per-pixel MSE (vae, vscc)")
+    a.add_argument("--analog-channels", type=int, default=4,
+                   help="latent channels per 4x4 pixels (bandwidth ratio k/n = C/48)")
     add_common_args(p)
     return p
 
@@ -91,7 +102,17 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from .rd_train import main as rd_main
 
             return rd_main(args)
-    train(parse_args(build_parser, args))
+    ns = parse_args(build_parser, args)
+    analog = ns.channel is not None
+    if analog:
+        from .analog_train import ANALOG_DEFAULTS, train_analog
+
+        ns.crop = ns.crop or ANALOG_DEFAULTS["crop"]
+        ns.steps = ns.steps or ANALOG_DEFAULTS["steps"]
+        train_analog(ns)
+        return 0
+    ns.crop, ns.steps = ns.crop or 128, ns.steps or 20000
+    train(ns)
     return 0
 
 

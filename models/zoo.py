@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from jscc_stream.errors import UserError
 
+from .analog import AnalogCodec, AnalogConfig
 from .codec import CodecConfig, JSCCCodec
 from .transform import RDCodec, RDConfig
 
@@ -65,6 +66,8 @@ def _model_from_card(config: dict) -> JSCCCodec | RDCodec:
     fixed-rate JSCC codec of papers 000/001."""
     if str(config.get("arch", "")).startswith("rd-"):
         return RDCodec(RDConfig.from_dict(config))
+    if str(config.get("arch", "")).startswith("analog-"):
+        return AnalogCodec(AnalogConfig.from_dict(config))
     return JSCCCodec(CodecConfig.from_dict(config))
 
 

@@ -22,6 +22,28 @@ _LOSS_HELP = ("loss process: none | uniform:P (0.1 or 10%%) | ge:p,r,h,k (Gilber
               "(paper 001's ~10%% and ~15%%)")
 
 
+def _add_control_args(p: argparse.ArgumentParser) -> None:
+    """The HTTP control API and who may use the shim (docs/security.md)."""
+    p.add_argument("--control", default=None, metavar="HOST:PORT",
+                   help="serve the HTTP control API here (GET /stats, POST /loss /rate /rate-schedule /delay "
+                        "/reorder /duplicate) to change "
+                        "the link while it runs, e.g. 127.0.0.1:8090; off by default")
+    p.add_argument("--control-token", default=None, metavar="TOKEN",
+                   help="token the control API requires (Authorization: Bearer TOKEN); needed when "
+                        "--control is not on loopback (default: $JSCC_CONTROL_TOKEN)")
+    p.add_argument("--trace-dir", type=Path, default=None, metavar="DIR",
+                   help="the control API's POST /loss may name loss traces in this directory "
+                        "(\"trace:NAME\", a plain file name); without it only uploaded traces "
+                        "({\"trace\": \"0 1 0 ...\"}). A path from the network is never opened; "
+                        "--loss trace:FILE on this command line may name any file")
+    p.add_argument("--client-timeout", type=float, default=10.0, metavar="S",
+                   help="forget a sender silent for this long (its upstream socket closes; packets "
+                        "still queued for it are counted as orphaned) (default 10)")
+    p.add_argument("--max-clients", type=int, default=16, metavar="N",
+                   help="senders relayed at once; a new source arriving when N are active is refused "
+                        "(counted as clients_refused), never one of them evicted (default 16)")
+
+
 def _shim_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -69,6 +91,10 @@ def _shim_parser() -> argparse.ArgumentParser:
                    help="probability that a datagram is delivered twice (default 0)")
     p.add_argument("--overhead", type=int, default=28,
                    help="bytes added to each datagram by the bottleneck accounting (IP+UDP: 28)")
+    p.add_argument("--awgn-snr-db", type=float, default=None, metavar="S",
+                   help="a noisy radio link for analog streams (jscc-send --codec analog): add Gaussian noise at "
+                        "S dB SNR to the float16 latent values of streams whose description says analog-f16; "
+                        "every other packet passes untouched (paper 002)")
     p.add_argument("--reverse-delay-ms", type=float, default=0.0,
                    help="one-way delay of the return path alone (RTCP, receipts), lossless: a round trip of "
                         "--delay-ms + this without impairing the feedback")
@@ -82,24 +108,7 @@ def _shim_parser() -> argparse.ArgumentParser:
     p.add_argument("--series-interval", type=float, default=0.5, metavar="S",
                    help="seconds per record of the --stats-json time series (offered and delivered "
                         "bytes, losses, bottleneck rate, queue); 0: no series (default 0.5)")
-    p.add_argument("--control", default=None, metavar="HOST:PORT",
-                   help="serve the HTTP control API here (GET /stats, POST /loss /rate /rate-schedule /delay "
-                        "/reorder /duplicate) to change "
-                        "the link while it runs, e.g. 127.0.0.1:8090; off by default")
-    p.add_argument("--control-token", default=None, metavar="TOKEN",
-                   help="token the control API requires (Authorization: Bearer TOKEN); needed when "
-                        "--control is not on loopback (default: $JSCC_CONTROL_TOKEN)")
-    p.add_argument("--trace-dir", type=Path, default=None, metavar="DIR",
-                   help="the control API's POST /loss may name loss traces in this directory "
-                        "(\"trace:NAME\", a plain file name); without it only uploaded traces "
-                        "({\"trace\": \"0 1 0 ...\"}). A path from the network is never opened; "
-                        "--loss trace:FILE on this command line may name any file")
-    p.add_argument("--client-timeout", type=float, default=10.0, metavar="S",
-                   help="forget a sender silent for this long (its upstream socket closes; packets "
-                        "still queued for it are counted as orphaned) (default 10)")
-    p.add_argument("--max-clients", type=int, default=16, metavar="N",
-                   help="senders relayed at once; a new source arriving when N are active is refused "
-                        "(counted as clients_refused), never one of them evicted (default 16)")
+    _add_control_args(p)
     add_common_args(p)
     return p
 
@@ -166,11 +175,11 @@ def _probe_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _shim_main(args: argparse.Namespace) -> int:
+def _forward_link(args: argparse.Namespace):
+    """(listen, forward, the forward link's LinkConfig) from the shim's flags."""
     from jscc_stream.netem.link import LinkConfig
     from jscc_stream.netem.loss import parse_loss_spec
     from jscc_stream.netem.rates import parse_probability, parse_rate, parse_rate_schedule, parse_size
-    from jscc_stream.netem.shim import ShimConfig, run_shim
     from jscc_stream.udp import parse_hostport
 
     try:
@@ -209,6 +218,15 @@ def _shim_main(args: argparse.Namespace) -> int:
         if type(exc).__name__ == "LossSpecError":
             raise
         raise UserError(str(exc)) from None
+    return listen, forward, fwd
+
+
+def _shim_main(args: argparse.Namespace) -> int:
+    from jscc_stream.netem.link import LinkConfig
+    from jscc_stream.netem.shim import ShimConfig, run_shim
+    from jscc_stream.udp import parse_hostport
+
+    listen, forward, fwd = _forward_link(args)
     if args.reverse_delay_ms < 0:
         raise UserError("--reverse-delay-ms must be >= 0")
     if not args.client_timeout > 0 or args.max_clients < 1:
@@ -219,8 +237,12 @@ def _shim_main(args: argparse.Namespace) -> int:
         raise UserError("--reverse-delay-ms and --both-ways both set the return path: choose one")
     rev = (LinkConfig(**{**fwd.__dict__, "loss": fwd.loss}) if args.both_ways
            else LinkConfig(delay_s=args.reverse_delay_ms / 1e3))
+    if args.awgn_snr_db is not None:
+        from jscc_stream.netem.awgn import AwgnChannel
+
+        AwgnChannel(args.awgn_snr_db)  # a one-line error for an SNR out of range
     cfg = ShimConfig(listen=listen, forward=forward, forward_link=fwd, reverse_link=rev,
-                     seed=args.seed, stats_interval=args.stats_interval,
+                     seed=args.seed, stats_interval=args.stats_interval, awgn_snr_db=args.awgn_snr_db,
                      client_timeout=args.client_timeout, max_clients=args.max_clients,
                      series_interval=args.series_interval if args.stats_json else 0.0)
     from jscc_stream.cli import event_loop_factory

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jscc_stream.netem.analog_noise import AnalogNoise
+from jscc_stream.netem.awgn import AwgnChannel
 from jscc_stream.netem.link import Link, LinkConfig, Packet
 from jscc_stream.netem.loss import LossProcess, parse_loss_spec
 from jscc_stream.netem.rates import RateSchedule, parse_rate, parse_rate_schedule
@@ -47,6 +49,7 @@ class ShimConfig:
     client_timeout: float = 10.0  # seconds a sender may stay silent before it is forgotten
     recv_batch: int = 256
     rcvbuf: int = 4 << 20
+    awgn_snr_db: float | None = None  # channel noise on analog streams' float16 values (paper 002)
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Shim:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fwd_rng = np.random.default_rng(fwd_seed)
         self._rev_rng = np.random.default_rng(rev_seed)
+        self.analog_noise = (None if config.awgn_snr_db is None else
+                             AnalogNoise(AwgnChannel(config.awgn_snr_db), np.random.default_rng(ss.spawn(1)[0])))
         self.forward_link: Link | None = None
         self.reverse_link: Link | None = None
         self._listen: socket.socket | None = None
@@ -184,9 +189,14 @@ class Shim:
 
     def stats(self) -> dict[str, Any]:
         assert self.forward_link is not None and self.reverse_link is not None
-        return {"forward": self.forward_link.stats(), "reverse": self.reverse_link.stats(),
-                "clients": len(self._clients), "errors": dict(self.errors),
-                "uptime_s": round(time.time() - self.started_at, 3)}
+        out = {"forward": self.forward_link.stats(), "reverse": self.reverse_link.stats(),
+               "clients": len(self._clients), "errors": dict(self.errors),
+               "uptime_s": round(time.time() - self.started_at, 3)}
+        if self.analog_noise is not None:
+            n = self.analog_noise
+            out["awgn"] = {"snr_db": n.channel.snr_db, "analog_streams": len(n.analog_ssrcs),
+                           "packets_noised": n.packets_noised, "values_noised": n.values_noised}
+        return out
 
     # --- time series ------------------------------------------------------------------------------
     def _schedule_sample(self, t0: float, k: int) -> None:
@@ -274,10 +284,14 @@ class Shim:
         link = self.forward_link
         overhead = link.config.overhead
 
+        noise = self.analog_noise
+
         def on_packet(data: bytes, tos: int, addr: tuple, now: float) -> None:
             client = self._client_for(addr, now)
             if client is None:
                 return
+            if noise is not None:
+                data = noise.apply(data)
             link.arrive(Packet.make(data, tos, client.addr, overhead), now)
 
         self._drain(self._listen, on_packet)

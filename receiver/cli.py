@@ -69,7 +69,8 @@ class CodecCache:
         if codec is not None:
             lay = codec.layout(info.layout.width, info.layout.height)
             if ((lay.blocks, lay.block_bytes) != (info.layout.blocks, info.layout.block_bytes)
-                    or bool(getattr(codec, "entropy_coded", False)) != info.entropy_coded):
+                    or bool(getattr(codec, "entropy_coded", False)) != info.entropy_coded
+                    or getattr(codec, "kind", "") != info.codec_kind):  # float16 values vs quantized codes
                 return None
         return codec
 

@@ -417,7 +417,8 @@ class Sender:
         max_payloads = self.codec.max_frame_payloads(self.cfg.width, self.cfg.height) if self.entropy_coded else 0
         kw = dict(ssrc=self.ssrc, codec_name=self.codec.name, codec_sha256=self.codec.sha256,
                   layout=self.layout, fps=self.cfg.fps, block_levels=self.levels, dscp_map=self.cfg.dscp_map,
-                  clock_epoch_unix_us=self._epoch_us, mtu=self.cfg.mtu, max_frame_payloads=max_payloads)
+                  clock_epoch_unix_us=self._epoch_us, mtu=self.cfg.mtu, max_frame_payloads=max_payloads,
+                  codec_kind=getattr(self.codec, "kind", ""))
         key = make_description(revision=0, **kw)
         if self._desc_key is not None and key != self._desc_key:
             self._revision += 1

@@ -107,3 +107,16 @@ def test_name_lookup_is_exact(tmp_path, monkeypatch) -> None:
     assert zoo.resolve_weights("uniform") == a and zoo.resolve_weights("uniform-0.3") == b
     assert a.exists() and b.exists()  # saving one never deletes the other
     assert set(zoo.available_codecs()) == {"uniform", "uniform-0.3"}
+
+
+def test_shipped_analog_codec_loads_by_name_and_is_small() -> None:
+    from jscc_stream.models.analog import AnalogCodec
+    from jscc_stream.models.analog_stream import AnalogFrameCodec
+    from jscc_stream.models.stream_codec import load_stream_codec
+    from jscc_stream.models.zoo import resolve_weights
+
+    model, card = load_codec("analog")
+    assert isinstance(model, AnalogCodec) and card["kind"] == "analog-f16" and card["objective"] == "vscc"
+    assert {"training_snr_db", "cmc", "kb_var", "steps", "wall_time_s", "validation", "training_data"} <= set(card)
+    assert resolve_weights("analog").stat().st_size < 1 << 20
+    assert isinstance(load_stream_codec("analog", device="cpu"), AnalogFrameCodec)
