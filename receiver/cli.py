@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Receive a jscc-stream (RTP/UDP), reassemble each frame's latent blocks, and decode it at "
                     "its playout deadline from whatever arrived (missing bytes are erasures, not stalls). "
                     "Sends RTCP receiver reports back to the sender.")
-    p.add_argument("--listen", default="0.0.0.0:5004", help="HOST:PORT or [IPv6]:PORT to receive on")
+    p.add_argument("--listen", default="127.0.0.1:5004",
+                   help="HOST:PORT or [IPv6]:PORT to receive on (loopback by default: 0.0.0.0:5004 to hear other machines)")
     p.add_argument("--latency-ms", type=float, default=50.0,
                    help="playout deadline: a frame is decoded at most this long after its first packet arrived "
                         "(sooner when it is complete or a newer frame completes)")

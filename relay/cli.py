@@ -28,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "its reports for congestion control, and for the video codec's references the receipts of the "
                     "receiver with the fewest levels, whose levels every receiver keeps its references from "
                     "(docs/papers-003-relay.md).")
-    p.add_argument("--listen", default="0.0.0.0:5004", metavar="HOST:PORT",
-                   help="where the sender sends (jscc-send --dest)")
-    p.add_argument("--listen-receivers", default="0.0.0.0:5006", metavar="HOST:PORT",
-                   help="where receivers subscribe; the relay sends to them from this address")
+    p.add_argument("--listen", default="127.0.0.1:5004", metavar="HOST:PORT",
+                   help="where the sender sends (jscc-send --dest); loopback by default, 0.0.0.0:5004 for "
+                        "senders on other machines")
+    p.add_argument("--listen-receivers", default="127.0.0.1:5006", metavar="HOST:PORT",
+                   help="where receivers subscribe; the relay sends to them from this address (loopback by "
+                        "default, 0.0.0.0:5006 for receivers on other machines)")
     p.add_argument("--timeout", type=float, default=1.0,
                    help="seconds of silence after which a receiver counts as gone (receivers send feedback every "
                         "50 ms and subscribe every 0.5 s)")

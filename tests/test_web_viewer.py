@@ -292,3 +292,14 @@ def test_cli_help_lists_the_web_options(capsys):
         assert opt in out
     web_help = " ".join(out.split("--web HOST:PORT", 1)[1].split("--web-original")[0].split())
     assert "0.0.0.0" not in web_help or "requires a token" in web_help
+
+
+def test_every_daemon_listens_on_loopback_by_default():
+    """Issue 16: the README's commands stay on this machine unless told otherwise: the
+    receiver's and the relay's UDP sockets default to loopback like the HTTP servers."""
+    from jscc_stream.receiver.cli import build_parser as recv_parser
+    from jscc_stream.relay.cli import build_parser as relay_parser
+
+    assert recv_parser().parse_args([]).listen.startswith("127.0.0.1:")
+    relay = relay_parser().parse_args([])
+    assert relay.listen.startswith("127.0.0.1:") and relay.listen_receivers.startswith("127.0.0.1:")
