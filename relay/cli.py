@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "with RTCP BYE or by falling silent for --timeout. The sender sees one receiver, the relay: "
                     "its reports for congestion control, and for the video codec's references the receipts of the "
                     "receiver with the fewest levels, whose levels every receiver keeps its references from "
-                    "(docs/papers-003-relay.md).")
+                    "(docs/papers.md).")
     p.add_argument("--listen", default="127.0.0.1:5004", metavar="HOST:PORT",
                    help="where the sender sends (jscc-send --dest); loopback by default, 0.0.0.0:5004 for "
                         "senders on other machines")

@@ -22,7 +22,7 @@ Upstream the sender sees one receiver, the relay:
   most once per ``intra_interval``).  ``reference="most"`` follows the receiver with the most
   levels instead: it gets the better prediction, and receivers with fewer levels drift until
   the intra frame their receipts ask for, one per ``intra_interval`` at most
-  (``docs/papers-003-relay.md`` has both measured).
+  (``docs/papers.md`` has both measured).
 * NACKs: forwarded, less the payloads of levels the receiver did not subscribe to; the resend
   reaches every receiver of that level.
 * RRTR: answered by the relay (receivers learn their round trip to it).  Other feedback
