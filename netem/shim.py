@@ -118,8 +118,9 @@ class Shim:
         if self.config.series_interval > 0:
             self._schedule_sample(now, 1)
         self._expiry_timer = loop.call_later(self.config.client_timeout, self._on_expiry_timer)
-        log.info("listening on %s, forwarding to %s; forward: %s", self.listen_address,
-                 self._fwd_addr[:2], _describe(self.config.forward_link))
+        log.info("listening on %s, forwarding to %s; forward: %s%s", self.listen_address,
+                 self._fwd_addr[:2], _describe(self.config.forward_link),
+                 "" if self.config.awgn_snr_db is None else f"; AWGN at {self.config.awgn_snr_db:g} dB SNR on analog streams")
         return self.listen_address
 
     @property

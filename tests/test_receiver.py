@@ -352,3 +352,30 @@ async def test_a_flood_of_partial_frames_stays_under_the_memory_bound(tiny_codec
 
     assert receiver.reasm.max_bytes == bound == pending_bound((320, 240), 0.5, cfg.reorder_grace)
     assert receiver.reasm.counters.frames_evicted > 50
+
+
+async def test_datagrams_with_new_ssrcs_get_almost_nothing_back(tiny_codec):
+    """Issue 16 (found by the fuzz benchmark): every datagram with a new SSRC made the receiver
+    report to every source it tracked (x8 in packets, x19.6 in bytes back: a reflection
+    amplifier for spoofed sources).  Now 1000 such datagrams get at most a rate-limited
+    handful of small requests for a description, fewer bytes than came in."""
+    rng = np.random.default_rng(7)
+    grams = [bytes([0x80, 96]) + rng.integers(0, 256, 30, dtype=np.uint8).tobytes() for _ in range(1000)]
+    back: list[bytes] = []
+
+    async def send(tx, addr):
+        tx.setblocking(False)
+        for i, g in enumerate(grams):
+            tx.sendto(g, addr)
+            if i % 50 == 49:
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        while True:
+            try:
+                back.append(tx.recv(2048))
+            except BlockingIOError:
+                break
+
+    await _run_receiver(tiny_codec, ReceiverConfig(latency=0.05), send, timeout=0.5)
+    sent_bytes = sum(map(len, grams))
+    assert len(back) <= 10 and sum(map(len, back)) < sent_bytes / 50, (len(back), sum(map(len, back)))
