@@ -109,13 +109,15 @@ def _pace(target, cfg: FuzzConfig, sent: int, t0: float) -> float:
     return time.monotonic() - start
 
 
-def _fuzz(target, capture: Capture, cfg: FuzzConfig) -> dict:
-    """Send ``cfg.datagrams`` hostile datagrams, measuring ``cfg.samples`` times on the way."""
+def _fuzz(target, capture: Capture, cfg: FuzzConfig, main: socket.socket) -> dict:
+    """Send ``cfg.datagrams`` hostile datagrams, most from ``main`` (the real stream's socket:
+    a source the target already knows), measuring ``cfg.samples`` times on the way."""
     from tqdm import tqdm
 
     fuzzer = DatagramFuzzer([d for _, d in capture], cfg.seed)
-    main = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     pool = getattr(target, "pool", [])
+    admitted = getattr(target, "admitted", len(pool))  # pool sockets the target took as clients
+    refused = 0
     every = max(1, cfg.datagrams // max(1, cfg.samples))
     kinds, rtcp_shaped, errors, waited = Counter(), 0, Counter(), 0.0
     rng = random.Random(cfg.seed + 1)
@@ -126,7 +128,10 @@ def _fuzz(target, capture: Capture, cfg: FuzzConfig) -> dict:
         name, data = fuzzer.next()
         kinds[name] += 1
         rtcp_shaped += is_rtcp_shaped(data)
-        sock = pool[rng.randrange(len(pool))] if pool and i % ShimTarget.pool_every == 0 else main
+        sock = main
+        if pool and i % ShimTarget.pool_every == 0:
+            k = rng.randrange(len(pool))
+            sock, refused = pool[k], refused + (k >= admitted)
         try:
             sock.sendto(data, target.dest)
         except OSError as exc:
@@ -139,11 +144,11 @@ def _fuzz(target, capture: Capture, cfg: FuzzConfig) -> dict:
         if (i + 1) % every == 0:
             samples.append(_sample(target, i + 1, t0))
     bar.close()
-    main.close()
     elapsed = time.monotonic() - t0
     return {"sent": sum(kinds.values()), "seconds": round(elapsed, 1), "paced_wait_s": round(waited, 1),
             "rate_per_s": round(sum(kinds.values()) / elapsed, 1), "by_mutation": dict(kinds),
-            "rtcp_shaped": rtcp_shaped, "send_errors": dict(errors), "samples": samples}
+            "rtcp_shaped": rtcp_shaped, "send_errors": dict(errors), "samples": samples,
+            "sent_from_refused_sources": refused}
 
 
 def _check_real_stream(target, sock: socket.socket, capture: Capture, ssrc: int) -> dict:
@@ -167,9 +172,13 @@ def _run_target(name: str, capture: Capture, cfg: FuzzConfig, work: Path) -> dic
         time.sleep(1.0)
         t0 = time.monotonic()
         res["before"] = _sample(target, 0, t0)
-        res["fuzz"] = _fuzz(target, capture, cfg)
+        res["fuzz"] = _fuzz(target, capture, cfg, sock)
         _wait_drained(target)
         res["after_fuzz"] = _sample(target, res["fuzz"]["sent"], t0)
+        # a new stream is served once the one before it (the warm-up's, or a replayed one the
+        # fuzzing described) has been quiet for the receiver's hand-over time (300 ms), as a
+        # restarted sender meets it
+        time.sleep(0.5)
         res["real_stream_after"] = _check_real_stream(target, sock, capture, post_ssrc)
         res["after"] = _sample(target, res["fuzz"]["sent"], t0)
     finally:
