@@ -107,7 +107,8 @@ def _shim_parser() -> argparse.ArgumentParser:
                         "forward link (see --series-interval)")
     p.add_argument("--series-interval", type=float, default=0.5, metavar="S",
                    help="seconds per record of the --stats-json time series (offered and delivered "
-                        "bytes, losses, bottleneck rate, queue); 0: no series (default 0.5)")
+                        "bytes, losses, bottleneck rate, queue); the newest 1200 records are kept (10 "
+                        "minutes at 0.5 s: a longer run wants a longer interval); 0: no series (default 0.5)")
     _add_control_args(p)
     add_common_args(p)
     return p

@@ -18,7 +18,7 @@ import json
 import logging
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +35,9 @@ from jscc_stream.udp import ANCILLARY_SIZE, MAX_DATAGRAM, TosSetter, read_tos, r
 __all__ = ["ShimConfig", "Shim", "run_shim"]
 
 log = logging.getLogger("jscc_stream.netem.shim")
+
+#: records of the forward link's time series kept (10 minutes at the default 0.5 s interval)
+SERIES_MAX = 1200
 
 @dataclass
 class ShimConfig:
@@ -91,8 +94,9 @@ class Shim:
         self._expiry_timer: asyncio.TimerHandle | None = None
         self.started_at = 0.0
         self.closed = asyncio.Event()
-        #: forward-link records, one per ``series_interval`` (see Link.sample)
-        self.series: list[dict[str, Any]] = []
+        #: forward-link records, one per ``series_interval`` (see Link.sample): the newest
+        #: SERIES_MAX only, so a long-running shim's memory stays flat (the soak found it growing)
+        self.series: deque[dict[str, Any]] = deque(maxlen=SERIES_MAX)
         self._series_timer: asyncio.TimerHandle | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -405,7 +409,7 @@ async def run_shim(config: ShimConfig, stats_json: Path | None = None,
                 pass
     log.info("stopped; forward totals %s", stats["forward"]["total"])
     if config.series_interval > 0:
-        stats["series"] = shim.series
+        stats["series"] = list(shim.series)
     if stats_json is not None:
         stats_json.write_text(json.dumps(stats, indent=2) + "\n")
     return stats

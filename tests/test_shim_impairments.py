@@ -422,3 +422,20 @@ def test_cli_rate_schedule_writes_a_series(tmp_path: Path):
         assert (r["bytes_out"] + 28 * r["packets_out"]) * 8 <= 5e5 * r["dt"] + 3000 * 8, r
     assert max(r["queue_packets"] for r in after) >= 20
     assert max(r["max_queue_delay_ms"] for r in after) > 200
+
+
+async def test_a_long_running_shim_keeps_only_the_newest_series_records():
+    """The 30-minute soak found the shim's memory growing ~75 kB a minute: the --stats-json time
+    series kept every 0.5 s record for ever.  It now keeps the newest SERIES_MAX."""
+    from jscc_stream.netem.shim import SERIES_MAX
+
+    shim = Shim(ShimConfig(listen=("127.0.0.1", 0), forward=("127.0.0.1", 9), forward_link=LinkConfig(),
+                           reverse_link=LinkConfig(), series_interval=3600.0))
+    await shim.start()
+    try:
+        for _ in range(SERIES_MAX + 50):
+            shim.sample_series()
+        assert len(shim.series) == SERIES_MAX
+        assert [r["t"] for r in shim.series] == sorted(r["t"] for r in shim.series)  # the newest, in order
+    finally:
+        shim.close()
