@@ -396,10 +396,16 @@ class Reassembler:
             self.counters.memory_drops += 1
             return False
         while self.pending_bytes + nbytes > self.max_bytes:
-            oldest = min((s for s in self.slots.values() if s is not growing), key=lambda s: s.deadline)
-            self._evicted += self._release([oldest], now, "evicted")
-            self.counters.frames_evicted += 1
+            self._evicted += self._evict_earliest(now, spare=growing)
         return True
+
+    def _evict_earliest(self, now: float, spare: FrameSlot | None = None) -> list[FrameSlot]:
+        """Release the pending frame with the earliest deadline (never ``spare``) to make room,
+        counted as evicted: the one rule of both bounds, frame count and bytes."""
+        oldest = min((s for s in self.slots.values() if s is not spare), key=lambda s: s.deadline)
+        released = self._release([oldest], now, "evicted")
+        self.counters.frames_evicted += 1
+        return released
 
     def _add_bytes(self, slot: FrameSlot, nbytes: int, now: float) -> bool:
         """Account a payload or parity symbol about to be stored in ``slot``; False: dropped."""
@@ -451,9 +457,7 @@ class Reassembler:
         if slot.complete:
             out = self._release_ready(pkt.ssrc, lambda s: s.complete, now)
         if len(self.slots) > self.max_frames:
-            oldest = min(self.slots.values(), key=lambda s: s.deadline)
-            out += self._release([oldest], now, "evicted")
-            self.counters.frames_evicted += 1
+            out += self._evict_earliest(now)
         return out
 
     def _on_media(self, pkt: MediaPacket, now: float, dscp: int | None) -> list[FrameSlot]:
